@@ -1,0 +1,36 @@
+# Two commands on a fresh machine with Python 3 and pip: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.made:
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.made setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m zmqkit demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m pip install --quiet --disable-pip-version-check ruff mypy
+	$(PY) -m ruff check zmqkit patterns demos tests
+	$(PY) -m mypy
+
+bench: $(VENV)/.installed
+	$(PY) -m zmqkit bench all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .hypothesis

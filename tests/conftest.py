@@ -1,0 +1,43 @@
+"""Shared fixtures: every test leaves no thread and no socket behind, and talks only to loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from zmqkit.sockets import open_sockets
+
+LEAK_GRACE = 2.0  # seconds a test's threads get to finish after it returns
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread running or a zmqkit socket open."""
+    threads_before = set(threading.enumerate())
+    sockets_before = set(open_sockets())
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+    while True:
+        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        sockets = [s for s in open_sockets() if s not in sockets_before]
+        if not (threads or sockets) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not threads, f"test left threads running: {threads}"
+    assert not sockets, f"test left sockets open: {sockets}"
+
+
+def free_udp_port() -> int:
+    """A UDP port that nothing on loopback uses right now: a private beacon port per test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def beacon_port() -> int:
+    return free_udp_port()

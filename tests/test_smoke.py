@@ -1,0 +1,45 @@
+"""The front doors work: the packages import, the command answers, the demo runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_packages_import() -> None:
+    import demos
+    import patterns
+    import zmqkit
+
+    assert zmqkit.__all__ == sorted(zmqkit.__all__)
+    assert all(hasattr(zmqkit, name) for name in zmqkit.__all__)
+    assert patterns.__all__ == sorted(patterns.__all__)
+    assert demos is not None
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zmqkit", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_help_lists_the_subcommands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("peers", "demo"):
+        assert command in result.stdout
+
+
+def test_usage_error_exits_2() -> None:
+    assert run_cli("no-such-command").returncode == 2
+
+
+@pytest.mark.slow
+def test_demo_ends_by_itself_with_exit_0() -> None:
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "add(" in result.stdout

@@ -1,0 +1,65 @@
+"""zmqkit: broker-less peer-to-peer messaging on ZeroMQ.
+
+General layout (the building blocks; the patterns built on them live in the ``patterns``
+package, the terminal demo nodes in ``demos``):
+
+- ``errors``   the exception tree, drawn in its docstring
+- ``codec``    the CBOR wire envelope and the beacon datagram: pure, no sockets, no clock
+- ``deadline`` one monotonic deadline shared by every step of an operation
+- ``sockets``  socket blocks: the only place that creates ZeroMQ sockets and sets options
+- ``peers``    the peer table: fed datagrams and ``now``, returns presence events (pure)
+- ``beacon``   the UDP beacon thread and discovery scopes
+- ``node``     ``Node``: a named identity, its beacon, its endpoints and what it serves
+- ``cli``      the ``zmqkit`` command
+"""
+
+from __future__ import annotations
+
+from .beacon import DEFAULT_PORT, Scope, Seed
+from .codec import Kind
+from .deadline import Deadline
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    ConfigError,
+    EncodeError,
+    MessageTooLarge,
+    PeerNotFound,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+    ZmqkitError,
+)
+from .node import Node
+from .peers import EventKind, Peer, PeerEvent, PeerTable
+from .sockets import AsyncSocket, Socket, SocketOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncSocket",
+    "BrokenError",
+    "BusyError",
+    "ClosedError",
+    "ConfigError",
+    "DEFAULT_PORT",
+    "Deadline",
+    "EncodeError",
+    "EventKind",
+    "Kind",
+    "MessageTooLarge",
+    "Node",
+    "Peer",
+    "PeerEvent",
+    "PeerNotFound",
+    "PeerTable",
+    "ProtocolError",
+    "RemoteError",
+    "Scope",
+    "Seed",
+    "Socket",
+    "SocketOptions",
+    "Timeout",
+    "ZmqkitError",
+]

@@ -1,0 +1,7 @@
+"""``python -m zmqkit``: the same as the ``zmqkit`` command."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

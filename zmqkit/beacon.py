@@ -1,0 +1,251 @@
+"""The discovery beacon: UDP I/O around a PeerTable, in one named thread.
+
+The thread announces the node at once, then every ``interval``; answers a newcomer's first beacon
+within a few milliseconds so that discovery does not wait a whole interval; says goodbye on
+close. It runs beside user code so that a node busy computing is not declared dead by its peers.
+
+Scopes decide where beacons go and where endpoints are bound:
+
+- ``localhost``: the loopback broadcast 127.255.255.255; endpoints on 127.0.0.1. Datagrams from
+  outside 127.0.0.0/8 are dropped, so nothing from the network gets in either.
+- ``subnet``: one named interface's broadcast address; endpoints on that interface's address.
+- ``seeds`` (with either scope): unicast beacons to each listed ``HOST[:PORT]`` too.
+
+Bad datagrams are dropped and counted in ``stats``; the first is logged as a warning, the rest
+at debug level, so a noisy network cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import random
+import select
+import socket
+import threading
+import time
+import uuid as uuid_module
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import ifaddr
+
+from .codec import BeaconKind, encode_beacon
+from .errors import ConfigError, ProtocolError
+from .peers import EventKind, Peer, PeerEvent, PeerTable
+
+__all__ = ["DEFAULT_PORT", "Beacon", "Scope", "Seed", "interface_addresses", "parse_seed"]
+
+log = logging.getLogger("zmqkit.beacon")
+
+DEFAULT_PORT = 47474
+LOOPBACK_BROADCAST = "127.255.255.255"
+LOOPBACK_HOST = "127.0.0.1"
+MAX_DATAGRAMS_PER_WAKE = 1000  # under a flood, still get back to announcing and expiring
+ANSWER_DELAY = 0.02  # answer newcomers within this, jittered, so a crowd is not answered at once
+
+
+class Scope(enum.Enum):
+    LOCALHOST = "localhost"
+    SUBNET = "subnet"
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """A host that gets unicast beacons."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> Seed:
+    """``HOST`` or ``HOST:PORT`` as a Seed with a numeric IPv4 host.
+
+    Raises:
+        ConfigError: a malformed seed or a host name that does not resolve.
+    """
+    host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        port = int(port_text) if port_text else default_port
+        if not 0 < port < 65536:
+            raise ValueError(port)
+        address = socket.gethostbyname(host)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"a seed is HOST or HOST:PORT, not {text!r} ({exc})") from exc
+    return Seed(address, port)
+
+
+def interface_addresses(name: str) -> tuple[str, str]:
+    """The IPv4 address and broadcast address of the interface called ``name``.
+
+    Raises:
+        ConfigError: no such interface, or it has no IPv4 address.
+    """
+    known = []
+    for adapter in ifaddr.get_adapters():
+        known.append(adapter.nice_name)
+        if adapter.nice_name != name:
+            continue
+        for ip in adapter.ips:
+            if ip.is_IPv4:
+                network = ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+                broadcast = LOOPBACK_BROADCAST if network.is_loopback else network.broadcast_address
+                return str(ip.ip), str(broadcast)
+        raise ConfigError(f"interface {name!r} has no IPv4 address")
+    raise ConfigError(f"no interface called {name!r} (this host has: {', '.join(sorted(known))})")
+
+
+class Beacon:
+    """Announces one node and tracks its peers, from a thread started by ``start``.
+
+    ``on_events`` is called from the beacon thread with each batch of presence events, after the
+    snapshot returned by ``peers`` has been updated.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        node_uuid: uuid_module.UUID,
+        *,
+        port: int = DEFAULT_PORT,
+        broadcast: str | None = LOOPBACK_BROADCAST,
+        seeds: Sequence[Seed] = (),
+        loopback_only: bool = True,
+        announce: bool = True,
+        interval: float = 1.0,
+        expiry: float = 3.0,
+        on_events: Callable[[list[PeerEvent]], None] = lambda events: None,
+    ) -> None:
+        if interval <= 0 or expiry <= interval:
+            raise ConfigError(f"need 0 < interval < expiry, not {interval} and {expiry}")
+        self.name = name
+        self.uuid = node_uuid
+        self.port = port
+        self.targets = ([(broadcast, port)] if broadcast else []) + [(s.host, s.port) for s in seeds]
+        self.loopback_only = loopback_only
+        self.announce = announce
+        self.interval = interval
+        self.on_events = on_events
+        self.stats: Counter[str] = Counter()
+        self.table = PeerTable(node_uuid, expiry)
+        self.snapshot: tuple[Peer, ...] = ()
+        self._endpoints: dict[str, str] = {}
+        self._headers: dict[str, str] = {}
+        self._seq = 0
+        self._warned = False
+        self._stopping = False
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._sock = self._open_socket()
+        self._thread = threading.Thread(target=self._run, name=f"zmqkit-beacon:{name}", daemon=True)
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(("", self.port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
+            raise ConfigError(f"cannot open the beacon port {self.port}: {exc}") from exc
+        return sock
+
+    # -- called from the owner's thread ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def advertise(self, endpoints: Mapping[str, str], headers: Mapping[str, str]) -> None:
+        """Change what the beacon says; peers hear it at once."""
+        self._endpoints = dict(endpoints)
+        self._headers = dict(headers)
+        self._seq += 1
+        encode_beacon(BeaconKind.HELLO, self.name, self.uuid, self._seq, self._endpoints, self._headers)
+        self._wake()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Say goodbye, stop the thread and join it. Safe to call twice."""
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        for sock in (self._sock, self._wake_reader, self._wake_writer):
+            sock.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:
+            pass  # closed, or its buffer is full: the thread is awake either way
+
+    # -- the beacon thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_announce = time.monotonic()
+        announced_seq = -1
+        while not self._stopping:
+            now = time.monotonic()
+            if self.announce and (now >= next_announce or announced_seq != self._seq):
+                announced_seq = self._seq
+                self._send(BeaconKind.HELLO)
+                next_announce = now + self.interval
+            events = self.table.expire(now)
+            next_expiry = self.table.next_expiry() or now + self.interval
+            wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
+            readable, _, _ = select.select([self._sock, self._wake_reader], [], [], max(0.0, wake_at - now))
+            if self._wake_reader in readable:
+                self._wake_reader.recv(4096)
+            if self._sock in readable:
+                received = self._receive(time.monotonic())
+                if any(event.kind is EventKind.JOINED for event in received) and self.announce:
+                    next_announce = min(next_announce, time.monotonic() + random.uniform(0, ANSWER_DELAY))
+                events += received
+            if events:
+                self.snapshot = tuple(self.table.peers())
+                self.on_events(events)
+        if self.announce:
+            self._send(BeaconKind.GOODBYE)
+
+    def _receive(self, now: float) -> list[PeerEvent]:
+        events: list[PeerEvent] = []
+        for _ in range(MAX_DATAGRAMS_PER_WAKE):
+            try:
+                datagram, (address, _port) = self._sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors surfacing from an earlier send
+                self._drop("socket-error", f"{exc}")
+                continue
+            self.stats["received"] += 1
+            if self.loopback_only and not address.startswith("127."):
+                self._drop("foreign", f"a datagram from {address}, outside loopback")
+                continue
+            try:
+                events += self.table.feed(datagram, address, now)
+            except ProtocolError as exc:
+                self._drop("malformed", f"{len(datagram)} bytes from {address}: {exc}")
+        return events
+
+    def _send(self, kind: BeaconKind) -> None:
+        datagram = encode_beacon(kind, self.name, self.uuid, self._seq, self._endpoints, self._headers)
+        for target in self.targets:
+            try:
+                self._sock.sendto(datagram, target)
+                self.stats["sent"] += 1
+            except OSError as exc:
+                self._drop("send-error", f"to {target[0]}:{target[1]}: {exc}")
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.stats[f"dropped-{reason}"] += 1
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        log.log(level, "beacon %s dropped %s (later drops are logged at debug level)", self.name, detail)
+

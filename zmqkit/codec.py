@@ -1,0 +1,339 @@
+"""The wire codec: pure functions from values to bytes and back, no sockets, no clock.
+
+Every ZeroMQ message is one frame holding one CBOR array (RFC 8949), ``[version, kind, ...]``:
+
+    kind  name           fields after ``version, kind``
+    ----  -------------  ----------------------------------------------------------------
+    1     REQUEST        call_id: uint, method: tstr, args: array, kwargs: map(tstr -> any)
+    2     REPLY          call_id: uint, result: any
+    3     ERROR          call_id: uint, type: tstr, message: tstr, traceback: tstr
+    4     STREAM_ITEM    call_id: uint, item: any
+    5     STREAM_END     call_id: uint
+    6     CANCEL         call_id: uint
+    7     PUBLISH        topic: tstr, sender: bstr(16), seq: uint, data: any
+    8     PUBLISH_BATCH  topic: tstr, sender: bstr(16), first_seq: uint, items: array
+
+A beacon is one UDP datagram: the 3 bytes ``ZKB``, one version byte, then the CBOR array
+``[kind, name, uuid, seq, endpoints, headers]`` with kind 1 (HELLO) or 2 (GOODBYE).
+
+CBOR tags are refused on decode (tags build datetimes, regexes, sets, shared references...):
+the wire carries only null, booleans, integers within 64 bits, floats, text, bytes, arrays and
+maps. docs/protocol.md is the normative description; this module follows it.
+
+Decoding anything malformed raises :class:`~zmqkit.errors.ProtocolError` and nothing else.
+Decoded messages are plain lists (``[version, kind, ...]``), not objects, to keep the hot path to
+one ``cbor2.loads`` and a few type checks.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid as uuid_module
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
+
+import cbor2
+
+from .errors import EncodeError, MessageTooLarge, ProtocolError
+
+__all__ = [
+    "BEACON_MAGIC",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_BEACON_SIZE",
+    "MAX_NAME_BYTES",
+    "VERSION",
+    "BeaconKind",
+    "Kind",
+    "decode",
+    "decode_beacon",
+    "encode",
+    "encode_beacon",
+    "encode_cancel",
+    "encode_error",
+    "encode_publish",
+    "encode_publish_batch",
+    "encode_reply",
+    "encode_request",
+    "encode_stream_end",
+    "encode_stream_item",
+    "publish_prefixes",
+]
+
+VERSION = 1
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+MAX_DEPTH = 64
+
+BEACON_MAGIC = b"ZKB"
+BEACON_VERSION = 1
+MAX_BEACON_SIZE = 1200  # fits one Ethernet frame: beacons are never fragmented
+MAX_NAME_BYTES = 64
+UUID_BYTES = 16
+
+
+class Kind(enum.IntEnum):
+    """The kind of a ZeroMQ message, its second array element."""
+
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+    STREAM_ITEM = 4
+    STREAM_END = 5
+    CANCEL = 6
+    PUBLISH = 7
+    PUBLISH_BATCH = 8
+
+
+class BeaconKind(enum.IntEnum):
+    """The kind of a beacon datagram."""
+
+    HELLO = 1
+    GOODBYE = 2
+
+
+class _RefuseEveryTag(Mapping[int, Callable[..., Any]]):
+    """A ``semantic_decoders`` table that answers every tag number with a refusal.
+
+    cbor2 decodes many tags into rich objects by default; none of them belong on our wire.
+    """
+
+    def __getitem__(self, tag: int) -> Callable[..., Any]:
+        def refuse(*_: Any) -> NoReturn:
+            raise ValueError(f"CBOR tag {tag} is not allowed on the zmqkit wire")
+
+        return refuse
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_REFUSE_EVERY_TAG = _RefuseEveryTag()
+
+
+def _refuse_tag(_decoder: Any, tag: Any) -> NoReturn:
+    raise ValueError(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed on the zmqkit wire")
+
+
+def loads(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:
+    """Decode one CBOR item from ``data``, refusing tags and oversized input.
+
+    Raises:
+        MessageTooLarge: ``data`` is longer than ``max_size``.
+        ProtocolError: ``data`` is not well-formed tag-free CBOR.
+    """
+    if len(data) > max_size:
+        raise MessageTooLarge(f"{len(data)} bytes is over the maximum of {max_size}")
+    try:
+        return cbor2.loads(
+            data,
+            semantic_decoders=_REFUSE_EVERY_TAG,
+            tag_hook=_refuse_tag,
+            max_depth=MAX_DEPTH,
+        )
+    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
+        cause = exc.__cause__ or exc
+        raise ProtocolError(f"undecodable CBOR: {cause}") from exc
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as CBOR.
+
+    Raises:
+        EncodeError: ``value`` holds something CBOR cannot carry.
+    """
+    try:
+        return cbor2.dumps(value)
+    except Exception as exc:  # CBOREncodeError and friends: the value is at fault
+        raise EncodeError(f"cannot encode {type(value).__name__}: {exc}") from exc
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def encode(kind: Kind, *fields: Any) -> bytes:
+    """Encode a message of any kind from its fields, in the order of the table above."""
+    return dumps([VERSION, int(kind), *fields])
+
+
+def encode_request(
+    call_id: int, method: str, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    return dumps([VERSION, 1, call_id, method, args, kwargs])
+
+
+def encode_reply(call_id: int, result: Any) -> bytes:
+    return dumps([VERSION, 2, call_id, result])
+
+
+def encode_error(call_id: int, type_name: str, message: str, traceback: str = "") -> bytes:
+    return dumps([VERSION, 3, call_id, type_name, message, traceback])
+
+
+def encode_stream_item(call_id: int, item: Any) -> bytes:
+    return dumps([VERSION, 4, call_id, item])
+
+
+def encode_stream_end(call_id: int) -> bytes:
+    return dumps([VERSION, 5, call_id])
+
+
+def encode_cancel(call_id: int) -> bytes:
+    return dumps([VERSION, 6, call_id])
+
+
+def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
+    return dumps([VERSION, 7, topic, sender, seq, data])
+
+
+def encode_publish_batch(topic: str, sender: bytes, first_seq: int, items: list[Any]) -> bytes:
+    return dumps([VERSION, 8, topic, sender, first_seq, items])
+
+
+def publish_prefixes(topic: str) -> tuple[bytes, bytes]:
+    """The byte prefixes that start every PUBLISH and PUBLISH_BATCH frame on ``topic``.
+
+    A CBOR text string carries its length before its bytes, so subscribing a ZeroMQ SUB socket
+    to these prefixes matches the topic exactly: ``news`` never matches ``newsletter``.
+    """
+    encoded_topic = cbor2.dumps(topic)
+    return (
+        bytes([0x86, VERSION, Kind.PUBLISH]) + encoded_topic,
+        bytes([0x86, VERSION, Kind.PUBLISH_BATCH]) + encoded_topic,
+    )
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def _is_uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _check_call_id(message: list[Any]) -> None:
+    if not _is_uint(message[2]):
+        raise ProtocolError("call id must be an unsigned integer")
+
+
+def _check_request(message: list[Any]) -> None:
+    _check_call_id(message)
+    _, _, _, method, args, kwargs = message
+    if type(method) is not str:
+        raise ProtocolError("method must be a text string")
+    if type(args) is not list:
+        raise ProtocolError("args must be an array")
+    if type(kwargs) is not dict or not all(type(key) is str for key in kwargs):
+        raise ProtocolError("kwargs must be a map with text keys")
+
+
+def _check_error(message: list[Any]) -> None:
+    _check_call_id(message)
+    if not all(type(field) is str for field in message[3:]):
+        raise ProtocolError("error type, message and traceback must be text strings")
+
+
+def _check_publish(message: list[Any]) -> None:
+    _, kind, topic, sender, seq, data = message
+    if type(topic) is not str:
+        raise ProtocolError("topic must be a text string")
+    if type(sender) is not bytes or len(sender) != UUID_BYTES:
+        raise ProtocolError("sender must be a 16-byte UUID")
+    if not _is_uint(seq):
+        raise ProtocolError("sequence number must be an unsigned integer")
+    if kind == Kind.PUBLISH_BATCH and (type(data) is not list or not data):
+        raise ProtocolError("batch items must be a non-empty array")
+
+
+# kind -> (array length, checker)
+_SHAPES: dict[int, tuple[int, Callable[[list[Any]], None]]] = {
+    Kind.REQUEST: (6, _check_request),
+    Kind.REPLY: (4, _check_call_id),
+    Kind.ERROR: (6, _check_error),
+    Kind.STREAM_ITEM: (4, _check_call_id),
+    Kind.STREAM_END: (3, _check_call_id),
+    Kind.CANCEL: (3, _check_call_id),
+    Kind.PUBLISH: (6, _check_publish),
+    Kind.PUBLISH_BATCH: (6, _check_publish),
+}
+
+
+def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
+    """Decode one message frame into ``[version, kind, ...fields]``.
+
+    Raises:
+        ProtocolError: the frame is not a valid message (MessageTooLarge if over ``max_size``).
+    """
+    message = loads(frame, max_size)
+    if type(message) is not list or len(message) < 3:
+        raise ProtocolError("a message must be an array of at least 3 items")
+    if message[0] != VERSION or type(message[0]) is not int:
+        raise ProtocolError(f"unsupported protocol version {message[0]!r} (this side speaks {VERSION})")
+    shape = _SHAPES.get(message[1]) if type(message[1]) is int else None
+    if shape is None:
+        raise ProtocolError(f"unknown message kind {message[1]!r}")
+    length, check = shape
+    if len(message) != length:
+        raise ProtocolError(f"{Kind(message[1]).name} must have {length} items, not {len(message)}")
+    check(message)
+    return message
+
+
+# -- beacons -------------------------------------------------------------------------------------
+
+
+def encode_beacon(
+    kind: BeaconKind,
+    name: str,
+    node_uuid: uuid_module.UUID,
+    seq: int,
+    endpoints: Mapping[str, str],
+    headers: Mapping[str, str],
+) -> bytes:
+    """Encode one beacon datagram.
+
+    Raises:
+        EncodeError: the beacon would be over ``MAX_BEACON_SIZE`` or the name is too long.
+    """
+    if len(name.encode()) > MAX_NAME_BYTES or not name:
+        raise EncodeError(f"a node name is 1 to {MAX_NAME_BYTES} bytes of UTF-8, not {name!r}")
+    body = dumps([int(kind), name, node_uuid.bytes, seq, dict(endpoints), dict(headers)])
+    datagram = BEACON_MAGIC + bytes([BEACON_VERSION]) + body
+    if len(datagram) > MAX_BEACON_SIZE:
+        raise EncodeError(f"beacon of {len(datagram)} bytes is over {MAX_BEACON_SIZE}: fewer headers")
+    return datagram
+
+
+def _is_text_map(value: Any) -> bool:
+    return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+
+
+def decode_beacon(
+    datagram: bytes,
+) -> tuple[BeaconKind, str, uuid_module.UUID, int, dict[str, str], dict[str, str]]:
+    """Decode a beacon datagram into ``(kind, name, uuid, seq, endpoints, headers)``.
+
+    Raises:
+        ProtocolError: a foreign, truncated, oversized or malformed datagram.
+    """
+    if len(datagram) > MAX_BEACON_SIZE:
+        raise MessageTooLarge(f"beacon of {len(datagram)} bytes is over {MAX_BEACON_SIZE}")
+    if datagram[:3] != BEACON_MAGIC:
+        raise ProtocolError("not a zmqkit beacon (bad magic)")
+    if datagram[3:4] != bytes([BEACON_VERSION]):
+        raise ProtocolError(f"unsupported beacon version {datagram[3:4]!r}")
+    body = loads(datagram[4:], MAX_BEACON_SIZE)
+    if type(body) is not list or len(body) != 6:
+        raise ProtocolError("beacon body must be an array of 6 items")
+    kind, name, raw_uuid, seq, endpoints, headers = body
+    if kind not in (BeaconKind.HELLO, BeaconKind.GOODBYE) or type(kind) is not int:
+        raise ProtocolError(f"unknown beacon kind {kind!r}")
+    if type(name) is not str or not 0 < len(name.encode()) <= MAX_NAME_BYTES:
+        raise ProtocolError(f"beacon name must be 1 to {MAX_NAME_BYTES} bytes of text")
+    if type(raw_uuid) is not bytes or len(raw_uuid) != UUID_BYTES:
+        raise ProtocolError("beacon uuid must be 16 bytes")
+    if not _is_uint(seq):
+        raise ProtocolError("beacon seq must be an unsigned integer")
+    if not _is_text_map(endpoints) or not _is_text_map(headers):
+        raise ProtocolError("beacon endpoints and headers must be maps of text to text")
+    return BeaconKind(kind), name, uuid_module.UUID(bytes=raw_uuid), seq, endpoints, headers

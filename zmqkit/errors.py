@@ -1,0 +1,92 @@
+"""Every error zmqkit raises, as one tree.
+
+    ZmqkitError                 base of everything below
+    ├── ProtocolError           bytes on the wire break the protocol (also ValueError)
+    │   └── MessageTooLarge     a frame or datagram over the configured maximum
+    ├── EncodeError             a value that the wire cannot carry (also TypeError)
+    ├── ConfigError             a bad option: unknown interface, bad seed, bad endpoint (also ValueError)
+    ├── Timeout                 a deadline passed (also the builtin TimeoutError)
+    ├── PeerNotFound            no peer of that name was discovered in time (also LookupError)
+    ├── RemoteError             the peer's handler raised; carries its type name, message, traceback
+    ├── ClosedError             you closed it, then used it
+    ├── BrokenError             something outside broke it; the original is in ``__cause__``
+    └── BusyError               two users at once: a socket used from a second thread
+
+Lower-level errors (``zmq.ZMQError``, ``cbor2.CBORDecodeError``, ``OSError``) never reach users raw:
+they are wrapped with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokenError",
+    "BusyError",
+    "ClosedError",
+    "ConfigError",
+    "EncodeError",
+    "MessageTooLarge",
+    "PeerNotFound",
+    "ProtocolError",
+    "RemoteError",
+    "Timeout",
+    "ZmqkitError",
+]
+
+
+class ZmqkitError(Exception):
+    """Base class of every error zmqkit raises."""
+
+
+class ProtocolError(ZmqkitError, ValueError):
+    """Bytes received from the wire that do not follow docs/protocol.md."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A frame or datagram larger than the configured maximum."""
+
+
+class EncodeError(ZmqkitError, TypeError):
+    """A value that the wire cannot carry (see the value types in docs/protocol.md)."""
+
+
+class ConfigError(ZmqkitError, ValueError):
+    """An option that cannot work: an unknown interface, a malformed seed or endpoint."""
+
+
+class Timeout(ZmqkitError, TimeoutError):
+    """A deadline passed before the operation completed."""
+
+
+class PeerNotFound(ZmqkitError, LookupError):
+    """No peer with the wanted name was discovered before the deadline."""
+
+
+class RemoteError(ZmqkitError):
+    """The remote handler raised; this carries what it raised.
+
+    Attributes:
+        type_name: the remote exception's type, e.g. ``"ZeroDivisionError"``.
+        message: ``str()`` of the remote exception.
+        traceback: the remote traceback as text (may be empty).
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
+        return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class ClosedError(ZmqkitError):
+    """The object was closed by its owner and then used."""
+
+
+class BrokenError(ZmqkitError):
+    """Something outside our control broke the operation; the original error is ``__cause__``."""
+
+
+class BusyError(ZmqkitError):
+    """Two users at once, such as a socket used from a thread other than its owner's."""

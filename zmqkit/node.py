@@ -1,0 +1,310 @@
+"""Node: a named identity on the network, its beacon, its endpoints and what it serves.
+
+A node is a context manager. ``start`` (or ``with``) starts its beacon thread; ``close`` says
+goodbye, closes what was attached to the node (servers, publishers) and joins every thread it
+started. Nothing runs before ``start`` and nothing is left running after ``close``.
+
+Patterns bind their own sockets on ``node.host`` and ``advertise`` them by role ("rpc", "pub",
+...); peers read them from ``node.peers(name)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid as uuid_module
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Protocol
+
+from .beacon import DEFAULT_PORT, LOOPBACK_BROADCAST, LOOPBACK_HOST, Beacon, Scope, Seed
+from .beacon import interface_addresses, parse_seed
+from .codec import MAX_NAME_BYTES
+from .deadline import Deadline
+from .errors import ClosedError, ConfigError, PeerNotFound
+from .peers import Peer, PeerEvent
+
+__all__ = ["Closeable", "Node"]
+
+log = logging.getLogger("zmqkit.node")
+
+EVENT_BACKLOG = 10_000  # a consumer that never reads loses the oldest events, not memory
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class Node:
+    """A named node: ``with Node("calc") as node: ...``.
+
+    Args:
+        name: the service name peers find this node by; several nodes may share it.
+        port: the UDP beacon port shared by every node of one network.
+        scope: ``"localhost"`` (default: nothing leaves this host) or ``"subnet"``.
+        interface: the network interface for ``subnet`` scope.
+        seeds: ``HOST[:PORT]`` strings that also get unicast beacons.
+        interval: seconds between beacons.
+        expiry: seconds of silence after which a peer is declared gone.
+        headers: small text map carried in every beacon.
+        announce: False for a node that only listens (a CLI looking around) and serves nothing.
+        host: the address to bind endpoints on, overriding what the scope implies.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        port: int = DEFAULT_PORT,
+        scope: str | Scope = Scope.LOCALHOST,
+        interface: str | None = None,
+        seeds: Iterable[str | Seed] = (),
+        interval: float = 1.0,
+        expiry: float = 3.0,
+        headers: Mapping[str, str] | None = None,
+        announce: bool = True,
+        host: str | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not 0 < len(name.encode()) <= MAX_NAME_BYTES:
+            raise ConfigError(f"a node name is 1 to {MAX_NAME_BYTES} bytes of text, not {name!r}")
+        try:
+            self.scope = Scope(scope)
+        except ValueError as exc:
+            raise ConfigError(f"scope is 'localhost' or 'subnet', not {scope!r}") from exc
+        if self.scope is Scope.SUBNET:
+            if not interface:
+                raise ConfigError("subnet scope needs an interface, e.g. interface='eth0'")
+            address, broadcast = interface_addresses(interface)
+        else:
+            address, broadcast = LOOPBACK_HOST, LOOPBACK_BROADCAST
+        self.name = name
+        self.uuid = uuid_module.uuid4()
+        self.host = host or address
+        self.port = port
+        self.headers = dict(headers or {})
+        self.endpoints: dict[str, str] = {}
+        self._attached: list[Closeable] = []
+        self._listeners: list[Callable[[list[PeerEvent]], None]] = []
+        self._changed = threading.Condition()
+        self._state = "new"
+        self._beacon = Beacon(
+            name,
+            self.uuid,
+            port=port,
+            broadcast=broadcast,
+            seeds=[s if isinstance(s, Seed) else parse_seed(s, port) for s in seeds],
+            loopback_only=self.scope is Scope.LOCALHOST,
+            announce=announce,
+            interval=interval,
+            expiry=expiry,
+            on_events=self._dispatch,
+        )
+
+    def __repr__(self) -> str:
+        return f"<zmqkit.Node {self.name!r} {self.uuid.hex[:8]} {self._state}>"
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> Node:
+        """Start the beacon thread: announce now, then every interval."""
+        if self._state != "new":
+            raise ClosedError(f"{self!r} cannot start twice")
+        self._state = "running"
+        self._beacon.advertise(self.endpoints, self.headers)
+        self._beacon.start()
+        return self
+
+    def close(self) -> None:
+        """Close what was attached (newest first), say goodbye, join the beacon thread."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        while self._attached:
+            item = self._attached.pop()
+            try:
+                item.close()
+            except Exception:  # one broken part must not keep the rest open; logged, not hidden
+                log.exception("closing %r failed", item)
+        self._beacon.close()
+        with self._changed:
+            self._changed.notify_all()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Node:
+        return self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def attach(self, part: Closeable) -> None:
+        """Close ``part`` when the node closes (servers, publishers made for this node)."""
+        if self._state == "closed":
+            raise ClosedError(f"{self!r} is closed")
+        self._attached.append(part)
+
+    def detach(self, part: Closeable) -> None:
+        with contextlib.suppress(ValueError):
+            self._attached.remove(part)
+
+    # -- what this node says about itself ------------------------------------------------------
+
+    def advertise(self, role: str, endpoint: str) -> None:
+        """Announce that this node serves ``role`` (e.g. "rpc") at ``endpoint``."""
+        self.endpoints[role] = endpoint
+        self._beacon.advertise(self.endpoints, self.headers)
+
+    def withdraw(self, role: str) -> None:
+        """Stop announcing ``role``."""
+        if self.endpoints.pop(role, None) is not None:
+            self._beacon.advertise(self.endpoints, self.headers)
+
+    def set_header(self, key: str, value: str | None) -> None:
+        """Set (or with None, remove) one beacon header; peers see an UPDATED event."""
+        if value is None:
+            self.headers.pop(key, None)
+        else:
+            self.headers[key] = value
+        self._beacon.advertise(self.endpoints, self.headers)
+
+    # -- what this node knows about others -----------------------------------------------------
+
+    @property
+    def peers_version(self) -> int:
+        """Grows whenever a peer joins, changes or goes: a cheap "look again" signal."""
+        return self._beacon.table.version
+
+    def peers(self, name: str | None = None) -> list[Peer]:
+        """The peers discovered so far, all of them or those called ``name``."""
+        return [peer for peer in self._beacon.snapshot if name is None or peer.name == name]
+
+    def stats(self) -> dict[str, int]:
+        """Beacon counters: sent, received, and dropped-* by reason."""
+        return dict(self._beacon.stats)
+
+    def wait_for(self, name: str, timeout: float = 5.0, *, count: int = 1) -> list[Peer]:
+        """Wait until ``count`` peers called ``name`` are known; return them.
+
+        Raises:
+            PeerNotFound: fewer than ``count`` appeared within ``timeout`` seconds.
+        """
+        deadline = Deadline.after(timeout)
+        with self._changed:
+            while len(found := self.peers(name)) < count:
+                if not self.running:
+                    raise ClosedError(f"{self!r} is not running")
+                if deadline.expired():
+                    raise PeerNotFound(self._not_found(name, count, len(found), timeout))
+                self._changed.wait(deadline.remaining())
+        return found
+
+    async def wait_for_async(self, name: str, timeout: float = 5.0, *, count: int = 1) -> list[Peer]:
+        """``wait_for`` for asyncio code: waits without blocking the loop."""
+        changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_events(_: list[PeerEvent]) -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        deadline = Deadline.after(timeout)
+        self._listeners.append(on_events)
+        try:
+            while len(found := self.peers(name)) < count:
+                if not self.running:
+                    raise ClosedError(f"{self!r} is not running")
+                try:
+                    await asyncio.wait_for(changed.wait(), deadline.remaining())
+                except asyncio.TimeoutError:
+                    raise PeerNotFound(self._not_found(name, count, len(found), timeout)) from None
+                changed.clear()
+            return found
+        finally:
+            self._listeners.remove(on_events)
+
+    def _not_found(self, name: str, count: int, found: int, timeout: float) -> str:
+        wanted = f"{count} peers called {name!r}" if count > 1 else f"a peer called {name!r}"
+        return f"{wanted} not found in {timeout:g} s (found {found}; beacon port {self.port})"
+
+    def on_event(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every presence event; returns a function that unsubscribes.
+
+        The callback runs in the beacon thread: keep it short and do not block in it.
+        """
+
+        def listener(events: list[PeerEvent]) -> None:
+            for event in events:
+                callback(event)
+
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def events(self, duration: float) -> Iterator[PeerEvent]:
+        """Yield presence events as they happen, for ``duration`` seconds, then stop."""
+        deadline = Deadline.after(duration)
+        backlog: deque[PeerEvent] = deque(maxlen=EVENT_BACKLOG)
+        arrived = threading.Condition()
+
+        def listener(events: list[PeerEvent]) -> None:
+            with arrived:
+                backlog.extend(events)
+                arrived.notify()
+
+        self._listeners.append(listener)
+        try:
+            while True:
+                with arrived:
+                    arrived.wait_for(lambda: backlog or deadline.expired(), deadline.remaining())
+                    pending = list(backlog)
+                    backlog.clear()
+                yield from pending
+                if deadline.expired() and not pending:
+                    return
+        finally:
+            self._listeners.remove(listener)
+
+    async def aevents(self) -> AsyncIterator[PeerEvent]:
+        """Presence events for asyncio code, until the consumer stops iterating.
+
+        Bound it with ``asyncio.timeout`` (or break out); events a slow consumer has not taken
+        beyond a backlog of 10,000 are dropped, oldest first.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[PeerEvent] = asyncio.Queue()
+
+        def put(events: list[PeerEvent]) -> None:
+            for event in events:
+                if queue.qsize() >= EVENT_BACKLOG:
+                    queue.get_nowait()
+                queue.put_nowait(event)
+
+        def listener(events: list[PeerEvent]) -> None:
+            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed
+                loop.call_soon_threadsafe(put, events)
+
+        self._listeners.append(listener)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.remove(listener)
+
+    def _dispatch(self, events: list[PeerEvent]) -> None:
+        """Called in the beacon thread with each batch of events."""
+        with self._changed:
+            self._changed.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(events)
+            except Exception:  # a user's callback must not stop discovery
+                log.exception("presence event callback %r failed", listener)
+

@@ -1,0 +1,294 @@
+"""Socket blocks: the one place that creates ZeroMQ sockets and sets their options.
+
+``Socket`` is for threads (REQ/REP, DEALER/ROUTER, PUB/SUB alike) and ``AsyncSocket`` for an
+asyncio loop. Both apply ``SocketOptions`` (short linger, a maximum message size, high-water
+marks, heartbeats), both take a timeout on every receive, and both belong to the thread that
+made them: a second thread gets ``BusyError`` instead of corrupting the socket.
+
+ZeroMQ errors are translated: ``zmq.Again`` becomes ``Timeout``, a closed socket or context
+becomes ``ClosedError``, anything else ``BrokenError`` with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .codec import DEFAULT_MAX_MESSAGE_SIZE
+from .deadline import Deadline
+from .errors import BrokenError, BusyError, ClosedError, ConfigError, Timeout, ZmqkitError
+
+__all__ = [
+    "AsyncSocket",
+    "Socket",
+    "SocketOptions",
+    "format_endpoint",
+    "open_sockets",
+    "translate_zmq_error",
+]
+
+_open: weakref.WeakSet[Socket] = weakref.WeakSet()
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOptions:
+    """Options applied to every socket the blocks create.
+
+    The defaults never let a socket hang a process: close waits at most ``linger`` seconds for
+    unsent messages, a send blocked by a full queue gives up after ``send_timeout`` seconds, and
+    a silent TCP peer is dropped after ``heartbeat_timeout`` seconds.
+    """
+
+    linger: float = 0.2
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    send_hwm: int = 10_000
+    recv_hwm: int = 10_000
+    send_timeout: float = 5.0
+    immediate: bool = False
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 3.0
+    reconnect_interval: float = 0.1
+    reconnect_interval_max: float = 2.0
+
+
+DEFAULT_OPTIONS = SocketOptions()
+
+
+def format_endpoint(host: str, port: int | str) -> str:
+    """``tcp://host:port``, with IPv6 hosts in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def open_sockets() -> list[Socket]:
+    """The sockets made by these blocks that are still open (for leak checks in tests)."""
+    return [sock for sock in list(_open) if not sock.closed]
+
+
+def translate_zmq_error(exc: zmq.ZMQError, doing: str) -> ZmqkitError:
+    """The zmqkit error for a ZeroMQ error; raise it ``from exc``."""
+    if isinstance(exc, zmq.Again):
+        return Timeout(f"timed out {doing}")
+    if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+        return ClosedError(f"socket closed while {doing}")
+    return BrokenError(f"{doing} failed: {exc}")
+
+
+def _configure(sock: zmq.Socket[Any], options: SocketOptions) -> None:
+    sock.linger = int(options.linger * 1000)
+    sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_size)
+    sock.sndhwm = options.send_hwm
+    sock.rcvhwm = options.recv_hwm
+    sock.sndtimeo = int(options.send_timeout * 1000)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, int(options.heartbeat_interval * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(options.heartbeat_timeout * 1000))
+    sock.setsockopt(zmq.RECONNECT_IVL, int(options.reconnect_interval * 1000))
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(options.reconnect_interval_max * 1000))
+    if options.immediate:
+        sock.immediate = True
+
+
+class Socket:
+    """A ZeroMQ socket with safe defaults, used only by the thread that created it.
+
+    ``raw`` is the pyzmq socket, for pollers and hot paths that have checked ownership already.
+    """
+
+    def __init__(
+        self,
+        kind: int,
+        *,
+        options: SocketOptions = DEFAULT_OPTIONS,
+        routing_id: bytes | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.kind = zmq.SocketType(kind)
+        self.options = options
+        self.raw: zmq.Socket[Any] = (context or zmq.Context.instance()).socket(kind)
+        try:
+            _configure(self.raw, options)
+            if routing_id is not None:
+                self.raw.routing_id = routing_id
+        except zmq.ZMQError as exc:
+            self.raw.close(linger=0)
+            raise translate_zmq_error(exc, f"configuring a {self.kind.name} socket") from exc
+        self.owner = threading.get_ident()
+        self._rcvtimeo = -1
+        self.endpoints: list[str] = []
+        _open.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ", ".join(self.endpoints) or "unbound"
+        return f"<zmqkit.Socket {self.kind.name} {state}>"
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def check_owner(self) -> None:
+        """Raise ``BusyError`` unless called from the thread that created the socket."""
+        if threading.get_ident() != self.owner:
+            raise BusyError(f"{self!r} belongs to another thread; make one socket per thread")
+        if self.raw.closed:
+            raise ClosedError(f"{self!r} is closed")
+
+    def bind(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Bind on ``host`` (port 0: a free port chosen by the kernel) and return the endpoint.
+
+        Raises:
+            ConfigError: the address cannot be bound (in use, or not an address of this host).
+        """
+        self.check_owner()
+        try:
+            if ":" in host:
+                self.raw.ipv6 = True
+            self.raw.bind(format_endpoint(host, port or "*"))
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot bind {format_endpoint(host, port or '*')}: {exc}") from exc
+        endpoint = self.raw.last_endpoint.decode()
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def connect(self, endpoint: str) -> None:
+        self.check_owner()
+        try:
+            if "[" in endpoint:
+                self.raw.ipv6 = True
+            self.raw.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot connect to {endpoint!r}: {exc}") from exc
+
+    def disconnect(self, endpoint: str) -> None:
+        """Drop the connection to ``endpoint``; quietly does nothing if it is not connected."""
+        self.check_owner()
+        try:
+            self.raw.disconnect(endpoint)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.ENOENT:
+                raise translate_zmq_error(exc, f"disconnecting {endpoint}") from exc
+
+    def send(self, frame: bytes, *, more: bool = False) -> None:
+        """Send one frame; blocks at most ``options.send_timeout`` when the queue is full."""
+        self.check_owner()
+        try:
+            self.raw.send(frame, zmq.SNDMORE if more else 0, copy=len(frame) < 65536)
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.check_owner()
+        try:
+            self.raw.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
+
+    def _wait_ms(self, timeout: float) -> None:
+        milliseconds = Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)
+        if milliseconds != self._rcvtimeo:
+            self.raw.rcvtimeo = milliseconds
+            self._rcvtimeo = milliseconds
+
+    def recv(self, timeout: float) -> bytes:
+        """Receive one frame, waiting at most ``timeout`` seconds.
+
+        Raises:
+            Timeout: nothing arrived in time.
+        """
+        self.check_owner()
+        self._wait_ms(timeout)
+        try:
+            return self.raw.recv()  # type: ignore[no-any-return]
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
+
+    def recv_multipart(self, timeout: float) -> list[bytes]:
+        """Receive one multipart message, waiting at most ``timeout`` seconds."""
+        self.check_owner()
+        self._wait_ms(timeout)
+        try:
+            return self.raw.recv_multipart()  # type: ignore[no-any-return]
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
+
+    def poll(self, timeout: float) -> bool:
+        """True when a message is waiting, after waiting at most ``timeout`` seconds."""
+        self.check_owner()
+        return bool(self.raw.poll(Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)))
+
+    def close(self) -> None:
+        """Close, waiting at most ``options.linger`` for unsent messages. Safe to call twice."""
+        if not self.raw.closed:
+            self.raw.close()
+        _open.discard(self)
+
+
+class AsyncSocket(Socket):
+    """A socket for one asyncio loop: the same options, awaitable receives.
+
+    Receives drain what is already queued without a trip through the loop, then wait on the
+    loop only when the queue is empty: a burst of messages costs one wake-up, not one each.
+    """
+
+    def __init__(
+        self,
+        kind: int,
+        *,
+        options: SocketOptions = DEFAULT_OPTIONS,
+        routing_id: bytes | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        super().__init__(kind, options=options, routing_id=routing_id, context=context)
+        self.waiter = zmq.asyncio.Socket.from_socket(self.raw)
+
+    async def wait_readable(self, timeout: float) -> bool:
+        """Wait until a message is queued, at most ``timeout`` seconds; False if none came."""
+        self.check_owner()
+        milliseconds = Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)
+        try:
+            return bool(await self.waiter.poll(milliseconds, zmq.POLLIN))
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"waiting on {self.kind.name}") from exc
+
+    async def recv_async(self, timeout: float) -> bytes:
+        """Receive one frame, waiting at most ``timeout`` seconds; Timeout if none came."""
+        deadline = Deadline.after(timeout)
+        while True:
+            try:
+                return self.raw.recv(zmq.NOBLOCK)  # type: ignore[no-any-return]
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
+            if not await self.wait_readable(deadline.remaining()):
+                raise Timeout(f"timed out receiving on {self.kind.name}")
+
+    async def recv_multipart_async(self, timeout: float) -> list[bytes]:
+        """Receive one multipart message, waiting at most ``timeout`` seconds."""
+        deadline = Deadline.after(timeout)
+        while True:
+            try:
+                return self.raw.recv_multipart(zmq.NOBLOCK)  # type: ignore[no-any-return]
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
+            if not await self.wait_readable(deadline.remaining()):
+                raise Timeout(f"timed out receiving on {self.kind.name}")
+
+    def close(self) -> None:
+        if not self.raw.closed:
+            self.waiter.close()
+        super().close()
