@@ -69,11 +69,13 @@ def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> Seed:
     Raises:
         ConfigError: a malformed seed or a host name that does not resolve.
     """
-    host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    host, colon, port_text = text.rpartition(":") if ":" in text else (text, "", "")
     try:
-        port = int(port_text) if port_text else default_port
+        port = int(port_text) if colon else default_port
         if not 0 < port < 65536:
             raise ValueError(port)
+        if not host.strip():
+            raise ValueError("no host")  # "" resolves to 0.0.0.0: this host, not a seed
         address = socket.gethostbyname(host)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"a seed is HOST or HOST:PORT, not {text!r} ({exc})") from exc
@@ -208,8 +210,11 @@ class Beacon:
                 if any(event.kind is EventKind.JOINED for event in received) and self.announce:
                     next_announce = min(next_announce, time.monotonic() + random.uniform(0, ANSWER_DELAY))
                 events += received
-            if events:
+            if events or self._sock in readable:
+                # every beacon moves a peer's last_seen, not only those that make events:
+                # the snapshot must follow, or ages and liveness read from it go stale
                 self.snapshot = tuple(self.table.peers())
+            if events:
                 self.on_events(events)
         if self.announce:
             self._send(BeaconKind.GOODBYE)

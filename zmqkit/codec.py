@@ -295,7 +295,8 @@ def encode_beacon(
     Raises:
         EncodeError: the beacon would be over ``MAX_BEACON_SIZE`` or the name is too long.
     """
-    if len(name.encode()) > MAX_NAME_BYTES or not name:
+    # surrogatepass: a name that is not valid UTF-8 is refused by dumps() below, as EncodeError
+    if type(name) is not str or not 0 < len(name.encode(errors="surrogatepass")) <= MAX_NAME_BYTES:
         raise EncodeError(f"a node name is 1 to {MAX_NAME_BYTES} bytes of UTF-8, not {name!r}")
     body = dumps([int(kind), name, node_uuid.bytes, seq, dict(endpoints), dict(headers)])
     datagram = BEACON_MAGIC + bytes([BEACON_VERSION]) + body

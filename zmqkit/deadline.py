@@ -7,6 +7,7 @@ fresh timeout per step. Public APIs take ``timeout`` in seconds and turn it into
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -28,7 +29,8 @@ class Deadline:
         Raises:
             ConfigError: ``seconds`` is negative, NaN or infinite: every wait here is finite.
         """
-        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        # a chained comparison, not math.isfinite(): that raises OverflowError on a huge int
+        if not isinstance(seconds, (int, float)) or not 0 <= seconds <= sys.float_info.max:
             raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {seconds!r}")
         return cls((time.monotonic() if now is None else now) + seconds)
 

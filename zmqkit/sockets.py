@@ -262,6 +262,33 @@ class AsyncSocket(Socket):
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"waiting on {self.kind.name}") from exc
 
+    def send_nowait(self, frame: bytes) -> bool:
+        """Send one frame without waiting; False when it would have to wait (queue full, or no
+        connection yet with ``immediate``).
+
+        A send can swallow the edge that a pending ``wait_readable`` is waiting for (ZeroMQ's
+        descriptor is edge-triggered), so the waiter is told to look at the socket again.
+        """
+        try:
+            self.raw.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
+        finally:
+            if not self.raw.closed:
+                self.waiter.get(zmq.EVENTS)
+        return True
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until a send would not block, at most ``timeout`` seconds."""
+        self.check_owner()
+        milliseconds = Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)
+        try:
+            return bool(await self.waiter.poll(milliseconds, zmq.POLLOUT))
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"waiting on {self.kind.name}") from exc
+
     async def recv_async(self, timeout: float) -> bytes:
         """Receive one frame, waiting at most ``timeout`` seconds; Timeout if none came."""
         deadline = Deadline.after(timeout)

@@ -1,0 +1,24 @@
+"""RPC by name: serve an object's methods on a node, call them from any node by name.
+
+    server = rpc.serve(node, Calculator())          # plain, async, generator methods
+    with rpc.Client(node, "calc") as calc:          # blocking
+        calc.add(1, 2)
+    async with rpc.AsyncClient(node, "calc") as calc:   # asyncio, many calls in flight
+        await calc.add(1, 2)
+
+- ``handlers``      which methods are served and how each runs (inline, pool, loop)
+- ``server``        the server thread and its worker pool
+- ``core``          routing, retries and replies, shared by both clients
+- ``sync_client``   ``Client``
+- ``async_client``  ``AsyncClient``
+"""
+
+from __future__ import annotations
+
+from .async_client import AsyncClient
+from .core import DEFAULT_TIMEOUT
+from .handlers import blocking
+from .server import DEFAULT_WORKERS, Server, serve
+from .sync_client import Client
+
+__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_WORKERS", "AsyncClient", "Client", "Server", "blocking", "serve"]

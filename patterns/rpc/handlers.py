@@ -1,0 +1,107 @@
+"""Which methods a service exposes, and how each one runs.
+
+    plain ``def``                  inline, on the server thread, one at a time (fastest)
+    ``def`` marked ``@blocking``   in the server's bounded worker pool
+    generator ``def``              streams its items, from the worker pool
+    ``async def``                  on the server's asyncio loop thread
+    ``async def`` generator        streams its items, from the asyncio loop thread
+
+A plain handler runs inline because a thread hop costs more than most handlers do; mark any
+handler that may wait (I/O, sleep, a lock, long computation) with ``@blocking`` so that it cannot
+hold up other calls.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from zmqkit import ConfigError
+
+__all__ = ["DESCRIBE_METHOD", "Handler", "Mode", "blocking", "collect_handlers"]
+
+DESCRIBE_METHOD = "zmqkit.describe"  # not a Python identifier, so no user method can clash
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Mode(enum.Enum):
+    INLINE = "inline"
+    BLOCKING = "blocking"
+    STREAM = "stream"
+    ASYNC = "async"
+    ASYNC_STREAM = "async-stream"
+
+
+def blocking(function: F) -> F:
+    """Mark a handler that may wait, so that it runs in the worker pool, not on the server thread."""
+    function.__zmqkit_blocking__ = True  # type: ignore[attr-defined]
+    return function
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    name: str
+    function: Callable[..., Any]
+    mode: Mode
+
+    @classmethod
+    def of(cls, name: str, function: Callable[..., Any]) -> Handler:
+        if inspect.isasyncgenfunction(function):
+            mode = Mode.ASYNC_STREAM
+        elif inspect.iscoroutinefunction(function):
+            mode = Mode.ASYNC
+        elif inspect.isgeneratorfunction(function):
+            mode = Mode.STREAM
+        elif getattr(function, "__zmqkit_blocking__", False):
+            mode = Mode.BLOCKING
+        else:
+            mode = Mode.INLINE
+        return cls(name, function, mode)
+
+    def arguments_fit(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether the handler accepts these arguments (asked only after a TypeError)."""
+        try:
+            inspect.signature(self.function).bind(*args, **kwargs)
+        except TypeError:
+            return False
+        except ValueError:  # no signature to read (some builtins): cannot tell, assume it fits
+            return True
+        return True
+
+    def describe(self) -> dict[str, str]:
+        try:
+            signature = str(inspect.signature(self.function))
+        except ValueError:
+            signature = "(...)"
+        return {
+            "name": self.name,
+            "signature": f"{self.name}{signature}",
+            "doc": inspect.getdoc(self.function) or "",
+            "mode": self.mode.value,
+        }
+
+
+def collect_handlers(
+    target: object | Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+) -> dict[str, Handler]:
+    """The handlers of ``target``: an object's public methods, a name->function map, or functions."""
+    if isinstance(target, Mapping):
+        pairs = list(target.items())
+    elif isinstance(target, (list, tuple)):
+        pairs = [(function.__name__, function) for function in target]
+    elif inspect.isroutine(target):
+        pairs = [(target.__name__, target)]
+    else:
+        pairs = [
+            (name, getattr(target, name))
+            for name in dir(target)
+            if not name.startswith("_") and callable(getattr(target, name))
+        ]
+    handlers = {name: Handler.of(name, function) for name, function in pairs}
+    if not handlers:
+        raise ConfigError(f"{target!r} has no public callables to serve")
+    return handlers

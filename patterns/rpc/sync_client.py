@@ -1,0 +1,202 @@
+"""The blocking RPC client: ``Client(node, "calc").add(1, 2)``.
+
+One DEALER socket per node that serves the name, all owned by the thread that made the client.
+Waiting for a reply is a plain blocking receive with a timeout, as fast as a hand-written REQ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
+
+from zmqkit import BrokenError, Deadline, Node, PeerNotFound, Socket, SocketOptions, Timeout, codec
+from zmqkit.codec import Kind
+
+from .core import DEFAULT_TIMEOUT, SLICE, Route, Routes, may_retry, outcome
+from .handlers import DESCRIBE_METHOD
+
+__all__ = ["Client"]
+
+CLIENT_OPTIONS = SocketOptions(immediate=True)  # a send to a node not yet connected fails fast
+
+
+class PeerGone(Exception):
+    """The node a call went to left before it answered (internal: becomes a retry or BrokenError)."""
+
+
+class Client:
+    """Calls methods on the nodes called ``name``, from the thread that created it.
+
+    ``client.call("add", 1, 2)`` or ``client.add(1, 2)``; ``client.stream("count", 5)`` for a
+    generator method. Every call has a deadline (``timeout``, default 5 s) and raises
+    ``PeerNotFound`` when no such node appears in time, ``Timeout`` when it does not answer in
+    time and ``RemoteError`` when its handler raised.
+    """
+
+    def __init__(self, node: Node, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.node = node
+        self.name = name
+        self.timeout = timeout
+        self._routes = Routes(name)
+        self._sockets: dict[Any, Socket] = {}
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<zmqkit rpc.Client for {self.name!r}, {len(self._sockets)} nodes>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        self._routes.routes.clear()
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.call_with(method, args, kwargs)
+
+    # -- calling -------------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, timeout: float | None = None,
+             idempotent: bool = False, **kwargs: Any) -> Any:
+        """Call ``method(*args, **kwargs)`` on one node of the name and return its result.
+
+        A generator method's items come back as a list. ``idempotent=True`` lets the call be
+        sent again to another node if the first one leaves before answering.
+        """
+        return self.call_with(method, args, kwargs, timeout=timeout, idempotent=idempotent)
+
+    def call_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
+                  kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+                  idempotent: bool = False) -> Any:
+        """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
+        deadline = Deadline.after(self.timeout if timeout is None else timeout)
+        tried: set[Any] = set()
+        while True:
+            route, sock, call_id = self._send(method, args, kwargs or {}, deadline, tried)
+            try:
+                items = []
+                while (message := self._reply(sock, route, call_id, deadline))[1] == Kind.STREAM_ITEM:
+                    items.append(message[3])
+                self._routes.finished(route)
+                return items if message[1] == Kind.STREAM_END else outcome(message)
+            except PeerGone:
+                self._routes.failed(route, time.monotonic())
+                if not may_retry(idempotent=idempotent, sent=True):
+                    raise BrokenError(f"{self.name} node left during {method}(); not retried "
+                                      "because the call is not marked idempotent") from None
+                tried.add(route.uuid)
+            except Timeout:
+                self._routes.failed(route, time.monotonic())
+                raise Timeout(f"{self.name}.{method}() got no reply in {self._budget(timeout)} s") from None
+
+    def stream(self, method: str, *args: Any, timeout: float | None = None,
+               **kwargs: Any) -> Iterator[Any]:
+        """Iterate the items a generator method yields; ``timeout`` is the wait between items.
+
+        Leaving the loop early (``break``) tells the node to stop producing.
+        """
+        budget = self._budget(timeout)
+        route, sock, call_id = self._send(method, args, kwargs, Deadline.after(budget), set())
+        done = False
+        try:
+            while not done:
+                try:
+                    message = self._reply(sock, route, call_id, Deadline.after(budget))
+                except PeerGone:
+                    done = True
+                    raise BrokenError(f"{self.name} node left during the stream {method}()") from None
+                except Timeout:
+                    raise Timeout(f"{self.name}.{method}() sent no item in {budget} s") from None
+                done = message[1] != Kind.STREAM_ITEM
+                if message[1] != Kind.STREAM_END:
+                    yield outcome(message)
+        finally:
+            self._routes.finished(route)
+            if not done and not sock.closed:
+                with contextlib.suppress(zmq.ZMQError):  # best effort: the node stops on its own too
+                    sock.raw.send(codec.encode_cancel(call_id), zmq.NOBLOCK)
+
+    def methods(self, timeout: float | None = None) -> list[dict[str, str]]:
+        """The node's methods: name, signature, doc and how each runs."""
+        result: list[dict[str, str]] = self.call_with(DESCRIBE_METHOD, timeout=timeout)
+        return result
+
+    # -- the parts -----------------------------------------------------------------------------
+
+    def _budget(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def _refresh(self) -> None:
+        if self._routes.version == self.node.peers_version:
+            return
+        added, removed = self._routes.sync(self.node.peers(self.name), self.node.peers_version)
+        for route in removed:
+            self._sockets.pop(route.uuid).close()
+        for route in added:
+            sock = Socket(zmq.DEALER, options=CLIENT_OPTIONS)
+            sock.connect(route.endpoint)
+            self._sockets[route.uuid] = sock
+
+    def _send(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
+              deadline: Deadline, tried: set[Any]) -> tuple[Route, Socket, int]:
+        """Send the request to the best node that takes it; retry others while it never left."""
+        while True:
+            self._refresh()
+            route = self._routes.pick(time.monotonic(), tried)
+            if route is None:
+                if tried and self._routes.routes:
+                    tried.clear()  # every node failed once: give them another turn
+                    continue
+                self._wait_for_route(deadline)
+                continue
+            sock = self._sockets[route.uuid]
+            call_id = next(self._ids)
+            frame = codec.encode_request(call_id, method, list(args), kwargs)
+            if sock.raw.poll(min(SLICE, deadline.remaining()) * 1000, zmq.POLLOUT):
+                sock.send(frame)
+                self._routes.started(route)
+                return route, sock, call_id
+            self._routes.unreachable(route, time.monotonic())
+            tried.add(route.uuid)  # never left: safe to try another node
+            if deadline.expired():
+                raise Timeout(f"could not reach any {self.name!r} node before the deadline")
+
+    def _wait_for_route(self, deadline: Deadline) -> None:
+        try:
+            self.node.wait_for(self.name, deadline.remaining())
+        except PeerNotFound:
+            raise PeerNotFound(f"no node called {self.name!r} was found (beacon port "
+                               f"{self.node.port})") from None
+        if self.node.peers_version == self._routes.version:
+            if not any("rpc" in p.endpoints for p in self.node.peers(self.name)):
+                time.sleep(min(0.01, deadline.remaining()))  # found, but not serving RPC yet
+                if deadline.expired():
+                    raise PeerNotFound(f"{self.name!r} was found but serves no RPC")
+
+    def _reply(self, sock: Socket, route: Route, call_id: int, deadline: Deadline) -> list[Any]:
+        """The next message for ``call_id``; stale replies to earlier calls are dropped."""
+        while True:
+            try:
+                frame = sock.recv(min(SLICE, deadline.remaining()))
+            except Timeout:
+                if deadline.expired():
+                    raise
+                self._refresh()
+                if route.uuid not in self._routes.routes:
+                    raise PeerGone() from None
+                continue
+            message = codec.decode(frame)
+            if message[2] == call_id or (message[2] == 0 and message[1] == Kind.ERROR):
+                return message
