@@ -26,7 +26,7 @@ import cbor2
 import pytest
 from nodeproc import NodeProcess, kill_all
 
-from zmqkit import ClosedError, ConfigError, EventKind, Node, PeerEvent, PeerNotFound
+from zmqkit import ClosedError, ConfigError, EncodeError, EventKind, Node, PeerEvent, PeerNotFound
 from zmqkit.codec import BeaconKind, encode_beacon
 
 FAST = {"interval": 0.2, "expiry": 0.6}
@@ -278,9 +278,30 @@ def test_config_errors_are_config_errors_and_leak_nothing(beacon_port: int) -> N
             Node("x", port=beacon_port, seeds=[seed])
     with pytest.raises(ConfigError):
         Node("x", port=beacon_port, interval=1.0, expiry=0.5)
-    for name in ("", "n" * 65):
+    for name in ("", "n" * 65, "\udc80", b"bytes"):
         with pytest.raises(ConfigError):
-            Node(name, port=beacon_port)
+            Node(name, port=beacon_port)  # type: ignore[arg-type]
+
+
+def test_what_a_beacon_cannot_carry_fails_loudly(make_node: Callable[..., Node]) -> None:
+    """Peers drop a beacon with a non-text endpoint: refusing it early beats silent invisibility."""
+    for headers in ({"load": 1}, {"big": "x" * 2000}):
+        node = make_node("bad-headers", start=False, headers=headers)
+        with pytest.raises(EncodeError):
+            node.start()
+        assert not node.running
+    server = make_node("server")
+    server.advertise("rpc", "tcp://127.0.0.1:5555")
+    with pytest.raises(EncodeError):
+        server.advertise("pub", 5556)  # type: ignore[arg-type]
+    with pytest.raises(EncodeError):
+        server.set_header("load", 0.5)  # type: ignore[arg-type]
+    assert server.endpoints == {"rpc": "tcp://127.0.0.1:5555"}
+    assert server.headers == {}
+    watcher = make_node("watcher")
+    [peer] = watcher.wait_for("server", timeout=3)
+    assert peer.endpoints == {"rpc": "tcp://127.0.0.1:5555"}
+    assert "dropped-malformed" not in watcher.stats()
 
 
 # -- across processes ----------------------------------------------------------------------------

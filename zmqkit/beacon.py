@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import ifaddr
 
 from .codec import BeaconKind, encode_beacon
-from .errors import ConfigError, ProtocolError
+from .errors import ConfigError, EncodeError, ProtocolError
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 
 __all__ = ["DEFAULT_PORT", "Beacon", "Scope", "Seed", "interface_addresses", "parse_seed"]
@@ -166,11 +166,21 @@ class Beacon:
         self._thread.start()
 
     def advertise(self, endpoints: Mapping[str, str], headers: Mapping[str, str]) -> None:
-        """Change what the beacon says; peers hear it at once."""
+        """Change what the beacon says; peers hear it at once.
+
+        Checked before anything changes, so that a bad value fails here, loudly, instead of
+        making every later beacon one that all peers drop.
+
+        Raises:
+            EncodeError: a key or value that is not text, or a beacon over MAX_BEACON_SIZE.
+        """
+        for what, mapping in (("endpoints", endpoints), ("headers", headers)):
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+                raise EncodeError(f"beacon {what} map text to text, not {dict(mapping)!r}")
+        encode_beacon(BeaconKind.HELLO, self.name, self.uuid, self._seq + 1, endpoints, headers)
         self._endpoints = dict(endpoints)
         self._headers = dict(headers)
         self._seq += 1
-        encode_beacon(BeaconKind.HELLO, self.name, self.uuid, self._seq, self._endpoints, self._headers)
         self._wake()
 
     def close(self, timeout: float = 2.0) -> None:

@@ -33,6 +33,16 @@ log = logging.getLogger("zmqkit.node")
 EVENT_BACKLOG = 10_000  # a consumer that never reads loses the oldest events, not memory
 
 
+def _utf8_size(name: object) -> int:
+    """The UTF-8 size of ``name``; 0 for what is not text or has no UTF-8 form (lone surrogates)."""
+    if not isinstance(name, str):
+        return 0
+    try:
+        return len(name.encode())
+    except UnicodeEncodeError:
+        return 0
+
+
 class Closeable(Protocol):
     def close(self) -> None: ...
 
@@ -67,7 +77,7 @@ class Node:
         announce: bool = True,
         host: str | None = None,
     ) -> None:
-        if not isinstance(name, str) or not 0 < len(name.encode()) <= MAX_NAME_BYTES:
+        if not 0 < _utf8_size(name) <= MAX_NAME_BYTES:
             raise ConfigError(f"a node name is 1 to {MAX_NAME_BYTES} bytes of text, not {name!r}")
         try:
             self.scope = Scope(scope)
@@ -108,11 +118,16 @@ class Node:
     # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> Node:
-        """Start the beacon thread: announce now, then every interval."""
+        """Start the beacon thread: announce now, then every interval.
+
+        Raises:
+            EncodeError: the headers cannot go in a beacon (not text, or too large); the node
+                stays unstarted.
+        """
         if self._state != "new":
             raise ClosedError(f"{self!r} cannot start twice")
-        self._state = "running"
         self._beacon.advertise(self.endpoints, self.headers)
+        self._state = "running"
         self._beacon.start()
         return self
 
@@ -160,9 +175,14 @@ class Node:
     # -- what this node says about itself ------------------------------------------------------
 
     def advertise(self, role: str, endpoint: str) -> None:
-        """Announce that this node serves ``role`` (e.g. "rpc") at ``endpoint``."""
+        """Announce that this node serves ``role`` (e.g. "rpc") at ``endpoint``.
+
+        Raises:
+            EncodeError: ``role`` or ``endpoint`` is not text, or the beacon would be too large;
+                what the node announces is then unchanged.
+        """
+        self._beacon.advertise({**self.endpoints, role: endpoint}, self.headers)
         self.endpoints[role] = endpoint
-        self._beacon.advertise(self.endpoints, self.headers)
 
     def withdraw(self, role: str) -> None:
         """Stop announcing ``role``."""
@@ -170,12 +190,18 @@ class Node:
             self._beacon.advertise(self.endpoints, self.headers)
 
     def set_header(self, key: str, value: str | None) -> None:
-        """Set (or with None, remove) one beacon header; peers see an UPDATED event."""
-        if value is None:
-            self.headers.pop(key, None)
-        else:
-            self.headers[key] = value
-        self._beacon.advertise(self.endpoints, self.headers)
+        """Set (or with None, remove) one beacon header; peers see an UPDATED event.
+
+        Raises:
+            EncodeError: ``key`` or ``value`` is not text, or the beacon would be too large;
+                the headers are then unchanged.
+        """
+        headers = {k: v for k, v in self.headers.items() if k != key}
+        if value is not None:
+            headers[key] = value
+        self._beacon.advertise(self.endpoints, headers)
+        self.headers.clear()
+        self.headers.update(headers)
 
     # -- what this node knows about others -----------------------------------------------------
 

@@ -1,0 +1,339 @@
+"""Publish and subscribe by topic across every discovered publisher, with no broker.
+
+    pub = pubsub.Publisher(node)                 # binds a PUB socket, advertised as "pub"
+    pub.publish("ticks", {"sym": "ABC", "px": 101.25})
+
+    with pubsub.Subscriber(node, "ticks") as sub:    # connects to every node that publishes
+        message = sub.recv(timeout=2.0)              # Message(topic, data, publisher, seq, gap)
+
+Topics match exactly: a subscriber to ``news`` never receives ``newsletter``, because the
+subscription prefix includes the topic's CBOR length (see ``codec.publish_prefixes``). A topic
+ending in ``*`` is an explicit prefix pattern: ``news.*`` receives ``news.uk`` and
+``news.uk.sport``; such patterns are filtered on the subscriber, after ZeroMQ.
+
+Each message carries its topic, the publisher's UUID and a sequence number per (publisher,
+topic), so a subscriber counts what it missed: ``message.gap`` and ``subscriber.gaps``. Gaps are
+reported, never hidden. A subscriber that falls behind does not grow memory without bound: each
+side queues at most ``SocketOptions.send_hwm`` / ``recv_hwm`` (10,000) messages and the publisher
+drops beyond that, which shows up as gaps. Messages published before a subscriber's connection
+is made are not seen by it (ZeroMQ's "slow joiner"): publish after ``wait_for`` when it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid as uuid_module
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NamedTuple
+
+import zmq
+
+from zmqkit import (
+    AsyncSocket,
+    ConfigError,
+    Deadline,
+    Node,
+    ProtocolError,
+    Socket,
+    SocketOptions,
+    Timeout,
+    codec,
+)
+from zmqkit.codec import Kind
+
+__all__ = ["Message", "Publisher", "Subscriber", "subscribe"]
+
+log = logging.getLogger("zmqkit.pubsub")
+
+SLICE = 0.25  # while waiting, look at discovery this often to connect new publishers
+WILDCARD = "*"
+ALL_PUBLISH_PREFIXES = (bytes([0x86, codec.VERSION, Kind.PUBLISH]),
+                        bytes([0x86, codec.VERSION, Kind.PUBLISH_BATCH]))
+
+
+class Message(NamedTuple):
+    """One published message as a subscriber sees it."""
+
+    topic: str
+    data: Any
+    publisher: str  # the publishing node's name
+    sender: uuid_module.UUID  # the publishing node's UUID
+    seq: int  # per (publisher, topic), from 1
+    gap: int  # messages from this publisher on this topic missed just before this one
+
+
+class Publisher:
+    """Publishes on any topic from ``node``; used from the thread (or loop) that created it.
+
+    ``publish`` never blocks: a subscriber whose queue is full misses messages (and sees the gap).
+    """
+
+    def __init__(self, node: Node, *, options: SocketOptions | None = None) -> None:
+        if "pub" in node.endpoints:
+            raise ConfigError(f"{node!r} already has a publisher; share it")
+        self.node = node
+        self._sender = node.uuid.bytes
+        self._seqs: dict[str, int] = {}
+        self._sock = Socket(zmq.PUB, options=options or SocketOptions())
+        self.endpoint = self._sock.bind(node.host)
+        node.advertise("pub", self.endpoint)
+        node.attach(self)
+
+    def __repr__(self) -> str:
+        return f"<zmqkit pubsub.Publisher {self.node.name!r} at {self.endpoint}>"
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def publish(self, topic: str, data: Any) -> int:
+        """Publish ``data`` on ``topic``; return its sequence number."""
+        seq = self._seqs.get(topic, 0) + 1
+        frame = codec.encode_publish(topic, self._sender, seq, data)
+        self._sock.send(frame)
+        self._seqs[topic] = seq
+        return seq
+
+    def close(self) -> None:
+        if not self._sock.closed:
+            self.node.withdraw("pub")
+            self.node.detach(self)
+            self._sock.close()
+
+
+class _Intake:
+    """The subscriber logic that does not touch a socket: filtering, unbatching, gap counting."""
+
+    def __init__(self, node: Node, topics: tuple[str, ...]) -> None:
+        self.node = node
+        self.exact: set[str] = set()
+        self.patterns: set[str] = set()
+        self.gaps = 0
+        self.stats: Counter[str] = Counter()
+        self.ready: deque[Message] = deque()
+        self.names: dict[bytes, tuple[str, uuid_module.UUID]] = {}
+        self._last_seq: dict[tuple[bytes, str], int] = {}
+        for topic in topics:
+            self.add(topic)
+
+    def add(self, topic: str) -> list[bytes]:
+        """Take ``topic``; return the ZeroMQ prefixes to subscribe to."""
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"a topic is a non-empty string, not {topic!r}")
+        if topic.endswith(WILDCARD):
+            self.patterns.add(topic[:-1])
+            return list(ALL_PUBLISH_PREFIXES)
+        self.exact.add(topic)
+        return list(codec.publish_prefixes(topic))
+
+    def take(self, frame: bytes) -> None:
+        """Decode a frame into ``ready`` messages; count and drop what does not belong."""
+        try:
+            _, kind, topic, sender, seq, data = codec.decode(frame)
+        except ProtocolError:
+            self.stats["dropped-malformed"] += 1
+            return
+        if kind != Kind.PUBLISH and kind != Kind.PUBLISH_BATCH:
+            self.stats["dropped-not-publish"] += 1
+            return
+        if topic not in self.exact and not any(topic.startswith(p) for p in self.patterns):
+            return  # a pattern subscription sees every topic at the ZeroMQ level
+        name, sender_uuid = self.names.get(sender) or self._name_of(sender)
+        items = data if kind == Kind.PUBLISH_BATCH else (data,)
+        key = (sender, topic)
+        last = self._last_seq.get(key)
+        for offset, item in enumerate(items):
+            item_seq = seq + offset
+            gap = item_seq - last - 1 if last is not None and item_seq > last + 1 else 0
+            self.gaps += gap
+            last = item_seq
+            self.ready.append(Message(topic, item, name, sender_uuid, item_seq, gap))
+        self._last_seq[key] = last  # type: ignore[assignment]
+        self.stats["received"] += len(items)
+
+    def _name_of(self, sender: bytes) -> tuple[str, uuid_module.UUID]:
+        sender_uuid = uuid_module.UUID(bytes=sender)
+        if sender_uuid == self.node.uuid:
+            return self.node.name, sender_uuid
+        for peer in self.node.peers():
+            if peer.uuid == sender_uuid:
+                self.names[sender] = (peer.name, sender_uuid)
+                return peer.name, sender_uuid
+        return f"?{sender_uuid.hex[:8]}", sender_uuid
+
+    def publishers(self) -> dict[str, str]:
+        """Endpoint -> name of every publisher to be connected to, this node's own included."""
+        wanted = {peer.endpoints["pub"]: peer.name for peer in self.node.peers() if "pub" in peer.endpoints}
+        if "pub" in self.node.endpoints:
+            wanted[self.node.endpoints["pub"]] = self.node.name
+        return wanted
+
+
+class Subscriber:
+    """Receives ``topics`` from every publisher that discovery finds, joining late ones too.
+
+    Use it from the thread that created it (``recv``, ``messages``) or from one asyncio loop
+    (``recv_async``, ``amessages``); a ``Subscriber`` made inside a running loop is an asyncio one.
+    """
+
+    def __init__(self, node: Node, *topics: str, options: SocketOptions | None = None) -> None:
+        self.node = node
+        self._intake = _Intake(node, ())
+        try:
+            asyncio.get_running_loop()
+            self._sock: Socket = AsyncSocket(zmq.SUB, options=options or SocketOptions())
+        except RuntimeError:
+            self._sock = Socket(zmq.SUB, options=options or SocketOptions())
+        self._connected: set[str] = set()
+        self._version: tuple[int, str | None] = (-1, None)
+        for topic in topics:
+            self.subscribe(topic)
+        self._refresh()  # connect now, so that what is published from here on can arrive
+
+    def __repr__(self) -> str:
+        topics = sorted(self._intake.exact) + sorted(p + WILDCARD for p in self._intake.patterns)
+        return f"<zmqkit pubsub.Subscriber {topics} from {len(self._connected)} publishers>"
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscriber:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def gaps(self) -> int:
+        """Messages missed in total, across publishers and topics."""
+        return self._intake.gaps
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._intake.stats, gaps=self._intake.gaps, publishers=len(self._connected))
+
+    def subscribe(self, topic: str) -> None:
+        """Also receive ``topic`` (exact) or a ``prefix*`` pattern."""
+        for prefix in self._intake.add(topic):
+            self._sock.raw.subscribe(prefix)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _refresh(self) -> None:
+        version = (self.node.peers_version, self.node.endpoints.get("pub"))
+        if version == self._version:
+            return
+        self._version = version
+        wanted = self._intake.publishers()
+        for endpoint in self._connected - wanted.keys():
+            self._sock.disconnect(endpoint)
+        for endpoint in wanted.keys() - self._connected:
+            self._sock.connect(endpoint)
+        self._connected = set(wanted)
+
+    def recv(self, timeout: float) -> Message:
+        """The next message, waiting at most ``timeout`` seconds.
+
+        Raises:
+            Timeout: no message in time.
+        """
+        ready = self._intake.ready
+        deadline = Deadline.after(timeout)
+        while not ready:
+            self._refresh()
+            try:
+                frame = self._sock.recv(min(SLICE, deadline.remaining()))
+            except Timeout:
+                if deadline.expired():
+                    raise Timeout(f"no message on {self!r} in {timeout:g} s") from None
+                continue
+            self._intake.take(frame)
+        return ready.popleft()
+
+    def messages(self, idle_timeout: float) -> Iterator[Message]:
+        """Yield messages until none has come for ``idle_timeout`` seconds."""
+        while True:
+            try:
+                yield self.recv(idle_timeout)
+            except Timeout:
+                return
+
+    async def recv_async(self, timeout: float) -> Message:
+        """``recv`` for asyncio code (the subscriber must have been made inside the loop)."""
+        if not isinstance(self._sock, AsyncSocket):
+            raise ConfigError("this Subscriber was made outside asyncio; make it inside the loop")
+        ready = self._intake.ready
+        deadline = Deadline.after(timeout)
+        while not ready:
+            self._refresh()
+            try:
+                frame = self._sock.raw.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                if deadline.expired():
+                    raise Timeout(f"no message on {self!r} in {timeout:g} s") from None
+                await self._sock.wait_readable(min(SLICE, deadline.remaining()))
+                continue
+            self._intake.take(frame)
+        return ready.popleft()
+
+    async def amessages(self) -> AsyncIterator[Message]:
+        """Messages for asyncio code, until the consumer stops (bound it with asyncio.timeout)."""
+        while True:
+            try:
+                yield await self.recv_async(3600.0)
+            except Timeout:
+                continue
+
+
+class _CallbackSubscription:
+    """A named thread that owns a Subscriber and calls ``callback`` with each message."""
+
+    def __init__(self, node: Node, topics: tuple[str, ...], callback: Callable[[Message], Any]) -> None:
+        self.callback = callback
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(node, topics), name=f"zmqkit-sub:{','.join(topics)}", daemon=True
+        )
+
+    def _run(self, node: Node, topics: tuple[str, ...]) -> None:
+        with Subscriber(node, *topics) as subscriber:
+            self._started.set()
+            while not self._stopping.is_set():
+                try:
+                    message = subscriber.recv(SLICE)
+                except Timeout:
+                    continue
+                try:
+                    self.callback(message)
+                except Exception:  # one bad message must not end the subscription; logged loudly
+                    log.exception("subscription callback %r failed on %s", self.callback, message.topic)
+
+    def start(self) -> _CallbackSubscription:
+        self._thread.start()
+        self._started.wait(5.0)
+        return self
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def subscribe(node: Node, *topics: str, callback: Callable[[Message], Any]) -> _CallbackSubscription:
+    """Call ``callback(message)`` for each message on ``topics``, from a thread, until the node closes.
+
+    The callback runs in the subscription's own thread; returns the subscription (``close()``
+    stops it early).
+    """
+    subscription = _CallbackSubscription(node, topics, callback).start()
+    node.attach(subscription)
+    return subscription
