@@ -11,14 +11,17 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.pretty import Pretty
 from rich.table import Table
 
 from . import __version__
 from .beacon import DEFAULT_PORT
-from .errors import ZmqkitError
+from .deadline import Deadline
+from .errors import Timeout, ZmqkitError
 from .node import Node
 from .peers import Peer
 
@@ -88,11 +91,145 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the self-contained show."""
-    from demos import show
+def _json_argument(text: str) -> Any:
+    """A JSON literal; anything that is not JSON is taken as a plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
-    return show.run(port=args.port if args.port != DEFAULT_PORT else None)
+
+def _print_value(console: Console, value: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(value, default=repr))
+    else:
+        console.print(Pretty(value))
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Call METHOD on a node called NAME and print the result."""
+    from patterns import rpc
+
+    console = Console()
+    with make_node(args, "zmqkit-cli", announce=False) as node, \
+            rpc.Client(node, args.name, timeout=args.timeout) as client:
+        if args.list:
+            methods = client.methods()
+            if args.json:
+                print(json.dumps(methods))
+            for method in [] if args.json else methods:
+                console.print(f"[bold]{method['signature']}[/]  [dim]{method['mode']}[/]")
+                if method["doc"]:
+                    console.print(f"    {method['doc']}", highlight=False)
+            return EXIT_OK
+        if args.method is None:
+            raise UsageError("name a METHOD, or --list the methods")
+        result = client.call_with(args.method, [_json_argument(a) for a in args.args])
+        _print_value(console, result, args.json)
+    return EXIT_OK
+
+
+def cmd_pub(args: argparse.Namespace) -> int:
+    """Publish DATA on TOPIC, COUNT times at RATE per second."""
+    from patterns import pubsub
+
+    data = _json_argument(args.data)
+    with make_node(args, args.name, announce=True) as node:
+        publisher = pubsub.Publisher(node)
+        time.sleep(args.wait)  # let subscribers discover this node and connect
+        interval = 1.0 / args.rate if args.rate > 0 else 0.0
+        next_at = time.monotonic()
+        for _ in range(args.count):
+            publisher.publish(args.topic, data)
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        time.sleep(0.1)  # give the last messages time to leave before the socket closes
+    return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Print messages on TOPIC from every discovered publisher."""
+    from patterns import pubsub
+
+    console = Console()
+    received = 0
+    with make_node(args, "zmqkit-cli", announce=False) as node, \
+            pubsub.Subscriber(node, args.topic) as subscriber:
+        deadline = Deadline.after(args.timeout) if args.timeout is not None else None
+        try:
+            while args.count is None or received < args.count:
+                wait = 3600.0 if deadline is None else deadline.remaining()
+                message = subscriber.recv(wait)
+                received += 1
+                if args.json:
+                    print(json.dumps({"topic": message.topic, "data": message.data,
+                                      "publisher": message.publisher, "seq": message.seq,
+                                      "gap": message.gap}, default=repr), flush=True)
+                else:
+                    gap = f" [red](missed {message.gap})[/]" if message.gap else ""
+                    console.print(f"[cyan]{message.topic}[/] [dim]{message.publisher}#{message.seq}[/]"
+                                  f"{gap} {message.data!r}", highlight=False)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_hz(args: argparse.Namespace) -> int:
+    """Show the message rate on TOPIC, once a second."""
+    from patterns import pubsub
+
+    console = Console()
+    with make_node(args, "zmqkit-cli", announce=False) as node, \
+            pubsub.Subscriber(node, args.topic) as subscriber:
+        ends_at = time.monotonic() + args.duration if args.duration else float("inf")
+        total, window_count, window_start = 0, 0, time.monotonic()
+        rate = 0.0
+
+        def view() -> Table:
+            table = Table(title=f"rate on {args.topic!r}")
+            for column in ("msg/s", "received", "missed", "publishers"):
+                table.add_column(column, justify="right")
+            table.add_row(f"{rate:,.1f}", f"{total:,}", f"{subscriber.gaps:,}",
+                          str(subscriber.stats()["publishers"]))
+            return table
+
+        live = Live(view(), console=console, refresh_per_second=4) if console.is_terminal else None
+        try:
+            if live:
+                live.start()
+            while time.monotonic() < ends_at:
+                try:
+                    subscriber.recv(min(0.1, max(0.0, ends_at - time.monotonic())))
+                    total += 1
+                    window_count += 1
+                except Timeout:
+                    pass
+                elapsed = time.monotonic() - window_start
+                if elapsed >= 1.0:
+                    rate, window_count, window_start = window_count / elapsed, 0, time.monotonic()
+                    if live:
+                        live.update(view())
+                    else:
+                        print(f"{rate:.1f} msg/s, {total} received, {subscriber.gaps} missed", flush=True)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if live:
+                live.stop()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a demo node, or with no NAME the self-contained show."""
+    if args.demo is None:
+        from demos import show
+
+        return show.run(port=args.port if args.port != DEFAULT_PORT else None)
+    from demos import calc
+
+    options = {"port": args.port, "scope": args.scope, "interface": args.interface,
+               "seeds": args.seed}
+    return calc.run(options, name=args.name or args.demo, duration=args.duration)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,16 +245,61 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to listen before listing (default 1.5)")
     peers.set_defaults(run=cmd_peers)
 
-    demo = commands.add_parser("demo", parents=[scope], help="run the self-contained demo")
+    call = commands.add_parser("call", parents=[scope], help="call a method on a node by name")
+    call.add_argument("name", metavar="NAME", help="the node (service) name")
+    call.add_argument("method", metavar="METHOD", nargs="?", help="the method to call")
+    call.add_argument("args", metavar="ARG", nargs="*", help="arguments, as JSON literals")
+    call.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                      help="seconds to wait for the node and its reply (default 5)")
+    call.add_argument("--json", action="store_true", help="print the result as JSON")
+    call.add_argument("--list", action="store_true", help="list the node's methods instead")
+    call.set_defaults(run=cmd_call)
+
+    pub = commands.add_parser("pub", parents=[scope], help="publish JSON data on a topic")
+    pub.add_argument("topic", metavar="TOPIC")
+    pub.add_argument("data", metavar="DATA", help="a JSON literal (other text is sent as a string)")
+    pub.add_argument("--count", type=int, default=1, metavar="N", help="how many times (default 1)")
+    pub.add_argument("--rate", type=float, default=10.0, metavar="HZ",
+                     help="messages per second (default 10; 0: as fast as possible)")
+    pub.add_argument("--wait", type=float, default=0.5, metavar="S",
+                     help="seconds to let subscribers connect before the first message (default 0.5)")
+    pub.add_argument("--name", default="zmqkit-pub", help="this node's name (default zmqkit-pub)")
+    pub.set_defaults(run=cmd_pub)
+
+    echo = commands.add_parser("echo", parents=[scope], help="print messages on a topic")
+    echo.add_argument("topic", metavar="TOPIC", help="a topic, or a prefix ending in *")
+    echo.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    echo.add_argument("--timeout", type=float, metavar="S",
+                      help="exit 1 if the messages have not come within S seconds")
+    echo.add_argument("--json", action="store_true", help="one JSON object per line")
+    echo.set_defaults(run=cmd_echo)
+
+    hz = commands.add_parser("hz", parents=[scope], help="measure a topic's message rate")
+    hz.add_argument("topic", metavar="TOPIC")
+    hz.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    hz.set_defaults(run=cmd_hz)
+
+    demo = commands.add_parser("demo", parents=[scope], help="run a demo node, or the whole show")
+    demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc"],
+                      help="calc; none: the self-contained show")
+    demo.add_argument("--name", metavar="NODE", help="the node's name (default: the demo's)")
+    demo.add_argument("--duration", type=float, metavar="S", help="end after S seconds")
     demo.set_defaults(run=cmd_demo)
     return parser
 
 
+class UsageError(Exception):
+    """The command line asks for something that cannot be done as asked (exit 2)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
         return code
+    except UsageError as exc:
+        parser.error(str(exc))
     except ZmqkitError as exc:
         print(f"zmqkit {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED

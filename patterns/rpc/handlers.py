@@ -73,16 +73,21 @@ class Handler:
         return True
 
     def describe(self) -> dict[str, str]:
-        try:
-            signature = str(inspect.signature(self.function))
-        except ValueError:
-            signature = "(...)"
         return {
             "name": self.name,
-            "signature": f"{self.name}{signature}",
+            "signature": f"{self.name}{self.signature()}",
             "doc": inspect.getdoc(self.function) or "",
             "mode": self.mode.value,
         }
+
+    def signature(self) -> str:
+        """The signature as text, with annotations resolved where they can be."""
+        try:
+            return str(inspect.signature(self.function, eval_str=True))
+        except (NameError, SyntaxError, TypeError):  # an annotation that does not evaluate here
+            return str(inspect.signature(self.function))
+        except ValueError:  # no signature to read (some builtins)
+            return "(...)"
 
 
 def collect_handlers(

@@ -1,0 +1,106 @@
+"""The calculator node: serves add, mul, div, echo, sleep and a streaming count.
+
+``zmqkit demo calc`` runs one; every call is shown as it arrives (caller-side method, arguments,
+result and time taken): a live table on a terminal, timestamped lines otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from patterns import rpc
+
+Report = Callable[[str, tuple[Any, ...], str, float], None]
+
+
+class Calculator:
+    """The methods a calc node serves; ``report`` hears about every call."""
+
+    def __init__(self, report: Report = lambda method, args, result, seconds: None) -> None:
+        self._report = report
+
+    def _done(self, method: str, args: tuple[Any, ...], started: float, result: Any) -> Any:
+        self._report(method, args, repr(result), time.perf_counter() - started)
+        return result
+
+    def add(self, a: float, b: float) -> float:
+        """Add two numbers."""
+        return self._done("add", (a, b), time.perf_counter(), a + b)
+
+    def mul(self, a: float, b: float) -> float:
+        """Multiply two numbers."""
+        return self._done("mul", (a, b), time.perf_counter(), a * b)
+
+    def div(self, a: float, b: float) -> float:
+        """Divide a by b; dividing by zero raises ZeroDivisionError."""
+        started = time.perf_counter()
+        if b == 0:
+            self._report("div", (a, b), "ZeroDivisionError", time.perf_counter() - started)
+            raise ZeroDivisionError(f"cannot divide {a} by zero")
+        return self._done("div", (a, b), started, a / b)
+
+    def echo(self, x: Any) -> Any:
+        """Return x unchanged."""
+        return self._done("echo", (x,), time.perf_counter(), x)
+
+    @rpc.blocking
+    def sleep(self, seconds: float) -> float:
+        """Sleep for the given seconds (in the worker pool, so other calls go on), return them."""
+        started = time.perf_counter()
+        time.sleep(max(0.0, min(float(seconds), 60.0)))
+        return self._done("sleep", (seconds,), started, seconds)
+
+    def count(self, n: int) -> Iterator[int]:
+        """Stream the integers 0 .. n-1, one item each."""
+        started = time.perf_counter()
+        yield from range(int(n))
+        self._report("count", (n,), f"{int(n)} items", time.perf_counter() - started)
+
+
+def run(node_options: dict[str, Any], *, name: str = "calc", duration: float | None = None) -> int:
+    """Serve a calculator as ``name`` until ``duration`` seconds pass (None: until Ctrl-C)."""
+    from collections import deque
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from zmqkit import Node
+
+    console = Console()
+    recent: deque[tuple[str, str, str, str, str]] = deque(maxlen=15)
+
+    def report(method: str, args: tuple[Any, ...], result: str, seconds: float) -> None:
+        row = (time.strftime("%H:%M:%S"), method, ", ".join(map(repr, args)), result,
+               f"{seconds * 1000:.2f} ms")
+        recent.append(row)
+        if not console.is_terminal:
+            console.print(" ".join(row), highlight=False)
+
+    def table() -> Table:
+        view = Table(title=f"calc node [bold]{name}[/] — calls as they arrive")
+        for column in ("time", "method", "args", "result", "took"):
+            view.add_column(column)
+        for row in recent:
+            view.add_row(*row)
+        return view
+
+    with Node(name, **node_options) as node:
+        rpc.serve(node, Calculator(report))
+        console.print(f"{name} serving at {node.endpoints['rpc']} (beacon port {node.port})",
+                      highlight=False)
+        ends_at = time.monotonic() + duration if duration is not None else float("inf")
+        try:
+            if console.is_terminal:
+                with Live(table(), console=console, refresh_per_second=8) as live:
+                    while time.monotonic() < ends_at:
+                        time.sleep(0.125)
+                        live.update(table())
+            else:
+                while time.monotonic() < ends_at:
+                    time.sleep(min(0.1, max(0.0, ends_at - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
+    return 0
