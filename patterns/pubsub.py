@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid as uuid_module
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +37,7 @@ from zmqkit import (
     ConfigError,
     Deadline,
     Node,
+    PeerNotFound,
     ProtocolError,
     Socket,
     SocketOptions,
@@ -49,6 +51,7 @@ __all__ = ["Message", "Publisher", "Subscriber", "subscribe"]
 log = logging.getLogger("zmqkit.pubsub")
 
 SLICE = 0.25  # while waiting, look at discovery this often to connect new publishers
+SETTLE = 0.05  # after connecting, time for the subscription to reach the publishers
 WILDCARD = "*"
 ALL_PUBLISH_PREFIXES = (bytes([0x86, codec.VERSION, Kind.PUBLISH]),
                         bytes([0x86, codec.VERSION, Kind.PUBLISH_BATCH]))
@@ -238,6 +241,27 @@ class Subscriber:
         for endpoint in wanted.keys() - self._connected:
             self._sock.connect(endpoint)
         self._connected = set(wanted)
+
+    def wait_for_publishers(self, count: int = 1, timeout: float = 5.0) -> int:
+        """Connect to at least ``count`` publishers, waiting at most ``timeout`` seconds.
+
+        Connections are otherwise made whenever the subscriber is used (``recv`` looks at
+        discovery at least every 0.25 s). A script that publishes right after subscribing calls
+        this first: messages published before the connection is up are not received.
+        Returns the number of publishers connected.
+
+        Raises:
+            PeerNotFound: fewer than ``count`` publishers were found in time.
+        """
+        deadline = Deadline.after(timeout)
+        while True:
+            self._refresh()
+            if len(self._connected) >= count:
+                time.sleep(min(SETTLE, deadline.remaining()))  # the subscription travels to them
+                return len(self._connected)
+            if deadline.expired():
+                raise PeerNotFound(f"{len(self._connected)} of {count} publishers found in {timeout:g} s")
+            time.sleep(min(0.01, deadline.remaining()))
 
     def recv(self, timeout: float) -> Message:
         """The next message, waiting at most ``timeout`` seconds.

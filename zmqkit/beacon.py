@@ -209,7 +209,10 @@ class Beacon:
                 announced_seq = self._seq
                 self._send(BeaconKind.HELLO)
                 next_announce = now + self.interval
-            events = self.table.expire(now)
+            expired = self.table.expire(now)
+            if expired:
+                # publish before sleeping: the next wake may be a whole interval away
+                self._publish(expired)
             next_expiry = self.table.next_expiry() or now + self.interval
             wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
             readable, _, _ = select.select([self._sock, self._wake_reader], [], [], max(0.0, wake_at - now))
@@ -219,15 +222,17 @@ class Beacon:
                 received = self._receive(time.monotonic())
                 if any(event.kind is EventKind.JOINED for event in received) and self.announce:
                     next_announce = min(next_announce, time.monotonic() + random.uniform(0, ANSWER_DELAY))
-                events += received
-            if events or self._sock in readable:
-                # every beacon moves a peer's last_seen, not only those that make events:
-                # the snapshot must follow, or ages and liveness read from it go stale
-                self.snapshot = tuple(self.table.peers())
-            if events:
-                self.on_events(events)
+                # even without events: every beacon moves a peer's last_seen, and the snapshot
+                # must follow, or ages read from it go stale
+                self._publish(received)
         if self.announce:
             self._send(BeaconKind.GOODBYE)
+
+    def _publish(self, events: list[PeerEvent]) -> None:
+        """Refresh the snapshot that ``peers`` reads, then hand the events to ``on_events``."""
+        self.snapshot = tuple(self.table.peers())
+        if events:
+            self.on_events(events)
 
     def _receive(self, now: float) -> list[PeerEvent]:
         events: list[PeerEvent] = []

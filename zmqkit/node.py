@@ -210,31 +210,36 @@ class Node:
         """Grows whenever a peer joins, changes or goes: a cheap "look again" signal."""
         return self._beacon.table.version
 
-    def peers(self, name: str | None = None) -> list[Peer]:
-        """The peers discovered so far, all of them or those called ``name``."""
-        return [peer for peer in self._beacon.snapshot if name is None or peer.name == name]
+    def peers(self, name: str | None = None, *, role: str | None = None) -> list[Peer]:
+        """The peers discovered so far: all, or those called ``name``, or serving ``role``."""
+        return [
+            peer for peer in self._beacon.snapshot
+            if (name is None or peer.name == name) and (role is None or role in peer.endpoints)
+        ]
 
     def stats(self) -> dict[str, int]:
         """Beacon counters: sent, received, and dropped-* by reason."""
         return dict(self._beacon.stats)
 
-    def wait_for(self, name: str, timeout: float = 5.0, *, count: int = 1) -> list[Peer]:
-        """Wait until ``count`` peers called ``name`` are known; return them.
+    def wait_for(self, name: str, timeout: float = 5.0, *, count: int = 1,
+                 role: str | None = None) -> list[Peer]:
+        """Wait until ``count`` peers called ``name`` (and serving ``role``) are known; return them.
 
         Raises:
             PeerNotFound: fewer than ``count`` appeared within ``timeout`` seconds.
         """
         deadline = Deadline.after(timeout)
         with self._changed:
-            while len(found := self.peers(name)) < count:
+            while len(found := self.peers(name, role=role)) < count:
                 if not self.running:
                     raise ClosedError(f"{self!r} is not running")
                 if deadline.expired():
-                    raise PeerNotFound(self._not_found(name, count, len(found), timeout))
+                    raise PeerNotFound(self._not_found(name, role, count, len(found), timeout))
                 self._changed.wait(deadline.remaining())
         return found
 
-    async def wait_for_async(self, name: str, timeout: float = 5.0, *, count: int = 1) -> list[Peer]:
+    async def wait_for_async(self, name: str, timeout: float = 5.0, *, count: int = 1,
+                             role: str | None = None) -> list[Peer]:
         """``wait_for`` for asyncio code: waits without blocking the loop."""
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -245,20 +250,21 @@ class Node:
         deadline = Deadline.after(timeout)
         self._listeners.append(on_events)
         try:
-            while len(found := self.peers(name)) < count:
+            while len(found := self.peers(name, role=role)) < count:
                 if not self.running:
                     raise ClosedError(f"{self!r} is not running")
                 try:
                     await asyncio.wait_for(changed.wait(), deadline.remaining())
                 except asyncio.TimeoutError:
-                    raise PeerNotFound(self._not_found(name, count, len(found), timeout)) from None
+                    raise PeerNotFound(self._not_found(name, role, count, len(found), timeout)) from None
                 changed.clear()
             return found
         finally:
             self._listeners.remove(on_events)
 
-    def _not_found(self, name: str, count: int, found: int, timeout: float) -> str:
+    def _not_found(self, name: str, role: str | None, count: int, found: int, timeout: float) -> str:
         wanted = f"{count} peers called {name!r}" if count > 1 else f"a peer called {name!r}"
+        wanted += f" serving {role!r}" if role else ""
         return f"{wanted} not found in {timeout:g} s (found {found}; beacon port {self.port})"
 
     def on_event(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:

@@ -243,14 +243,10 @@ class AsyncClient:
 
     async def _wait_for_route(self, deadline: Deadline) -> None:
         try:
-            await self.node.wait_for_async(self.name, deadline.remaining())
+            await self.node.wait_for_async(self.name, deadline.remaining(), role="rpc")
         except PeerNotFound:
-            raise PeerNotFound(f"no node called {self.name!r} was found (beacon port "
+            raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
                                f"{self.node.port})") from None
-        if self.node.peers_version == self._routes.version:
-            await asyncio.sleep(min(0.01, deadline.remaining()))  # found, but no RPC endpoint yet
-            if deadline.expired():
-                raise PeerNotFound(f"{self.name!r} was found but serves no RPC")
 
     def _track(self, call_id: int, waiter: Any, route: Route, timeout: float | None,
                method: str) -> None:

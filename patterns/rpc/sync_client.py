@@ -175,15 +175,10 @@ class Client:
 
     def _wait_for_route(self, deadline: Deadline) -> None:
         try:
-            self.node.wait_for(self.name, deadline.remaining())
+            self.node.wait_for(self.name, deadline.remaining(), role="rpc")
         except PeerNotFound:
-            raise PeerNotFound(f"no node called {self.name!r} was found (beacon port "
+            raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
                                f"{self.node.port})") from None
-        if self.node.peers_version == self._routes.version:
-            if not any("rpc" in p.endpoints for p in self.node.peers(self.name)):
-                time.sleep(min(0.01, deadline.remaining()))  # found, but not serving RPC yet
-                if deadline.expired():
-                    raise PeerNotFound(f"{self.name!r} was found but serves no RPC")
 
     def _reply(self, sock: Socket, route: Route, call_id: int, deadline: Deadline) -> list[Any]:
         """The next message for ``call_id``; stale replies to earlier calls are dropped."""
