@@ -81,9 +81,13 @@ class Publisher:
         self._sender = node.uuid.bytes
         self._seqs: dict[str, int] = {}
         self._sock = Socket(zmq.PUB, options=options or SocketOptions())
-        self.endpoint = self._sock.bind(node.host)
-        node.advertise("pub", self.endpoint)
-        node.attach(self)
+        try:
+            self.endpoint = self._sock.bind(node.host)
+            node.attach(self)  # first: a closed node refuses before anything is advertised
+            node.advertise("pub", self.endpoint)
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<zmqkit pubsub.Publisher {self.node.name!r} at {self.endpoint}>"
@@ -137,13 +141,14 @@ class _Intake:
     def take(self, frame: bytes) -> None:
         """Decode a frame into ``ready`` messages; count and drop what does not belong."""
         try:
-            _, kind, topic, sender, seq, data = codec.decode(frame)
+            message = codec.decode(frame)
         except ProtocolError:
             self.stats["dropped-malformed"] += 1
             return
-        if kind != Kind.PUBLISH and kind != Kind.PUBLISH_BATCH:
-            self.stats["dropped-not-publish"] += 1
+        if message[1] != Kind.PUBLISH and message[1] != Kind.PUBLISH_BATCH:
+            self.stats["dropped-not-publish"] += 1  # other kinds have other shapes
             return
+        _, kind, topic, sender, seq, data = message
         if topic not in self.exact and not any(topic.startswith(p) for p in self.patterns):
             return  # a pattern subscription sees every topic at the ZeroMQ level
         name, sender_uuid = self.names.get(sender) or self._name_of(sender)
@@ -194,9 +199,13 @@ class Subscriber:
             self._sock = Socket(zmq.SUB, options=options or SocketOptions())
         self._connected: set[str] = set()
         self._version: tuple[int, str | None] = (-1, None)
-        for topic in topics:
-            self.subscribe(topic)
-        self._refresh()  # connect now, so that what is published from here on can arrive
+        try:
+            for topic in topics:
+                self.subscribe(topic)
+            self._refresh()  # connect now, so that what is published from here on can arrive
+        except BaseException:
+            self._sock.close()
+            raise
 
     def __repr__(self) -> str:
         topics = sorted(self._intake.exact) + sorted(p + WILDCARD for p in self._intake.patterns)
@@ -324,12 +333,19 @@ class _CallbackSubscription:
         self.callback = callback
         self._stopping = threading.Event()
         self._started = threading.Event()
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(
             target=self._run, args=(node, topics), name=f"zmqkit-sub:{','.join(topics)}", daemon=True
         )
 
     def _run(self, node: Node, topics: tuple[str, ...]) -> None:
-        with Subscriber(node, *topics) as subscriber:
+        try:
+            subscriber = Subscriber(node, *topics)
+        except BaseException as exc:  # handed to start(), which raises it in the caller's thread
+            self._failure = exc
+            self._started.set()
+            return
+        with subscriber:
             self._started.set()
             while not self._stopping.is_set():
                 try:
@@ -342,8 +358,16 @@ class _CallbackSubscription:
                     log.exception("subscription callback %r failed on %s", self.callback, message.topic)
 
     def start(self) -> _CallbackSubscription:
+        """Start the thread and wait until it has subscribed.
+
+        Raises:
+            ConfigError: a topic is not valid (or whatever else made subscribing fail).
+        """
         self._thread.start()
         self._started.wait(5.0)
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
         return self
 
     def close(self, timeout: float = 2.0) -> None:
@@ -358,6 +382,10 @@ def subscribe(node: Node, *topics: str, callback: Callable[[Message], Any]) -> _
     The callback runs in the subscription's own thread; returns the subscription (``close()``
     stops it early).
     """
-    subscription = _CallbackSubscription(node, topics, callback).start()
-    node.attach(subscription)
-    return subscription
+    subscription = _CallbackSubscription(node, topics, callback)
+    node.attach(subscription)  # first: a closed node refuses before a thread is started
+    try:
+        return subscription.start()
+    except BaseException:
+        node.detach(subscription)
+        raise

@@ -332,8 +332,20 @@ def test_nodes_in_separate_processes_see_each_other(make_node: Callable[..., Nod
         kill_all(children)
 
 
-def test_a_killed_process_expires_within_its_expiry(make_node: Callable[..., Node]) -> None:
-    watcher = make_node("watcher")
+@pytest.mark.parametrize(
+    "observer",
+    [
+        pytest.param(FAST, id="announcing"),
+        # A listener alone on the port wakes only when it must, since it sends nothing and
+        # hears nothing once the child is dead: an expiry event that waited for the next wake
+        # would come a whole (long) interval late.
+        pytest.param({"announce": False, "interval": 0.5, "expiry": 0.6}, id="listening"),
+    ],
+)
+def test_a_killed_process_expires_within_its_expiry(
+    make_node: Callable[..., Node], observer: dict[str, Any]
+) -> None:
+    watcher = make_node("watcher", **observer)
     recorder = Recorder()
     watcher.on_event(recorder)
     with NodeProcess("doomed", port=watcher.port, **FAST) as child:
@@ -341,10 +353,12 @@ def test_a_killed_process_expires_within_its_expiry(make_node: Callable[..., Nod
         watcher.wait_for("doomed", timeout=3)
         killed = time.monotonic()
         child.sigkill()
-    seen, _ = recorder.wait(EventKind.EXPIRED, child.uuid, timeout=3)
+    seen, event = recorder.wait(EventKind.EXPIRED, child.uuid, timeout=3)
     # It was last heard at most one interval before the kill, so it expires between
     # (expiry - interval) and expiry after it; the margins absorb a loaded machine.
     assert 0.3 <= seen - killed <= FAST["expiry"] + 0.3, f"expired after {seen - killed:.3f} s"
+    silence = seen - event.peer.last_seen
+    assert FAST["expiry"] <= silence < FAST["expiry"] + 0.25, f"expired after {silence:.3f} s silence"
     assert recorder.kinds(child.uuid) == [EventKind.JOINED, EventKind.EXPIRED]
 
 

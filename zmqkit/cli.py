@@ -219,6 +219,31 @@ def cmd_hz(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure each pattern against raw pyzmq doing the same work, in this run."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from patterns import benchmarks
+
+    workloads = list(benchmarks.WORKLOADS) if args.workload == "all" else [args.workload]
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True, disable=args.json or not console.is_terminal) as bar:
+        task = bar.add_task("starting", total=None)
+        results = benchmarks.run(workloads, rounds=args.rounds, quick=args.quick,
+                                 progress=lambda step: bar.update(task, description=step))
+    if args.json:
+        print(json.dumps(benchmarks.as_json(results)))
+        return EXIT_OK
+    table = Table(title=f"zmqkit vs raw pyzmq, median of {args.rounds} rounds (ratio = zmqkit / raw)")
+    for column in ("workload", "raw pyzmq", "zmqkit", "ratio", "unit", "note"):
+        table.add_column(column, justify="right" if column in ("raw pyzmq", "zmqkit", "ratio") else "left")
+    for r in results:
+        table.add_row(r.workload, f"{r.raw:,.1f}", f"{r.ours:,.1f}", f"{r.ratio:.2f}", r.unit, r.note)
+    Console().print(table)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a demo node, or with no NAME the self-contained show."""
     if args.demo is None:
@@ -278,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     hz.add_argument("topic", metavar="TOPIC")
     hz.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     hz.set_defaults(run=cmd_hz)
+
+    bench = commands.add_parser("bench", help="measure each pattern against raw pyzmq")
+    bench.add_argument("workload", nargs="?", default="all",
+                       choices=["rpc", "async-rpc", "pubsub", "large", "discovery", "all"])
+    bench.add_argument("--json", action="store_true", help="print a JSON list of results")
+    bench.add_argument("--quick", action="store_true", help="tiny counts: checks that it works")
+    bench.add_argument("--rounds", type=int, default=3, metavar="R",
+                       help="rounds per workload, alternating raw and zmqkit (default 3)")
+    bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", parents=[scope], help="run a demo node, or the whole show")
     demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc"],
