@@ -40,9 +40,10 @@ advertise = config.pop("advertise", {})
 def say(*words):
     print(*words, flush=True)
 
-with Node(name, **config) as node:
-    for role, endpoint in advertise.items():
-        node.advertise(role, endpoint.format(host=node.host))
+node = Node(name, **config)
+for role, endpoint in advertise.items():  # before start: the first beacon carries them
+    node.advertise(role, endpoint.format(host=node.host))
+with node:
     say("ready", json.dumps({"uuid": str(node.uuid), "host": node.host}))
     for other in wanted:
         node.wait_for(other, timeout=10)
@@ -110,7 +111,7 @@ class NodeProcess:
             remaining = deadline - time.monotonic()
             assert self.proc.stdout is not None
             if remaining <= 0 or not select.select([self.proc.stdout], [], [], remaining)[0]:
-                raise AssertionError(f"{self.name}: no {word!r} line in {timeout} s; {self._dump()}")
+                raise AssertionError(f"{self.name}: no {word!r} in {timeout} s; {self._dump()}")
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             if not chunk:
                 raise AssertionError(f"{self.name} exited before saying {word!r}; {self._dump()}")
@@ -150,7 +151,8 @@ class NodeProcess:
         stderr = b""
         if self.proc.poll() is not None and self.proc.stderr and not self.proc.stderr.closed:
             stderr = self.proc.stderr.read()
-        return f"exit {self.proc.poll()}, stdout {self._lines!r}, stderr {stderr.decode()[-2000:]!r}"
+        tail = stderr.decode()[-2000:]
+        return f"exit {self.proc.poll()}, stdout {self._lines!r}, stderr {tail!r}"
 
 
 def kill_all(children: Sequence[NodeProcess]) -> None:

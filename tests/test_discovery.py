@@ -29,7 +29,7 @@ from nodeproc import NodeProcess, kill_all
 from zmqkit import ClosedError, ConfigError, EncodeError, EventKind, Node, PeerEvent, PeerNotFound
 from zmqkit.codec import BeaconKind, encode_beacon
 
-FAST = {"interval": 0.2, "expiry": 0.6}
+FAST: dict[str, Any] = {"interval": 0.2, "expiry": 0.6}
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +144,7 @@ def test_clean_stop_is_seen_as_left_at_once(make_node: Callable[..., Node]) -> N
     watcher.wait_for("leaving", timeout=3)
     stopped = time.monotonic()
     leaving.close()
-    seen, event = recorder.wait(EventKind.LEFT, str(leaving.uuid), timeout=2)
+    seen, _ = recorder.wait(EventKind.LEFT, str(leaving.uuid), timeout=2)
     assert seen - stopped < 0.5, f"LEFT seen after {seen - stopped:.3f} s"
     assert watcher.peers("leaving") == []
     assert EventKind.EXPIRED not in recorder.kinds()
@@ -207,6 +207,7 @@ def test_events_iterator_delivers_joined_updated_left(make_node: Callable[..., N
                         newcomer = make_node("newcomer")
                     continue
                 seen.append((event.kind, event.peer.name))
+                assert newcomer is not None
                 if event.kind is EventKind.JOINED:
                     newcomer.advertise("pub", "tcp://127.0.0.1:6000")
                 elif event.kind is EventKind.UPDATED:
@@ -217,7 +218,8 @@ def test_events_iterator_delivers_joined_updated_left(make_node: Callable[..., N
     finally:
         stop_ticking.set()
         ticking.join()
-    assert seen == [(kind, "newcomer") for kind in (EventKind.JOINED, EventKind.UPDATED, EventKind.LEFT)]
+    kinds = (EventKind.JOINED, EventKind.UPDATED, EventKind.LEFT)
+    assert seen == [(kind, "newcomer") for kind in kinds]
 
 
 def test_events_iterator_ends_after_its_duration(make_node: Callable[..., Node]) -> None:
@@ -309,16 +311,20 @@ def test_what_a_beacon_cannot_carry_fails_loudly(make_node: Callable[..., Node])
 
 def test_nodes_in_separate_processes_see_each_other(make_node: Callable[..., Node]) -> None:
     names = [f"proc-{i}" for i in range(3)]
+
+    def others(name: str) -> list[str]:
+        return [other for other in names if other != name]
+
     parent = make_node("parent")
     children = [
-        NodeProcess(name, port=parent.port, **FAST, wait_for=[n for n in names if n != name] + ["parent"])
+        NodeProcess(name, port=parent.port, **FAST, wait_for=[*others(name), "parent"])
         for name in names
     ]
     try:
         for child in children:
             child.wait_ready()
         for child in children:
-            for other in [n for n in names if n != child.name] + ["parent"]:
+            for other in [*others(child.name), "parent"]:
                 assert child.expect("saw") == other
         for child in children:
             [peer] = parent.wait_for(child.name, timeout=3)
@@ -358,7 +364,7 @@ def test_a_killed_process_expires_within_its_expiry(
     # (expiry - interval) and expiry after it; the margins absorb a loaded machine.
     assert 0.3 <= seen - killed <= FAST["expiry"] + 0.3, f"expired after {seen - killed:.3f} s"
     silence = seen - event.peer.last_seen
-    assert FAST["expiry"] <= silence < FAST["expiry"] + 0.25, f"expired after {silence:.3f} s silence"
+    assert FAST["expiry"] <= silence < FAST["expiry"] + 0.25, f"{silence:.3f} s of silence"
     assert recorder.kinds(child.uuid) == [EventKind.JOINED, EventKind.EXPIRED]
 
 
@@ -432,7 +438,7 @@ def test_garbage_is_dropped_counted_and_logged_once(
             for datagram in to_one[burst * 10 : (burst + 1) * 10]:
                 sender.sendto(datagram, ("127.0.0.1", port))
             expected = (burst + 1) * (len(nodes) * 20 + 10)
-            wait_until(lambda expected=expected: dropped() >= expected, 5, f"{expected} drops")
+            wait_until(lambda: dropped() >= expected, 5, f"{expected} drops")  # noqa: B023
 
     assert dropped() == 2 * len(to_all) + len(to_one)
     for node in nodes:
@@ -474,7 +480,9 @@ def test_cli_peers_json_lists_a_running_node(make_node: Callable[..., Node]) -> 
 
 
 def test_cli_names_an_unknown_interface(beacon_port: int) -> None:
-    result = run_cli("peers", "--scope", "subnet", "--interface", "zk-nope0", "--port", str(beacon_port))
+    result = run_cli(
+        "peers", "--scope", "subnet", "--interface", "zk-nope0", "--port", str(beacon_port)
+    )
     assert result.returncode == 1
     assert "zk-nope0" in result.stderr
     assert "Traceback" not in result.stderr

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from patterns import pubsub
 from patterns.pubsub import Message, _Intake
-from zmqkit import ClosedError, ConfigError, Node, Timeout, codec
+from zmqkit import ClosedError, ConfigError, Node, PeerNotFound, Timeout, codec
 
 WARM = "_warm"
 WARM_TIMEOUT = 5.0
@@ -223,8 +223,11 @@ def take_all(intake: _Intake, *frames: bytes) -> list[Message]:
 
 def test_intake_counts_skipped_sequence_numbers_as_gaps() -> None:
     intake = make_intake("t")
-    messages = take_all(intake, *(codec.encode_publish("t", SENDER_A, seq, seq) for seq in (1, 2, 5, 6, 10)))
-    assert [(m.seq, m.gap, m.data) for m in messages] == [(1, 0, 1), (2, 0, 2), (5, 2, 5), (6, 0, 6), (10, 3, 10)]
+    frames = [codec.encode_publish("t", SENDER_A, seq, seq) for seq in (1, 2, 5, 6, 10)]
+    messages = take_all(intake, *frames)
+    assert [(m.seq, m.gap, m.data) for m in messages] == [
+        (1, 0, 1), (2, 0, 2), (5, 2, 5), (6, 0, 6), (10, 3, 10),
+    ]
     assert intake.gaps == 5
     assert intake.stats["received"] == 5
     assert {m.publisher for m in messages} == {"alpha"}
@@ -305,7 +308,8 @@ def test_intake_counts_garbage_as_dropped_and_never_raises() -> None:
     assert intake.stats["dropped-not-publish"] == 2
     assert intake.stats["received"] == 0
     # and a good frame after all that is still taken
-    assert [m.data for m in take_all(intake, codec.encode_publish("t", SENDER_A, 1, "ok"))] == ["ok"]
+    good = codec.encode_publish("t", SENDER_A, 1, "ok")
+    assert [m.data for m in take_all(intake, good)] == ["ok"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -333,7 +337,9 @@ def test_a_publisher_that_joins_late_is_connected(beacon_port: int) -> None:
                 publisher.publish("late", "better late")
                 message = recv_real(subscriber, 2.0)
                 assert subscriber.stats()["publishers"] == 1
-    assert (message.data, message.publisher, message.sender) == ("better late", "late-pub", late_node.uuid)
+    assert (message.data, message.publisher, message.sender) == (
+        "better late", "late-pub", late_node.uuid,
+    )
 
 
 def test_a_publisher_that_leaves_is_disconnected(beacon_port: int, sub_node: Node) -> None:
@@ -369,9 +375,13 @@ def test_a_subscriber_hears_publishers_in_several_processes(beacon_port: int) ->
         for name in names:
             children.append(subprocess.Popen(
                 [sys.executable, "-c", TICKER_SCRIPT, str(beacon_port), name],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             ))
-        with Node("listener", port=beacon_port) as node, pubsub.Subscriber(node, "ticks") as subscriber:
+        with (
+            Node("listener", port=beacon_port) as node,
+            pubsub.Subscriber(node, "ticks") as subscriber,
+        ):
             seen: dict[str, Message] = {}
             deadline = time.monotonic() + 10.0
             while set(seen) != set(names):
@@ -394,6 +404,19 @@ def test_a_subscriber_hears_publishers_in_several_processes(beacon_port: int) ->
             child.wait(5)
             assert child.stderr is not None
             child.stderr.close()
+
+
+def test_wait_for_publishers_connects_before_returning(
+    publisher: pubsub.Publisher, sub_node: Node
+) -> None:
+    with pubsub.Subscriber(sub_node, "now") as subscriber:
+        assert subscriber.wait_for_publishers(1, timeout=5.0) == 1
+        publisher.publish("now", "right away")  # no warm-up: that is what the wait is for
+        assert recv_real(subscriber, 2.0).data == "right away"
+        start = time.monotonic()
+        with pytest.raises(PeerNotFound):
+            subscriber.wait_for_publishers(2, timeout=0.3)
+        assert 0.3 <= time.monotonic() - start < 1.0
 
 
 # -- the sync front-end: timeouts and iteration -------------------------------------------------

@@ -17,6 +17,7 @@ at debug level, so a noisy network cannot flood the log.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -128,7 +129,8 @@ class Beacon:
         self.name = name
         self.uuid = node_uuid
         self.port = port
-        self.targets = ([(broadcast, port)] if broadcast else []) + [(s.host, s.port) for s in seeds]
+        self.targets = [(broadcast, port)] if broadcast else []
+        self.targets += [(seed.host, seed.port) for seed in seeds]
         self.loopback_only = loopback_only
         self.announce = announce
         self.interval = interval
@@ -193,10 +195,8 @@ class Beacon:
             sock.close()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # closed, or its buffer full: awake either way
             self._wake_writer.send(b"\0")
-        except OSError:
-            pass  # closed, or its buffer is full: the thread is awake either way
 
     # -- the beacon thread -----------------------------------------------------------------------
 
@@ -215,13 +215,16 @@ class Beacon:
                 self._publish(expired)
             next_expiry = self.table.next_expiry() or now + self.interval
             wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
-            readable, _, _ = select.select([self._sock, self._wake_reader], [], [], max(0.0, wake_at - now))
+            readable, _, _ = select.select(
+                [self._sock, self._wake_reader], [], [], max(0.0, wake_at - now)
+            )
             if self._wake_reader in readable:
                 self._wake_reader.recv(4096)
             if self._sock in readable:
                 received = self._receive(time.monotonic())
                 if any(event.kind is EventKind.JOINED for event in received) and self.announce:
-                    next_announce = min(next_announce, time.monotonic() + random.uniform(0, ANSWER_DELAY))
+                    answer_at = time.monotonic() + random.uniform(0, ANSWER_DELAY)
+                    next_announce = min(next_announce, answer_at)
                 # even without events: every beacon moves a peer's last_seen, and the snapshot
                 # must follow, or ages read from it go stale
                 self._publish(received)
@@ -255,7 +258,9 @@ class Beacon:
         return events
 
     def _send(self, kind: BeaconKind) -> None:
-        datagram = encode_beacon(kind, self.name, self.uuid, self._seq, self._endpoints, self._headers)
+        datagram = encode_beacon(
+            kind, self.name, self.uuid, self._seq, self._endpoints, self._headers
+        )
         for target in self.targets:
             try:
                 self._sock.sendto(datagram, target)
@@ -267,5 +272,6 @@ class Beacon:
         self.stats[f"dropped-{reason}"] += 1
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
-        log.log(level, "beacon %s dropped %s (later drops are logged at debug level)", self.name, detail)
+        log.log(level, "beacon %s dropped %s (later drops are logged at debug level)",
+                self.name, detail)
 

@@ -16,7 +16,7 @@ import logging
 import threading
 import uuid as uuid_module
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from typing import Protocol
 
 from .beacon import DEFAULT_PORT, LOOPBACK_BROADCAST, LOOPBACK_HOST, Beacon, Scope, Seed
@@ -280,7 +280,7 @@ class Node:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def events(self, duration: float) -> Iterator[PeerEvent]:
+    def events(self, duration: float) -> Generator[PeerEvent, None, None]:
         """Yield presence events as they happen, for ``duration`` seconds, then stop."""
         deadline = Deadline.after(duration)
         backlog: deque[PeerEvent] = deque(maxlen=EVENT_BACKLOG)
@@ -304,7 +304,7 @@ class Node:
         finally:
             self._listeners.remove(listener)
 
-    async def aevents(self) -> AsyncIterator[PeerEvent]:
+    async def aevents(self) -> AsyncGenerator[PeerEvent, None]:
         """Presence events for asyncio code, until the consumer stops iterating.
 
         Bound it with ``asyncio.timeout`` (or break out); events a slow consumer has not taken

@@ -11,14 +11,15 @@ becomes ``ClosedError``, anything else ``BrokenError`` with the original as ``__
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import math
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .deadline import Deadline
@@ -79,6 +80,17 @@ def translate_zmq_error(exc: zmq.ZMQError, doing: str) -> ZmqkitError:
     if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
         return ClosedError(f"socket closed while {doing}")
     return BrokenError(f"{doing} failed: {exc}")
+
+
+def _milliseconds(timeout: float) -> int:
+    """A timeout in whole milliseconds, rounded up; a negative one is no wait at all.
+
+    Raises:
+        ConfigError: NaN, infinite or absurdly long (every wait in zmqkit is finite).
+    """
+    if not timeout < 1e7:  # also catches NaN and infinity
+        raise ConfigError(f"a timeout is a finite number of seconds, not {timeout!r}")
+    return math.ceil(timeout * 1000) if timeout > 0 else 0
 
 
 def _configure(sock: zmq.Socket[Any], options: SocketOptions) -> None:
@@ -182,7 +194,8 @@ class Socket:
 
     def send(self, frame: bytes, *, more: bool = False) -> None:
         """Send one frame; blocks at most ``options.send_timeout`` when the queue is full."""
-        self.check_owner()
+        if threading.get_ident() != self.owner:
+            self.check_owner()
         try:
             self.raw.send(frame, zmq.SNDMORE if more else 0, copy=len(frame) < 65536)
         except zmq.ZMQError as exc:
@@ -196,7 +209,8 @@ class Socket:
             raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
 
     def _wait_ms(self, timeout: float) -> None:
-        milliseconds = Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)
+        """Set the receive timeout, touching the socket option only when it changes."""
+        milliseconds = _milliseconds(timeout)
         if milliseconds != self._rcvtimeo:
             self.raw.rcvtimeo = milliseconds
             self._rcvtimeo = milliseconds
@@ -207,7 +221,8 @@ class Socket:
         Raises:
             Timeout: nothing arrived in time.
         """
-        self.check_owner()
+        if threading.get_ident() != self.owner:
+            self.check_owner()
         self._wait_ms(timeout)
         try:
             return self.raw.recv()  # type: ignore[no-any-return]
@@ -226,7 +241,7 @@ class Socket:
     def poll(self, timeout: float) -> bool:
         """True when a message is waiting, after waiting at most ``timeout`` seconds."""
         self.check_owner()
-        return bool(self.raw.poll(Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)))
+        return bool(self.raw.poll(_milliseconds(timeout)))
 
     def close(self) -> None:
         """Close, waiting at most ``options.linger`` for unsent messages. Safe to call twice."""
@@ -236,10 +251,13 @@ class Socket:
 
 
 class AsyncSocket(Socket):
-    """A socket for one asyncio loop: the same options, awaitable receives.
+    """A socket for one asyncio loop: the same options, awaitable waits.
 
-    Receives drain what is already queued without a trip through the loop, then wait on the
-    loop only when the queue is empty: a burst of messages costs one wake-up, not one each.
+    The loop watches ZeroMQ's notification descriptor itself (no pyzmq futures on the hot path).
+    That descriptor is edge-triggered: any operation on the socket may consume the signal that
+    messages arrived, so every wait first looks at ``EVENTS``, and ``send_nowait`` wakes parked
+    readers when its send has swallowed their signal. Receives drain what is queued without a
+    trip through the loop; a burst of messages costs one wake-up, not one each.
     """
 
     def __init__(
@@ -251,63 +269,83 @@ class AsyncSocket(Socket):
         context: zmq.Context[Any] | None = None,
     ) -> None:
         super().__init__(kind, options=options, routing_id=routing_id, context=context)
-        self.waiter = zmq.asyncio.Socket.from_socket(self.raw)
+        self._fd: int = self.raw.getsockopt(zmq.FD)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._parked: list[tuple[int, asyncio.Future[bool]]] = []
+
+    def _events(self) -> int:
+        return int(self.raw.getsockopt(_EVENTS))
+
+    def _on_descriptor(self) -> None:
+        """The loop saw the descriptor fire: wake whoever waits for what is now possible."""
+        if self.raw.closed:
+            return
+        events = self._events()
+        still_parked = []
+        for wanted, future in self._parked:
+            if future.done():
+                continue
+            if events & wanted:
+                future.set_result(True)
+            else:
+                still_parked.append((wanted, future))
+        self._parked = still_parked
+
+    async def _wait(self, wanted: int, timeout: float) -> bool:
+        if threading.get_ident() != self.owner:
+            self.check_owner()
+        if self.raw.closed:
+            raise ClosedError(f"{self!r} is closed")
+        if self._events() & wanted:
+            return True
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            loop.add_reader(self._fd, self._on_descriptor)
+        future: asyncio.Future[bool] = loop.create_future()
+        self._parked.append((wanted, future))
+        timer = loop.call_later(_milliseconds(timeout) / 1000, _settle, future, False)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def wait_readable(self, timeout: float) -> bool:
         """Wait until a message is queued, at most ``timeout`` seconds; False if none came."""
-        self.check_owner()
-        milliseconds = Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)
-        try:
-            return bool(await self.waiter.poll(milliseconds, zmq.POLLIN))
-        except zmq.ZMQError as exc:
-            raise translate_zmq_error(exc, f"waiting on {self.kind.name}") from exc
+        return await self._wait(_POLLIN, timeout)
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until a send would not block, at most ``timeout`` seconds."""
+        return await self._wait(_POLLOUT, timeout)
 
     def send_nowait(self, frame: bytes) -> bool:
         """Send one frame without waiting; False when it would have to wait (queue full, or no
-        connection yet with ``immediate``).
-
-        A send can swallow the edge that a pending ``wait_readable`` is waiting for (ZeroMQ's
-        descriptor is edge-triggered), so the waiter is told to look at the socket again.
-        """
+        connection yet with ``immediate``)."""
         try:
             self.raw.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
-        finally:
-            if not self.raw.closed:
-                self.waiter.get(zmq.EVENTS)
+        if self._parked and self._loop is not None:
+            self._loop.call_soon(self._on_descriptor)  # the send may have eaten their signal
         return True
-
-    async def wait_writable(self, timeout: float) -> bool:
-        """Wait until a send would not block, at most ``timeout`` seconds."""
-        self.check_owner()
-        milliseconds = Deadline.after(timeout, now=0.0).remaining_ms(now=0.0)
-        try:
-            return bool(await self.waiter.poll(milliseconds, zmq.POLLOUT))
-        except zmq.ZMQError as exc:
-            raise translate_zmq_error(exc, f"waiting on {self.kind.name}") from exc
 
     async def recv_async(self, timeout: float) -> bytes:
         """Receive one frame, waiting at most ``timeout`` seconds; Timeout if none came."""
-        deadline = Deadline.after(timeout)
-        while True:
-            try:
-                return self.raw.recv(zmq.NOBLOCK)  # type: ignore[no-any-return]
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as exc:
-                raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
-            if not await self.wait_readable(deadline.remaining()):
-                raise Timeout(f"timed out receiving on {self.kind.name}")
+        return (await self._recv_async(timeout, multipart=False))[0]
 
     async def recv_multipart_async(self, timeout: float) -> list[bytes]:
         """Receive one multipart message, waiting at most ``timeout`` seconds."""
+        return await self._recv_async(timeout, multipart=True)
+
+    async def _recv_async(self, timeout: float, *, multipart: bool) -> list[bytes]:
         deadline = Deadline.after(timeout)
         while True:
             try:
-                return self.raw.recv_multipart(zmq.NOBLOCK)  # type: ignore[no-any-return]
+                if multipart:
+                    return self.raw.recv_multipart(zmq.NOBLOCK)  # type: ignore[no-any-return]
+                return [self.raw.recv(zmq.NOBLOCK)]
             except zmq.Again:
                 pass
             except zmq.ZMQError as exc:
@@ -316,6 +354,21 @@ class AsyncSocket(Socket):
                 raise Timeout(f"timed out receiving on {self.kind.name}")
 
     def close(self) -> None:
-        if not self.raw.closed:
-            self.waiter.close()
+        """Stop watching the descriptor, wake every waiter with False, close the socket."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+        for _, future in self._parked:
+            _settle(future, False)
+        self._parked = []
         super().close()
+
+
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

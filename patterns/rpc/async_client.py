@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -45,8 +47,9 @@ class PeerGone(Exception):
     """The node a call went to left before it answered (internal: a retry or BrokenError)."""
 
 
-# call id -> (what waits for it: a future of the result or a stream's queue, its route, its timer)
-Entry = tuple[Any, Route, "asyncio.TimerHandle | None"]
+# call id -> (what waits for it: a future of the result or a stream's queue, its route, method)
+Entry = tuple[Any, Route, str]
+PRUNE_SLACK = 10_000  # deadlines of finished calls kept before the heap is cleaned
 
 
 class AsyncClient:
@@ -70,6 +73,9 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
+        self._deadlines: list[tuple[float, int, float]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf
 
     def __repr__(self) -> str:
         return f"<zmqkit rpc.AsyncClient for {self.name!r}, {len(self._waiting)} calls in flight>"
@@ -93,6 +99,8 @@ class AsyncClient:
         self._closed = True
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         readers = list(self._readers.values())
         for reader in readers:
             reader.cancel()
@@ -151,8 +159,9 @@ class AsyncClient:
     async def stream(self, method: str, *args: Any, timeout: float | None = None,
                      **kwargs: Any) -> AsyncIterator[Any]:
         """Iterate the items a generator method yields; ``timeout`` is the wait between items."""
+        self._bind_loop()  # a closed client or a foreign loop fails here, as call() does
         budget = self.timeout if timeout is None else timeout
-        queue: asyncio.Queue[list[Any] | PeerGone] = asyncio.Queue()
+        queue: asyncio.Queue[list[Any] | Exception] = asyncio.Queue()
         route, call_id = await self._send(method, args, kwargs, Deadline.after(budget), set(), queue)
         done = False
         try:
@@ -164,6 +173,9 @@ class AsyncClient:
                 if isinstance(message, PeerGone):
                     done = True
                     raise BrokenError(f"{self.name} node left during the stream {method}()")
+                if isinstance(message, Exception):  # the client was closed under the stream
+                    done = True
+                    raise message
                 done = message[1] != Kind.STREAM_ITEM
                 if message[1] != Kind.STREAM_END:
                     yield outcome(message)
@@ -195,7 +207,7 @@ class AsyncClient:
 
             self._unsubscribe = self.node.on_event(on_presence)
         elif self._loop is not loop:
-            raise ClosedError(f"{self!r} belongs to another event loop")
+            raise BusyError(f"{self!r} belongs to another event loop; make one per loop")
         return loop
 
     def _refresh(self) -> None:
@@ -250,25 +262,51 @@ class AsyncClient:
 
     def _track(self, call_id: int, waiter: Any, route: Route, timeout: float | None,
                method: str) -> None:
-        timer = None if timeout is None else self._loop.call_later(  # type: ignore[union-attr]
-            timeout, self._fail, call_id, Timeout(f"{self.name}.{method}() got no reply in {timeout:g} s"))
-        self._waiting[call_id] = (waiter, route, timer)
+        """Remember a call until its reply; one heap of deadlines serves every call."""
+        self._waiting[call_id] = (waiter, route, method)
         self._routes.started(route)
+        if timeout is None:
+            return
+        at = self._loop.time() + timeout  # type: ignore[union-attr]
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (at, call_id, timeout))
+        if len(deadlines) > 4 * len(self._waiting) + PRUNE_SLACK:
+            deadlines[:] = [d for d in deadlines if d[1] in self._waiting]
+            heapq.heapify(deadlines)
+        if at < self._sweep_at:
+            self._arm_sweeper(at)
+
+    def _arm_sweeper(self, at: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at = at
+        self._sweeper = self._loop.call_at(at, self._sweep)  # type: ignore[union-attr]
+
+    def _sweep(self) -> None:
+        """Fail the calls whose deadline has passed; re-arm for the next one."""
+        self._sweeper, self._sweep_at = None, math.inf
+        now = self._loop.time()  # type: ignore[union-attr]
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, call_id, timeout = heapq.heappop(deadlines)
+            entry = self._waiting.get(call_id)
+            if entry is not None:
+                self._fail(call_id, Timeout(f"{self.name}.{entry[2]}() got no reply in {timeout:g} s"))
+        if deadlines:
+            self._arm_sweeper(deadlines[0][0])
 
     def _fail(self, call_id: int, error: BaseException) -> None:
         """End a call with ``error``: a timeout, its node gone, or the client closed."""
         entry = self._waiting.get(call_id)
         if entry is None:
             return
-        waiter, route, timer = entry
+        waiter, route, _ = entry
         if isinstance(waiter, asyncio.Queue):
             waiter.put_nowait(error)  # the stream's consumer ends the call
             return
         del self._waiting[call_id]
         self._collected.pop(call_id, None)
         self._routes.failed(route, time.monotonic())
-        if timer is not None:
-            timer.cancel()
         if not waiter.done():
             waiter.set_exception(error)
 
@@ -289,7 +327,7 @@ class AsyncClient:
             entry = waiting.get(call_id)
             if entry is None:
                 continue  # a reply to a call that timed out or was cancelled
-            waiter, route, timer = entry
+            waiter, route, _ = entry
             if isinstance(waiter, asyncio.Queue):
                 waiter.put_nowait(message)
                 continue
@@ -298,8 +336,6 @@ class AsyncClient:
                 continue
             del waiting[call_id]
             self._routes.finished(route)
-            if timer is not None:
-                timer.cancel()
             if waiter.done():
                 continue
             if kind == Kind.REPLY:

@@ -39,6 +39,7 @@ TICK = 0.1  # seconds between looks at the stop flag
 MAX_TRACEBACK = 8192
 
 Outgoing = tuple[bytes, bytes, bool]  # (caller identity, frame, whether the call is finished)
+_NEVER_CANCELLED = threading.Event()  # what a one-shot call has instead of a cancel flag: never set
 
 
 class Server:
@@ -73,7 +74,9 @@ class Server:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_writer.setblocking(False)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._cancelled: set[tuple[bytes, int]] = set()
+        # (caller, call id) of each stream in progress -> set when its caller cancels it. Only
+        # streams the server started are here, so stray or forged CANCELs cannot grow it.
+        self._streams: dict[tuple[bytes, int], threading.Event] = {}
         self._outstanding = 0
         self._stopping = False
         self._ready = threading.Event()
@@ -171,60 +174,68 @@ class Server:
                     self._flush(raw)
                     if raw not in ready:
                         continue
-                    parts = raw.recv_multipart(zmq.NOBLOCK)
+                    flags = _NOBLOCK
                 else:
-                    try:
-                        parts = raw.recv_multipart()
-                    except zmq.Again:
-                        continue
-                self._handle(raw, parts)
+                    flags = 0
+                try:
+                    identity = raw.recv(flags)
+                except zmq.Again:
+                    continue
+                frame = raw.recv() if raw.getsockopt(_RCVMORE) else b""
+                if raw.getsockopt(_RCVMORE):
+                    self._drop_rest(raw, identity)
+                    continue
+                self._handle(raw, identity, frame)
         except zmq.ZMQError as exc:
             if not self._stopping:
                 log.error("RPC server %s stopped: %s", self.node.name, exc)
         finally:
             router.close()
 
+    def _drop_rest(self, raw: zmq.Socket[Any], identity: bytes) -> None:
+        """A request of more than one frame: read and drop the rest, and say why."""
+        while raw.getsockopt(_RCVMORE):
+            raw.recv()
+        self.stats["bad-requests"] += 1
+        _reply(raw, identity, _error(0, "zmqkit.ProtocolError", "a request is exactly one frame"))
+
     def _flush(self, raw: zmq.Socket[Any]) -> None:
         self._wake_pending = False
         while self._outbox:
             identity, frame, finished = self._outbox.popleft()
-            raw.send_multipart([identity, frame])
+            _reply(raw, identity, frame)
             if finished:
                 self._outstanding -= 1
 
-    def _handle(self, raw: zmq.Socket[Any], parts: list[bytes]) -> None:
-        if len(parts) != 2:
-            self.stats["bad-requests"] += 1
-            if len(parts) > 1:
-                raw.send_multipart([parts[0], _error(0, "zmqkit.ProtocolError", "expected one frame")])
-            return
-        identity, frame = parts
+    def _handle(self, raw: zmq.Socket[Any], identity: bytes, frame: bytes) -> None:
         try:
             message = codec.decode(frame)
         except ProtocolError as exc:
             self.stats["bad-requests"] += 1
-            raw.send_multipart([identity, _error(0, "zmqkit.ProtocolError", str(exc))])
+            _reply(raw, identity, _error(0, "zmqkit.ProtocolError", str(exc)))
             return
         kind, call_id = message[1], message[2]
         if kind == Kind.CANCEL:
-            self._cancelled.add((identity, call_id))
+            cancelled = self._streams.get((identity, call_id))
+            if cancelled is not None:
+                cancelled.set()
             return
         if kind != Kind.REQUEST:
             self.stats["bad-requests"] += 1
-            raw.send_multipart([identity, _error(call_id, "zmqkit.ProtocolError", "expected a request")])
+            _reply(raw, identity, _error(call_id, "zmqkit.ProtocolError", "expected a request"))
             return
         method, args, kwargs = message[3], message[4], message[5]
         self.stats["calls"] += 1
         handler = self.handlers.get(method)
         if handler is None:
-            raw.send_multipart([identity, self._describe(call_id) if method == DESCRIBE_METHOD
-                                else self._not_found(call_id, method)])
+            _reply(raw, identity, self._describe(call_id) if method == DESCRIBE_METHOD
+                   else self._not_found(call_id, method))
         elif handler.mode is Mode.INLINE:
-            raw.send_multipart([identity, self._call(handler, call_id, args, kwargs)])
+            _reply(raw, identity, self._call(handler, call_id, args, kwargs))
         elif self._outstanding >= MAX_OUTSTANDING:
             self.stats["busy"] += 1
-            raw.send_multipart([identity, _error(call_id, "zmqkit.BusyError",
-                                                 f"{self.node.name} has {MAX_OUTSTANDING} calls waiting")])
+            _reply(raw, identity, _error(call_id, "zmqkit.BusyError",
+                                         f"{self.node.name} has {MAX_OUTSTANDING} calls waiting"))
         else:
             self._outstanding += 1
             self._dispatch(handler, identity, call_id, args, kwargs)
@@ -232,14 +243,17 @@ class Server:
     def _dispatch(
         self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any]
     ) -> None:
+        cancelled = _NEVER_CANCELLED
+        if handler.mode in (Mode.STREAM, Mode.ASYNC_STREAM):
+            cancelled = self._streams[(identity, call_id)] = threading.Event()
         if handler.mode is Mode.BLOCKING:
             self._jobs.put(lambda: self._post(identity, self._call(handler, call_id, args, kwargs), True))
         elif handler.mode is Mode.STREAM:
-            self._jobs.put(lambda: self._stream(handler, identity, call_id, args, kwargs))
+            self._jobs.put(lambda: self._stream(handler, identity, call_id, args, kwargs, cancelled))
         else:
             assert self._loop is not None
             asyncio.run_coroutine_threadsafe(
-                self._call_async(handler, identity, call_id, args, kwargs), self._loop
+                self._call_async(handler, identity, call_id, args, kwargs, cancelled), self._loop
             )
 
     def _describe(self, call_id: int) -> bytes:
@@ -271,14 +285,15 @@ class Server:
         return _error(call_id, type(exc).__name__, str(exc), traceback.format_exc()[-MAX_TRACEBACK:])
 
     def _stream(
-        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any]
+        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any],
+        cancelled: threading.Event,
     ) -> None:
         key = (identity, call_id)
         try:
             items = handler.function(*args, **kwargs)
             try:
                 for item in items:
-                    if key in self._cancelled:
+                    if cancelled.is_set() or self._stopping:  # else an endless stream pins a worker
                         break
                     self._post(identity, codec.encode_stream_item(call_id, item), False)
             finally:
@@ -287,10 +302,11 @@ class Server:
         except Exception as exc:  # reported to the caller as RemoteError
             self._post(identity, self._failure(handler, call_id, args, kwargs, exc), True)
         finally:
-            self._cancelled.discard(key)
+            self._streams.pop(key, None)
 
     async def _call_async(
-        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any]
+        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any],
+        cancelled: threading.Event,
     ) -> None:
         key = (identity, call_id)
         try:
@@ -301,7 +317,7 @@ class Server:
             items = handler.function(*args, **kwargs)
             try:
                 async for item in items:
-                    if key in self._cancelled:
+                    if cancelled.is_set():
                         break
                     self._post(identity, codec.encode_stream_item(call_id, item), False)
             finally:
@@ -310,7 +326,7 @@ class Server:
         except Exception as exc:  # reported to the caller as RemoteError
             self._post(identity, self._failure(handler, call_id, args, kwargs, exc), True)
         finally:
-            self._cancelled.discard(key)
+            self._streams.pop(key, None)
 
     def _post(self, identity: bytes, frame: bytes, finished: bool) -> None:
         """Hand a frame to the server thread, waking it if it is not awake already."""
@@ -329,6 +345,17 @@ class Server:
         while (job := self._jobs.get()) is not None:
             if not self._stopping:
                 job()
+
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def _reply(raw: zmq.Socket[Any], identity: bytes, frame: bytes) -> None:
+    """Send ``frame`` to the caller ``identity`` (two frames; plain ints keep pyzmq fast)."""
+    raw.send(identity, _SNDMORE)
+    raw.send(frame, copy=len(frame) < 65536)
 
 
 def _error(call_id: int, type_name: str, message: str, remote_traceback: str = "") -> bytes:

@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
 
-from zmqkit import BrokenError, Deadline, Node, PeerNotFound, Socket, SocketOptions, Timeout, codec
+from zmqkit import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    Deadline,
+    Node,
+    PeerNotFound,
+    Socket,
+    SocketOptions,
+    Timeout,
+    codec,
+)
+from zmqkit.sockets import translate_zmq_error
 from zmqkit.codec import Kind
 
 from .core import DEFAULT_TIMEOUT, SLICE, Route, Routes, may_retry, outcome
@@ -45,6 +58,8 @@ class Client:
         self._routes = Routes(name)
         self._sockets: dict[Any, Socket] = {}
         self._ids = itertools.count(1)
+        self._owner = threading.get_ident()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<zmqkit rpc.Client for {self.name!r}, {len(self._sockets)} nodes>"
@@ -56,6 +71,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the sockets; later calls raise ClosedError. Safe to call twice."""
+        self._closed = True
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
@@ -81,6 +98,7 @@ class Client:
                   kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
                   idempotent: bool = False) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
+        self._check_usable()
         deadline = Deadline.after(self.timeout if timeout is None else timeout)
         tried: set[Any] = set()
         while True:
@@ -107,6 +125,7 @@ class Client:
 
         Leaving the loop early (``break``) tells the node to stop producing.
         """
+        self._check_usable()
         budget = self._budget(timeout)
         route, sock, call_id = self._send(method, args, kwargs, Deadline.after(budget), set())
         done = False
@@ -134,6 +153,16 @@ class Client:
         return result
 
     # -- the parts -----------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        """Refuse a closed client (its emptied routes would look like a node not found yet, and
+        the call would spin until its deadline) and a thread that did not create the client
+        (checked here, before any of its sockets is touched, even by a poll).
+        """
+        if self._closed:
+            raise ClosedError(f"{self!r} is closed")
+        if threading.get_ident() != self._owner:
+            raise BusyError(f"{self!r} belongs to the thread that created it; make one per thread")
 
     def _budget(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
@@ -164,14 +193,28 @@ class Client:
             sock = self._sockets[route.uuid]
             call_id = next(self._ids)
             frame = codec.encode_request(call_id, method, list(args), kwargs)
-            if sock.raw.poll(min(SLICE, deadline.remaining()) * 1000, zmq.POLLOUT):
-                sock.send(frame)
+            if self._send_frame(sock, frame, deadline):
                 self._routes.started(route)
                 return route, sock, call_id
             self._routes.unreachable(route, time.monotonic())
             tried.add(route.uuid)  # never left: safe to try another node
             if deadline.expired():
                 raise Timeout(f"could not reach any {self.name!r} node before the deadline")
+
+    @staticmethod
+    def _send_frame(sock: Socket, frame: bytes, deadline: Deadline) -> bool:
+        """Send at once if a connection is ready, else wait a slice for one; False if none came."""
+        try:
+            sock.raw.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, "sending a request") from exc
+        if sock.raw.poll(min(SLICE, deadline.remaining()) * 1000, zmq.POLLOUT):
+            sock.send(frame)
+            return True
+        return False
 
     def _wait_for_route(self, deadline: Deadline) -> None:
         try:

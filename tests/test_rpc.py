@@ -1,0 +1,1039 @@
+"""RPC by name over real sockets: both clients, every handler mode, failures and bad input.
+
+Every test runs its nodes on a private beacon port (the ``beacon_port`` fixture) with short
+beacon intervals, so discovery, expiry and failover take well under a second. Servers that must
+die mid-call run in child processes (``server_process``) and are SIGKILLed; everything else runs
+in this process, and every node, client and child is closed or reaped when its test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import zmq
+
+from patterns import rpc
+from zmqkit import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    ConfigError,
+    Node,
+    PeerNotFound,
+    RemoteError,
+    Socket,
+    Timeout,
+    codec,
+)
+from zmqkit.codec import DEFAULT_MAX_MESSAGE_SIZE, Kind
+
+FAST = {"interval": 0.2, "expiry": 0.6}
+ROOT = Path(__file__).resolve().parent.parent
+SLACK = 0.4  # how far past its deadline a failing call may return on a loaded test host
+
+
+class Oops(Exception):
+    """A handler's own exception type, to see its name come back."""
+
+
+class Calc:
+    """The service most tests call: one method per handler mode, plus probes for the server side."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()  # lets a waiting handler finish when a test ends
+        self.entered = threading.Event()  # set when ``hold`` has started
+        self.produced: Counter[str] = Counter()  # items each ``ticks`` stream has produced
+        self.stopped: set[str] = set()  # ``ticks`` streams whose generator was closed
+
+    def add(self, a: float, b: float) -> float:
+        """Add two numbers."""
+        return a + b
+
+    def sub(self, a: float, b: float = 0) -> float:
+        """Subtract b from a."""
+        return a - b
+
+    def echo(self, x: Any) -> Any:
+        return x
+
+    def div(self, a: float, b: float) -> float:
+        return a / b
+
+    def fail(self, message: str) -> None:
+        raise Oops(message)
+
+    @rpc.blocking
+    def sleep(self, seconds: float) -> float:
+        """Sleep, then return the seconds slept."""
+        time.sleep(seconds)
+        return seconds
+
+    @rpc.blocking
+    def hold(self, seconds: float) -> str:
+        """Wait up to ``seconds`` for the test to release it."""
+        self.entered.set()
+        self.release.wait(seconds)
+        return "held"
+
+    def count(self, n: int) -> Iterator[int]:
+        """Yield 0 to n-1."""
+        yield from range(n)
+
+    def count_then_fail(self, n: int) -> Iterator[int]:
+        yield from range(n)
+        raise Oops(f"failed after {n}")
+
+    def ticks(self, key: str, pause: float) -> Iterator[int]:
+        """An endless stream that records how far it got and whether it was stopped."""
+        try:
+            for index in range(100_000):
+                self.produced[key] += 1
+                yield index
+                time.sleep(pause)
+        finally:
+            self.stopped.add(key)
+
+    def one_then_wait(self, seconds: float) -> Iterator[int]:
+        yield 0
+        self.release.wait(seconds)
+        yield 1
+
+    async def aadd(self, a: float, b: float) -> float:
+        """Add two numbers, asynchronously."""
+        await asyncio.sleep(0.01)
+        return a + b
+
+    async def asleep(self, seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    async def jitter(self, value: Any) -> Any:
+        """Return ``value`` after a random pause, so that replies come back out of order."""
+        await asyncio.sleep(random.random() * 0.05)
+        return value
+
+    async def acount(self, n: int) -> Any:
+        """Yield 0 to n-1 from the event loop."""
+        for index in range(n):
+            await asyncio.sleep(0)
+            yield index
+
+    async def aticks(self, key: str, pause: float) -> Any:
+        try:
+            for index in range(100_000):
+                self.produced[key] += 1
+                yield index
+                await asyncio.sleep(pause)
+        finally:
+            self.stopped.add(key)
+
+
+# -- fixtures and helpers --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_node(beacon_port: int) -> Iterator[Callable[..., Node]]:
+    """Start nodes on the test's private beacon port; every one is closed after the test."""
+    nodes: list[Node] = []
+
+    def make(name: str, **options: Any) -> Node:
+        node = Node(name, port=beacon_port, **{**FAST, **options})
+        nodes.append(node)
+        return node.start()
+
+    yield make
+    for node in reversed(nodes):
+        node.close()
+
+
+@pytest.fixture
+def calc() -> Iterator[Calc]:
+    service = Calc()
+    yield service
+    service.release.set()  # no handler may still wait when the server closes
+
+
+@pytest.fixture
+def server(make_node: Callable[..., Node], calc: Calc) -> rpc.Server:
+    return rpc.serve(make_node("calc"), calc)
+
+
+@pytest.fixture
+def me(make_node: Callable[..., Node], server: rpc.Server) -> Node:
+    """The calling node, once it sees the server's RPC endpoint."""
+    node = make_node("caller")
+    wait_serving(node, "calc")
+    return node
+
+
+def wait_serving(node: Node, name: str, count: int = 1, timeout: float = 5.0) -> None:
+    """Wait until ``node`` sees ``count`` nodes called ``name`` that advertise RPC."""
+    wait_until(lambda: len([p for p in node.peers(name) if "rpc" in p.endpoints]) == count,
+               timeout, f"{count} {name!r} node(s) serving RPC")
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def took(at_most: float) -> Iterator[None]:
+    """Fail if the block takes longer than ``at_most`` seconds (whether or not it raises)."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        elapsed = time.monotonic() - start
+        assert elapsed <= at_most, f"took {elapsed:.2f} s, more than {at_most} s"
+
+
+SERVER_SCRIPT = r"""
+import sys, time
+import zmqkit
+from patterns import rpc
+
+port, name = int(sys.argv[1]), sys.argv[2]
+
+class Service:
+    def __init__(self, me):
+        self.me = me
+
+    def whoami(self):
+        return self.me
+
+    @rpc.blocking
+    def slow(self, seconds):
+        time.sleep(seconds)
+        return [self.me, seconds]
+
+with zmqkit.Node(name, port=port, interval=0.2, expiry=0.6) as node:
+    rpc.serve(node, Service(str(node.uuid)))
+    print("ready", node.uuid, flush=True)
+    sys.stdin.read()  # serve until the parent closes our stdin (or dies)
+"""
+
+
+class ServerProcess:
+    """An RPC server node in a child process, to be SIGKILLed mid-call."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_SCRIPT, str(port), name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        )
+        self.uuid = ""
+
+    def wait_ready(self, timeout: float = 10.0) -> ServerProcess:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        assert line.startswith("ready "), f"child not ready: {line!r}, exit {self.proc.poll()}"
+        self.uuid = line.split()[1]
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL (if still running) and reap. Safe to call twice, from any thread."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+    def close(self) -> None:
+        self.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@contextlib.contextmanager
+def server_processes(port: int, name: str, count: int) -> Iterator[list[ServerProcess]]:
+    children: list[ServerProcess] = []
+    try:
+        children = [ServerProcess(port, name) for _ in range(count)]
+        yield [child.wait_ready() for child in children]
+    finally:
+        for child in children:
+            child.close()
+
+
+@contextlib.contextmanager
+def after(seconds: float, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` in a timer thread after ``seconds``; the timer is joined on exit."""
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+
+
+# -- calls -----------------------------------------------------------------------------------------
+
+
+def test_sync_calls_args_kwargs_and_attribute_sugar(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        assert client.call("add", 1, 2) == 3
+        assert client.add(2.5, 4) == 6.5
+        assert client.call("sub", a=10, b=4) == 6
+        assert client.sub(10, b=3) == 7
+        assert client.sub(10) == 10  # a default on the server side
+        assert client.call_with("sub", [9], {"b": 1}) == 8
+        value = {"text": "é", "bytes": b"\x00\xff", "list": [1, None, True], "float": 1.5}
+        assert client.echo(value) == value
+        assert client.echo(x=[]) == []
+
+
+def test_sync_client_runs_every_handler_mode(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        assert client.sleep(0.01) == 0.01  # @blocking, in the pool
+        assert client.aadd(2, 3) == 5  # async def, on the server's loop
+        assert client.count(4) == [0, 1, 2, 3]  # generator called plainly: a list
+        assert client.acount(3) == [0, 1, 2]  # async generator called plainly
+        assert client.count(0) == []
+
+
+def test_async_calls_args_kwargs_and_attribute_sugar(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            assert await client.call("add", 1, 2) == 3
+            assert await client.add(2, 5) == 7
+            assert await client.call("sub", a=10, b=4) == 6
+            assert await client.sub(10, b=3) == 7
+            assert await client.call_with("sub", [9], {"b": 1}) == 8
+            assert await client.aadd(3, 4) == 7
+            assert await client.sleep(0.01) == 0.01
+            assert await client.count(3) == [0, 1, 2]
+            assert await client.acount(2) == [0, 1]
+            assert await client.echo({"k": b"v"}) == {"k": b"v"}
+
+    asyncio.run(main())
+
+
+def test_async_def_handlers_run_concurrently(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=3) as client:
+            start = time.monotonic()
+            results = await asyncio.gather(*(client.asleep(0.3) for _ in range(20)))
+            assert results == [0.3] * 20
+            assert time.monotonic() - start < 1.5  # twenty 0.3 s sleeps side by side, not 6 s
+
+    asyncio.run(main())
+
+
+# -- remote errors ---------------------------------------------------------------------------------
+
+
+def test_remote_exception_comes_back_with_type_message_and_traceback(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        with pytest.raises(RemoteError) as caught:
+            client.div(1, 0)
+        error = caught.value
+        assert error.type_name == "ZeroDivisionError"
+        assert error.message == "division by zero"
+        assert "Traceback" in error.traceback and "ZeroDivisionError" in error.traceback
+        assert "in div" in error.traceback
+        with pytest.raises(RemoteError) as caught:
+            client.fail("custom trouble")
+        assert caught.value.type_name == "Oops"
+        assert caught.value.message == "custom trouble"
+        assert "raise Oops(message)" in caught.value.traceback
+        assert client.add(1, 1) == 2  # the server keeps serving
+
+
+def test_async_remote_exception(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            with pytest.raises(RemoteError) as caught:
+                await client.div(1, 0)
+            assert caught.value.type_name == "ZeroDivisionError"
+            assert "Traceback" in caught.value.traceback
+            with pytest.raises(RemoteError, match="custom"):
+                await client.fail("custom")
+            assert await client.add(1, 1) == 2
+
+    asyncio.run(main())
+
+
+def test_unknown_method_is_a_clear_remote_error(me: Node, server: rpc.Server) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        with took(1.0), pytest.raises(RemoteError) as caught:
+            client.nope(1)
+        assert caught.value.type_name == "zmqkit.MethodNotFound"
+        assert "'nope'" in caught.value.message and "add" in caught.value.message
+        assert client.add(1, 2) == 3
+    assert server.stats["errors"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "kwargs"),
+    [
+        ("add", [1], {}),  # too few
+        ("add", [1, 2, 3], {}),  # too many
+        ("add", [1, 2], {"c": 3}),  # unknown keyword
+        ("count", [], {}),  # a generator, in the pool
+        ("aadd", [1], {}),  # async def, on the loop
+        ("sleep", [], {"secs": 1}),  # @blocking
+    ],
+)
+def test_wrong_arguments_are_a_clear_remote_error(
+    me: Node, method: str, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        with took(1.0), pytest.raises(RemoteError) as caught:
+            client.call_with(method, args, kwargs)
+        assert caught.value.type_name == "zmqkit.BadArguments"
+        assert f"{method}(" in caught.value.message  # names the signature it expected
+        assert client.add(1, 2) == 3
+
+
+def test_type_error_inside_a_handler_is_not_bad_arguments(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client, pytest.raises(RemoteError) as caught:
+        client.add(1, "x")
+    assert caught.value.type_name == "TypeError"
+
+
+def test_unencodable_result_is_a_remote_error(make_node: Callable[..., Node]) -> None:
+    node = make_node("odd")
+    rpc.serve(node, {"thing": lambda: object(), "ok": lambda: "ok"})
+    me = make_node("caller")
+    with rpc.Client(me, "odd", timeout=2) as client:
+        with pytest.raises(RemoteError) as caught:
+            client.thing()
+        assert caught.value.type_name == "zmqkit.EncodeError"
+        assert client.ok() == "ok"
+
+
+# -- finding nodes, deadlines ----------------------------------------------------------------------
+
+
+def test_unknown_peer_raises_peer_not_found_within_its_deadline(make_node: Callable[..., Node]) -> None:
+    me = make_node("caller")
+    with rpc.Client(me, "nobody") as client:
+        start = time.monotonic()
+        with pytest.raises(PeerNotFound, match="nobody"):
+            client.call("add", 1, 2, timeout=0.5)
+        assert 0.45 <= time.monotonic() - start <= 0.5 + SLACK
+
+
+def test_async_unknown_peer_raises_peer_not_found_within_its_deadline(
+    make_node: Callable[..., Node],
+) -> None:
+    me = make_node("caller")
+
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "nobody", timeout=0.5) as client:
+            start = time.monotonic()
+            with pytest.raises(PeerNotFound, match="nobody"):
+                await client.add(1, 2)
+            assert 0.45 <= time.monotonic() - start <= 0.5 + SLACK
+            with pytest.raises(PeerNotFound):
+                client.submit("add", 1, 2)  # submit needs a known node: it fails at once
+
+    asyncio.run(main())
+
+
+def test_a_node_of_that_name_that_serves_no_rpc_is_not_found(make_node: Callable[..., Node]) -> None:
+    make_node("calc")  # discovered, but serving nothing
+    me = make_node("caller")
+    me.wait_for("calc", 2)
+    with rpc.Client(me, "calc") as client:
+        start = time.monotonic()
+        with pytest.raises(PeerNotFound, match="calc"):
+            client.call("add", 1, 2, timeout=0.4)
+        assert time.monotonic() - start <= 0.4 + SLACK
+
+
+def test_call_finds_a_server_that_starts_late(make_node: Callable[..., Node], calc: Calc) -> None:
+    me = make_node("caller")
+
+    def start_server() -> None:
+        rpc.serve(make_node("calc"), calc)
+
+    with rpc.Client(me, "calc") as client, after(0.3, start_server):
+        assert client.call("add", 1, 2, timeout=3) == 3
+
+
+def test_timeout_then_the_next_call_works_and_the_late_reply_is_dropped(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        with took(0.2 + SLACK), pytest.raises(Timeout):
+            client.call("sleep", 0.5, timeout=0.2)
+        time.sleep(0.5)  # the late reply (0.5) is now waiting in the client's socket
+        assert client.echo("fresh") == "fresh"
+        assert client.add(2, 3) == 5
+        with took(0.2 + SLACK), pytest.raises(Timeout):
+            client.call("sleep", 0.4, timeout=0.2)
+        assert client.sleep(0.01) == 0.01  # a reply of the same method, not the stale 0.4
+
+
+def test_async_timeout_then_the_next_call_works_and_the_late_reply_is_dropped(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            with took(0.2 + SLACK), pytest.raises(Timeout):
+                await client.call("asleep", 0.5, timeout=0.2)
+            await asyncio.sleep(0.5)
+            assert await client.echo("fresh") == "fresh"
+            with pytest.raises(Timeout):
+                await client.submit("sleep", 0.4, timeout=0.2)
+            assert await client.sleep(0.01) == 0.01
+
+    asyncio.run(main())
+
+
+def test_a_timeout_is_a_builtin_timeout_error_too(me: Node) -> None:
+    with rpc.Client(me, "calc") as client, pytest.raises(TimeoutError):
+        client.call("sleep", 0.3, timeout=0.1)
+
+
+def test_attribute_sugar_does_not_reach_private_names(me: Node) -> None:
+    client = rpc.Client(me, "calc")
+    with pytest.raises(AttributeError):
+        client._secret()
+    client.close()
+
+
+# -- dead peers and failover -----------------------------------------------------------------------
+
+
+def test_dead_peer_mid_call_fails_within_the_deadline(make_node: Callable[..., Node], beacon_port: int) -> None:
+    me = make_node("caller")
+    with server_processes(beacon_port, "doomed", 1) as (child,), rpc.Client(me, "doomed") as client:
+        assert client.call("whoami", timeout=5) == child.uuid
+        with after(0.3, child.kill), took(1.5 + SLACK), pytest.raises((Timeout, BrokenError)):
+            client.call("slow", 5, timeout=1.5)
+        assert child.proc.returncode == -9
+
+
+def test_async_dead_peer_mid_call_fails_within_the_deadline(
+    make_node: Callable[..., Node], beacon_port: int,
+) -> None:
+    me = make_node("caller")
+
+    async def main(child: ServerProcess) -> None:
+        async with rpc.AsyncClient(me, "doomed") as client:
+            assert await client.call("whoami", timeout=5) == child.uuid
+            asyncio.get_running_loop().call_later(0.3, child.kill)
+            with took(1.5 + SLACK), pytest.raises((Timeout, BrokenError)):
+                await client.call("slow", 5, timeout=1.5)
+            assert child.proc.returncode == -9
+
+    with server_processes(beacon_port, "doomed", 1) as (child,):
+        asyncio.run(main(child))
+
+
+def test_dead_peer_is_not_retried_without_idempotent(make_node: Callable[..., Node], beacon_port: int) -> None:
+    """Two nodes, the one with the call dies: not idempotent, so BrokenError, not a second run."""
+    me = make_node("caller")
+    with server_processes(beacon_port, "calc", 2) as children, rpc.Client(me, "calc") as client:
+        wait_serving(me, "calc", 2)
+        first, second = client.whoami(), client.whoami()
+        assert {first, second} == {child.uuid for child in children}
+        victim = next(child for child in children if child.uuid == first)
+        with after(0.2, victim.kill), took(3 + SLACK), pytest.raises((BrokenError, Timeout)):
+            client.call("slow", 0.6, timeout=3)  # round robin: goes to ``first``
+
+
+def test_failover_to_the_survivor(make_node: Callable[..., Node], beacon_port: int) -> None:
+    me = make_node("caller")
+    with server_processes(beacon_port, "calc", 2) as children, rpc.Client(me, "calc") as client:
+        wait_serving(me, "calc", 2)
+        first, second = client.whoami(), client.whoami()
+        assert {first, second} == {child.uuid for child in children}
+        victim = next(child for child in children if child.uuid == first)
+        # the next call goes to the victim (round robin), which dies with it in flight: an
+        # idempotent call is sent again to the survivor and succeeds within its deadline
+        with after(0.2, victim.kill), took(3 + SLACK):
+            assert client.call("slow", 0.6, idempotent=True, timeout=3) == [second, 0.6]
+        for _ in range(5):
+            with took(2 + SLACK):
+                assert client.call("whoami", idempotent=True, timeout=2) == second
+        wait_until(lambda: len(me.peers("calc")) == 1, 3, "the dead node expires")
+        assert [client.whoami() for _ in range(6)] == [second] * 6
+
+
+def test_async_failover_to_the_survivor(make_node: Callable[..., Node], beacon_port: int) -> None:
+    me = make_node("caller")
+
+    async def main(children: list[ServerProcess]) -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=3) as client:
+            first, second = await client.whoami(), await client.whoami()
+            assert {first, second} == {child.uuid for child in children}
+            victim = next(child for child in children if child.uuid == first)
+            asyncio.get_running_loop().call_later(0.2, victim.kill)
+            with took(3 + SLACK):
+                assert await client.call("slow", 0.6, idempotent=True) == [second, 0.6]
+            results = await asyncio.gather(*(client.call("whoami", idempotent=True) for _ in range(5)))
+            assert results == [second] * 5
+            wait_until(lambda: len(me.peers("calc")) == 1, 3, "the dead node expires")
+            assert await asyncio.gather(*(client.whoami() for _ in range(6))) == [second] * 6
+
+    with server_processes(beacon_port, "calc", 2) as children:
+        wait_serving(me, "calc", 2)
+        asyncio.run(main(children))
+
+
+class WhoAmI:
+    def __init__(self, node: Node) -> None:
+        self.me = str(node.uuid)
+
+    def whoami(self) -> str:
+        return self.me
+
+
+def test_load_spreads_over_same_name_nodes(make_node: Callable[..., Node]) -> None:
+    servers = [make_node("calc") for _ in range(3)]
+    for node in servers:
+        rpc.serve(node, WhoAmI(node))
+    me = make_node("caller")
+    wait_serving(me, "calc", 3)
+    expected = {str(node.uuid) for node in servers}
+    with rpc.Client(me, "calc", timeout=2) as client:
+        hits = Counter(client.whoami() for _ in range(30))
+    assert set(hits) == expected
+    assert all(7 <= count <= 13 for count in hits.values()), hits
+
+    async def main() -> Counter[str]:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            return Counter(await asyncio.gather(*(client.whoami() for _ in range(30))))
+
+    hits = asyncio.run(main())
+    assert set(hits) == expected
+    assert all(7 <= count <= 13 for count in hits.values()), hits
+
+
+def test_a_server_that_closes_is_left_out(make_node: Callable[..., Node]) -> None:
+    nodes = [make_node("calc") for _ in range(2)]
+    servers = [rpc.serve(node, WhoAmI(node)) for node in nodes]
+    me = make_node("caller")
+    wait_serving(me, "calc", 2)
+    with rpc.Client(me, "calc", timeout=2) as client:
+        assert len({client.whoami() for _ in range(4)}) == 2
+        servers[0].close()  # withdraws its endpoint: peers hear it at once
+        wait_serving(me, "calc", 1)
+        assert {client.whoami() for _ in range(4)} == {str(nodes[1].uuid)}
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+
+def test_sync_stream(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        assert list(client.stream("count", 5)) == [0, 1, 2, 3, 4]
+        assert list(client.stream("acount", 4)) == [0, 1, 2, 3]
+        assert list(client.stream("count", n=0)) == []
+        assert client.add(1, 1) == 2
+
+
+def test_sync_stream_error_after_items(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        received = []
+        with pytest.raises(RemoteError) as caught:
+            for item in client.stream("count_then_fail", 2):
+                received.append(item)
+        assert received == [0, 1]
+        assert caught.value.type_name == "Oops" and caught.value.message == "failed after 2"
+        assert client.add(1, 1) == 2
+
+
+@pytest.mark.parametrize("method", ["ticks", "aticks"])
+def test_sync_stream_early_stop_stops_the_server(me: Node, calc: Calc, method: str) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        received = []
+        for item in client.stream(method, "sync-" + method, 0.02):
+            received.append(item)
+            if len(received) == 3:
+                break
+        assert received == [0, 1, 2]
+        wait_until(lambda: "sync-" + method in calc.stopped, 2, "the generator was closed")
+        produced = calc.produced["sync-" + method]
+        time.sleep(0.2)
+        assert calc.produced["sync-" + method] == produced < 30  # stopped, not 100 000 items
+        assert client.add(1, 2) == 3  # stray items of the stopped stream are not a reply
+
+
+@pytest.mark.parametrize("method", ["ticks", "aticks"])
+def test_async_stream_early_stop_stops_the_server(me: Node, calc: Calc, method: str) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            received = []
+            async for item in client.stream(method, "async-" + method, 0.02):
+                received.append(item)
+                if len(received) == 3:
+                    break
+            assert received == [0, 1, 2]
+            await asyncio.sleep(0)  # the abandoned generator's cleanup runs on the loop
+            deadline = time.monotonic() + 2
+            while "async-" + method not in calc.stopped:
+                assert time.monotonic() < deadline, "the server did not stop the stream"
+                await asyncio.sleep(0.01)
+            produced = calc.produced["async-" + method]
+            await asyncio.sleep(0.2)
+            assert calc.produced["async-" + method] == produced < 30
+            assert await client.add(1, 2) == 3
+
+    asyncio.run(main())
+
+
+def test_async_stream(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            assert [x async for x in client.stream("acount", 5)] == [0, 1, 2, 3, 4]
+            assert [x async for x in client.stream("count", 3)] == [0, 1, 2]
+            received = []
+            with pytest.raises(RemoteError, match="failed after 2"):
+                async for item in client.stream("count_then_fail", 2):
+                    received.append(item)
+            assert received == [0, 1]
+
+    asyncio.run(main())
+
+
+def test_async_stream_as_the_first_use_of_a_client(me: Node) -> None:
+    async def main() -> None:
+        client = rpc.AsyncClient(me, "calc", timeout=2)
+        try:
+            assert [x async for x in client.stream("count", 3)] == [0, 1, 2]
+            assert await client.add(1, 2) == 3
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_sync_stream_per_item_timeout(me: Node, calc: Calc) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        items = client.stream("one_then_wait", 5, timeout=0.3)
+        assert next(items) == 0
+        with took(0.3 + SLACK), pytest.raises(Timeout):
+            next(items)
+        calc.release.set()
+        assert client.add(1, 2) == 3
+
+
+def test_async_stream_per_item_timeout(me: Node, calc: Calc) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            items = client.stream("one_then_wait", 5, timeout=0.3)
+            assert await items.__anext__() == 0
+            with took(0.3 + SLACK), pytest.raises(Timeout):
+                await items.__anext__()
+            await items.aclose()
+            calc.release.set()
+            assert await client.add(1, 2) == 3
+
+    asyncio.run(main())
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+def test_blocking_handler_does_not_block_other_calls(calc: Calc, me: Node) -> None:
+    results: list[Any] = []
+
+    def slow_caller() -> None:
+        with rpc.Client(me, "calc", timeout=3) as client:
+            start = time.monotonic()
+            results.append(client.hold(1.0))
+            results.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=slow_caller)
+    thread.start()
+    try:
+        assert calc.entered.wait(2), "the blocking call never started"
+        with rpc.Client(me, "calc", timeout=2) as client, took(0.3):
+            assert client.add(1, 2) == 3
+            assert client.aadd(1, 2) == 3
+    finally:
+        thread.join(5)
+    assert results[0] == "held" and results[1] >= 0.9  # it really was in flight all along
+
+
+def test_async_pipelining_with_gather(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=5) as client:
+            results = await asyncio.gather(*(client.add(i, 1) for i in range(500)))
+            assert results == [i + 1 for i in range(500)]
+            # replies out of order (random pauses on the server) still reach the right call
+            values = [{"i": i, "tag": f"v{i}"} for i in range(300)]
+            assert await asyncio.gather(*(client.jitter(v) for v in values)) == values
+
+    asyncio.run(main())
+
+
+def test_async_pipelining_with_submit(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=5) as client:
+            assert await client.add(0, 0) == 0  # submit needs a known, connected node
+            futures = [client.submit("add", i, i) for i in range(500)]
+            assert await asyncio.gather(*futures) == [2 * i for i in range(500)]
+            futures = [client.submit("jitter", [i]) for i in range(300)]
+            assert await asyncio.gather(*futures) == [[i] for i in range(300)]
+            futures = [client.submit("echo", x=i) for i in range(200)]
+            assert await asyncio.gather(*futures) == list(range(200))
+
+    asyncio.run(main())
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def test_garbage_requests_do_not_stop_the_server(me: Node, server: rpc.Server) -> None:
+    rng = random.Random(1234)
+    bad_frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64))) for _ in range(40)]
+    bad_frames += [
+        b"",
+        cbor2.dumps({"not": "a list"}),
+        cbor2.dumps([1, 1]),  # too short
+        cbor2.dumps([2, 1, 7, "add", [1, 2], {}]),  # unknown version
+        cbor2.dumps([1, 99, 7]),  # unknown kind
+        cbor2.dumps([1, 1, 7, "add", [1, 2]]),  # a request missing kwargs
+        cbor2.dumps([1, 1, -7, "add", [1, 2], {}]),  # negative call id
+        cbor2.dumps([1, 1, 7, 42, [1, 2], {}]),  # method not text
+        cbor2.dumps([1, 1, 7, "add", "1, 2", {}]),  # args not an array
+        cbor2.dumps([1, 1, 7, "add", [], {1: 2}]),  # kwargs with a non-text key
+        codec.encode_reply(7, 3),  # a reply sent to a server
+        codec.encode_stream_end(7),
+    ]
+    dealer = Socket(zmq.DEALER)
+    try:
+        dealer.connect(server.endpoint)
+        for frame in bad_frames:
+            dealer.send(frame)
+        dealer.send_multipart([b"two", b"frames"])
+        dealer.send_multipart([b"three", b"frames", b"here"])
+        replies = [codec.decode(dealer.recv(2)) for _ in range(len(bad_frames) + 2)]
+        assert all(reply[1] == Kind.ERROR for reply in replies)
+        assert {reply[3] for reply in replies} == {"zmqkit.ProtocolError"}
+        # a CANCEL for a call that does not exist gets no answer and changes nothing
+        dealer.send(codec.encode_cancel(12345))
+        # a good request on the same connection still gets its answer
+        dealer.send(codec.encode_request(8, "add", [20, 22], {}))
+        assert codec.decode(dealer.recv(2)) == [1, Kind.REPLY, 8, 42]
+        # an oversized frame: ZeroMQ drops the connection; the DEALER reconnects by itself.
+        # (copied: a zero-copy send would start pyzmq's garbage collector thread for good)
+        dealer.raw.send(b"\0" * (DEFAULT_MAX_MESSAGE_SIZE + 1), copy=True)
+        time.sleep(0.3)
+        dealer.send(codec.encode_request(9, "add", [1, 1], {}))
+        assert codec.decode(dealer.recv(2)) == [1, Kind.REPLY, 9, 2]
+    finally:
+        dealer.close()
+    assert server.stats["bad-requests"] >= len(bad_frames) + 2
+    with rpc.Client(me, "calc", timeout=2) as client:
+        assert client.add(1, 2) == 3
+        assert client.sleep(0.01) == 0.01
+
+
+# -- describing a service --------------------------------------------------------------------------
+
+
+def test_methods_lists_names_signatures_and_docs(me: Node, calc: Calc) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        methods = {entry["name"]: entry for entry in client.methods()}
+    assert set(methods) == {name for name in dir(calc) if not name.startswith("_")
+                            and callable(getattr(calc, name))}
+    assert unquoted(methods["add"]["signature"]) == "add(a: float, b: float) -> float"
+    assert methods["add"]["doc"] == "Add two numbers."
+    assert unquoted(methods["sub"]["signature"]) == "sub(a: float, b: float = 0) -> float"
+    assert methods["count"]["signature"].startswith("count(n: ")
+    assert methods["hold"]["doc"] == "Wait up to ``seconds`` for the test to release it."
+    assert methods["echo"]["doc"] == ""
+    assert {methods[name]["mode"] for name in ("add", "sleep", "count", "aadd", "acount")} == {
+        "inline", "blocking", "stream", "async", "async-stream",
+    }
+    assert methods["sleep"]["mode"] == "blocking" and methods["acount"]["mode"] == "async-stream"
+
+    async def main() -> list[dict[str, str]]:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            return await client.methods()
+
+    assert {entry["name"]: entry for entry in asyncio.run(main())} == methods
+
+
+def unquoted(signature: str) -> str:
+    """A signature without the quotes that string annotations may (or may not) show."""
+    return signature.replace("'", "")
+
+
+def test_serve_a_mapping_and_a_list_of_functions(make_node: Callable[..., Node]) -> None:
+    def double(x: int) -> int:
+        """Twice x."""
+        return 2 * x
+
+    rpc.serve(make_node("maps"), {"twice": double, "neg": lambda x: -x})
+    rpc.serve(make_node("funcs"), [double])
+    me = make_node("caller")
+    with rpc.Client(me, "maps", timeout=2) as maps, rpc.Client(me, "funcs", timeout=2) as funcs:
+        assert maps.twice(4) == 8 and maps.neg(3) == -3
+        assert funcs.double(5) == 10
+        assert [unquoted(m["signature"]) for m in funcs.methods()] == ["double(x: int) -> int"]
+        assert [m["doc"] for m in funcs.methods()] == ["Twice x."]
+        assert {m["name"] for m in maps.methods()} == {"twice", "neg"}
+
+
+# -- misuse ----------------------------------------------------------------------------------------
+
+
+def test_serving_on_a_node_that_is_not_started_raises_closed_error(beacon_port: int, calc: Calc) -> None:
+    node = Node("calc", port=beacon_port, **FAST)
+    with pytest.raises(ClosedError):
+        rpc.serve(node, calc)
+    assert "rpc" not in node.endpoints
+    with node:
+        pass
+    with pytest.raises(ClosedError):
+        rpc.serve(node, calc)  # and one that is closed already
+
+
+def test_serving_twice_on_one_node_raises_config_error(make_node: Callable[..., Node],
+                                                       calc: Calc) -> None:
+    node = make_node("calc")
+    first = rpc.serve(node, calc)
+    with pytest.raises(ConfigError, match="already serves"):
+        rpc.serve(node, calc)
+    assert node.endpoints["rpc"] == first.endpoint
+
+
+def test_serving_nothing_raises_config_error(make_node: Callable[..., Node]) -> None:
+    with pytest.raises(ConfigError):
+        rpc.serve(make_node("empty"), object())
+
+
+def test_client_used_from_another_thread_raises_busy_error(me: Node) -> None:
+    outcomes: list[BaseException | None] = []
+
+    def use(client: rpc.Client) -> None:
+        try:
+            client.add(1, 2)
+        except BaseException as exc:  # handed to the test's thread to check
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+
+    with rpc.Client(me, "calc", timeout=2) as client:
+        assert client.add(1, 1) == 2
+        thread = threading.Thread(target=use, args=(client,))
+        thread.start()
+        thread.join(5)
+        assert isinstance(outcomes[0], BusyError)
+        assert client.add(2, 2) == 4  # still fine in its own thread
+
+    fresh = rpc.Client(me, "calc", timeout=2)  # made here, first used elsewhere: still not theirs
+    try:
+        thread = threading.Thread(target=use, args=(fresh,))
+        thread.start()
+        thread.join(5)
+        assert isinstance(outcomes[1], BusyError)
+        assert fresh.add(3, 3) == 6
+    finally:
+        fresh.close()
+
+
+def test_client_after_close_raises_closed_error(me: Node) -> None:
+    client = rpc.Client(me, "calc", timeout=1)
+    assert client.add(1, 2) == 3
+    client.close()
+    with took(0.5), pytest.raises(ClosedError):
+        client.add(1, 2)
+    with pytest.raises(ClosedError):
+        list(client.stream("count", 2))
+    client.close()  # twice is fine
+
+
+def test_async_client_after_aclose_raises_closed_error(me: Node) -> None:
+    async def main() -> None:
+        client = rpc.AsyncClient(me, "calc", timeout=1)
+        assert await client.add(1, 2) == 3
+        await client.aclose()
+        with pytest.raises(ClosedError):
+            await client.add(1, 2)
+        with pytest.raises(ClosedError):
+            client.submit("add", 1, 2)
+        with pytest.raises(ClosedError):
+            await client.methods()
+        with pytest.raises(ClosedError):
+            async for _ in client.stream("count", 2):
+                pass
+        await client.aclose()  # twice is fine
+
+    asyncio.run(main())
+
+
+def test_aclose_fails_calls_and_streams_in_flight_with_closed_error(me: Node, calc: Calc) -> None:
+    async def main() -> None:
+        client = rpc.AsyncClient(me, "calc", timeout=3)
+        call = asyncio.ensure_future(client.hold(3))
+        items = client.stream("one_then_wait", 3)
+        assert await items.__anext__() == 0
+        assert calc.entered.wait(2)
+        await client.aclose()
+        with pytest.raises(ClosedError):
+            await call
+        with pytest.raises(ClosedError):
+            await items.__anext__()
+
+    asyncio.run(main())
+
+
+def test_async_client_belongs_to_one_loop(me: Node) -> None:
+    client = rpc.AsyncClient(me, "calc", timeout=2)
+    home = asyncio.new_event_loop()
+    try:
+        assert home.run_until_complete(client.add(1, 2)) == 3
+        with pytest.raises(BusyError):
+            asyncio.run(client.add(1, 2))  # another loop
+        assert home.run_until_complete(client.add(2, 2)) == 4
+    finally:
+        home.run_until_complete(client.aclose())
+        home.close()
+
+
+def test_bad_timeout_is_a_config_error(me: Node) -> None:
+    with rpc.Client(me, "calc") as client:
+        for bad in (-1, float("nan"), float("inf")):
+            with pytest.raises(ConfigError):
+                client.call("add", 1, 2, timeout=bad)
+
+
+def test_closing_the_node_closes_its_server(make_node: Callable[..., Node], calc: Calc) -> None:
+    node = make_node("calc")
+    server = rpc.serve(node, calc)
+    me = make_node("caller")
+    wait_serving(me, "calc")
+    node.close()
+    assert "rpc" not in node.endpoints
+    assert not any(t.name.startswith("zmqkit-rpc") and t.is_alive() for t in threading.enumerate())
+    with rpc.Client(me, "calc") as client, pytest.raises((PeerNotFound, Timeout, BrokenError)):
+        client.call("add", 1, 2, timeout=0.5)
+    server.close()  # closing again is harmless
+
+
+def test_closing_a_server_with_an_endless_stream_in_flight(make_node: Callable[..., Node],
+                                                           calc: Calc) -> None:
+    node = make_node("calc")
+    server = rpc.serve(node, calc)
+    me = make_node("caller")
+    with rpc.Client(me, "calc", timeout=2) as client:
+        items = client.stream("ticks", "endless", 0.01)
+        assert next(items) == 0
+        with took(1.0):
+            server.close()
+        assert "endless" in calc.stopped
+        with pytest.raises((BrokenError, Timeout)):
+            list(items)
