@@ -57,6 +57,12 @@ ALL_PUBLISH_PREFIXES = (bytes([0x86, codec.VERSION, Kind.PUBLISH]),
                         bytes([0x86, codec.VERSION, Kind.PUBLISH_BATCH]))
 
 
+def _check_topic(topic: object) -> None:
+    """A topic is non-empty text that does not end in ``*`` (which marks a prefix pattern)."""
+    if not isinstance(topic, str) or not topic or topic.endswith(WILDCARD):
+        raise ConfigError(f"a topic is non-empty text not ending in {WILDCARD!r}, not {topic!r}")
+
+
 class Message(NamedTuple):
     """One published message as a subscriber sees it."""
 
@@ -101,6 +107,8 @@ class Publisher:
     def publish(self, topic: str, data: Any) -> int:
         """Publish ``data`` on ``topic``; return its sequence number."""
         seq = self._seqs.get(topic, 0) + 1
+        if seq == 1:
+            _check_topic(topic)
         frame = codec.encode_publish(topic, self._sender, seq, data)
         self._sock.send(frame)
         self._seqs[topic] = seq
@@ -130,11 +138,10 @@ class _Intake:
 
     def add(self, topic: str) -> list[bytes]:
         """Take ``topic``; return the ZeroMQ prefixes to subscribe to."""
-        if not isinstance(topic, str) or not topic:
-            raise ConfigError(f"a topic is a non-empty string, not {topic!r}")
-        if topic.endswith(WILDCARD):
+        if isinstance(topic, str) and topic.endswith(WILDCARD):  # "*" alone: every topic
             self.patterns.add(topic[:-1])
             return list(ALL_PUBLISH_PREFIXES)
+        _check_topic(topic)
         self.exact.add(topic)
         return list(codec.publish_prefixes(topic))
 

@@ -411,6 +411,22 @@ def test_a_malformed_message_raises_protocol_error(frame: bytes) -> None:
         decode(frame)
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_nesting_is_limited_to_64_levels_counting_the_message_array() -> None:
+    deepest = _nested(codec.MAX_DEPTH - 1)
+    assert decode(raw(VERSION, Kind.REPLY, 1, deepest))[3] == deepest
+    with pytest.raises(ProtocolError):
+        decode(raw(VERSION, Kind.REPLY, 1, _nested(codec.MAX_DEPTH)))
+    with pytest.raises(ProtocolError):
+        decode(b"\x84\x01\x02\x01" + b"\xa1\x61k" * 100_000 + b"\x00")  # maps, 100k deep
+
+
 def test_protocol_error_is_a_value_error_and_chains_the_cbor_error() -> None:
     with pytest.raises(ValueError) as info:
         decode(b"\xff")

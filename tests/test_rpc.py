@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import select
 import subprocess
@@ -42,6 +41,7 @@ from zmqkit import (
 from zmqkit.codec import DEFAULT_MAX_MESSAGE_SIZE, Kind
 
 FAST = {"interval": 0.2, "expiry": 0.6}
+MakeNode = Callable[..., Node]
 ROOT = Path(__file__).resolve().parent.parent
 SLACK = 0.4  # how far past its deadline a failing call may return on a loaded test host
 
@@ -146,7 +146,7 @@ class Calc:
 
 
 @pytest.fixture
-def make_node(beacon_port: int) -> Iterator[Callable[..., Node]]:
+def make_node(beacon_port: int) -> Iterator[MakeNode]:
     """Start nodes on the test's private beacon port; every one is closed after the test."""
     nodes: list[Node] = []
 
@@ -168,12 +168,12 @@ def calc() -> Iterator[Calc]:
 
 
 @pytest.fixture
-def server(make_node: Callable[..., Node], calc: Calc) -> rpc.Server:
+def server(make_node: MakeNode, calc: Calc) -> rpc.Server:
     return rpc.serve(make_node("calc"), calc)
 
 
 @pytest.fixture
-def me(make_node: Callable[..., Node], server: rpc.Server) -> Node:
+def me(make_node: MakeNode, server: rpc.Server) -> Node:
     """The calling node, once it sees the server's RPC endpoint."""
     node = make_node("caller")
     wait_serving(node, "calc")
@@ -367,6 +367,12 @@ def test_async_remote_exception(me: Node) -> None:
             assert "Traceback" in caught.value.traceback
             with pytest.raises(RemoteError, match="custom"):
                 await client.fail("custom")
+            with pytest.raises(RemoteError) as caught:
+                await client.nope()
+            assert caught.value.type_name == "zmqkit.MethodNotFound"
+            with pytest.raises(RemoteError) as caught:
+                await client.add(1)
+            assert caught.value.type_name == "zmqkit.BadArguments"
             assert await client.add(1, 1) == 2
 
     asyncio.run(main())
@@ -410,7 +416,7 @@ def test_type_error_inside_a_handler_is_not_bad_arguments(me: Node) -> None:
     assert caught.value.type_name == "TypeError"
 
 
-def test_unencodable_result_is_a_remote_error(make_node: Callable[..., Node]) -> None:
+def test_unencodable_result_is_a_remote_error(make_node: MakeNode) -> None:
     node = make_node("odd")
     rpc.serve(node, {"thing": lambda: object(), "ok": lambda: "ok"})
     me = make_node("caller")
@@ -424,7 +430,7 @@ def test_unencodable_result_is_a_remote_error(make_node: Callable[..., Node]) ->
 # -- finding nodes, deadlines ----------------------------------------------------------------------
 
 
-def test_unknown_peer_raises_peer_not_found_within_its_deadline(make_node: Callable[..., Node]) -> None:
+def test_unknown_peer_raises_peer_not_found_within_its_deadline(make_node: MakeNode) -> None:
     me = make_node("caller")
     with rpc.Client(me, "nobody") as client:
         start = time.monotonic()
@@ -434,7 +440,7 @@ def test_unknown_peer_raises_peer_not_found_within_its_deadline(make_node: Calla
 
 
 def test_async_unknown_peer_raises_peer_not_found_within_its_deadline(
-    make_node: Callable[..., Node],
+    make_node: MakeNode,
 ) -> None:
     me = make_node("caller")
 
@@ -450,7 +456,7 @@ def test_async_unknown_peer_raises_peer_not_found_within_its_deadline(
     asyncio.run(main())
 
 
-def test_a_node_of_that_name_that_serves_no_rpc_is_not_found(make_node: Callable[..., Node]) -> None:
+def test_a_node_of_that_name_that_serves_no_rpc_is_not_found(make_node: MakeNode) -> None:
     make_node("calc")  # discovered, but serving nothing
     me = make_node("caller")
     me.wait_for("calc", 2)
@@ -461,7 +467,7 @@ def test_a_node_of_that_name_that_serves_no_rpc_is_not_found(make_node: Callable
         assert time.monotonic() - start <= 0.4 + SLACK
 
 
-def test_call_finds_a_server_that_starts_late(make_node: Callable[..., Node], calc: Calc) -> None:
+def test_call_finds_a_server_that_starts_late(make_node: MakeNode, calc: Calc) -> None:
     me = make_node("caller")
 
     def start_server() -> None:
@@ -497,6 +503,24 @@ def test_async_timeout_then_the_next_call_works_and_the_late_reply_is_dropped(me
     asyncio.run(main())
 
 
+def test_a_stale_view_of_the_peers_does_not_hang_a_call(me: Node) -> None:
+    """``peers_version`` can run ahead of the peer list it describes (the beacon thread bumps it
+    before it publishes the list). A client that noted the new version with the old, empty list
+    must look again when discovery says a node is there, not spin past its deadline."""
+    with rpc.Client(me, "calc", timeout=1) as client:
+        client._routes.sync([], me.peers_version)  # what a sync that raced the beacon leaves
+        with took(1 + SLACK):
+            assert client.add(1, 2) == 3
+
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=1) as client:
+            client._routes.sync([], me.peers_version)
+            with took(1 + SLACK):
+                assert await client.add(1, 2) == 3
+
+    asyncio.run(main())
+
+
 def test_a_timeout_is_a_builtin_timeout_error_too(me: Node) -> None:
     with rpc.Client(me, "calc") as client, pytest.raises(TimeoutError):
         client.call("sleep", 0.3, timeout=0.1)
@@ -512,7 +536,9 @@ def test_attribute_sugar_does_not_reach_private_names(me: Node) -> None:
 # -- dead peers and failover -----------------------------------------------------------------------
 
 
-def test_dead_peer_mid_call_fails_within_the_deadline(make_node: Callable[..., Node], beacon_port: int) -> None:
+def test_dead_peer_mid_call_fails_within_the_deadline(
+    make_node: MakeNode, beacon_port: int,
+) -> None:
     me = make_node("caller")
     with server_processes(beacon_port, "doomed", 1) as (child,), rpc.Client(me, "doomed") as client:
         assert client.call("whoami", timeout=5) == child.uuid
@@ -522,7 +548,7 @@ def test_dead_peer_mid_call_fails_within_the_deadline(make_node: Callable[..., N
 
 
 def test_async_dead_peer_mid_call_fails_within_the_deadline(
-    make_node: Callable[..., Node], beacon_port: int,
+    make_node: MakeNode, beacon_port: int,
 ) -> None:
     me = make_node("caller")
 
@@ -538,7 +564,7 @@ def test_async_dead_peer_mid_call_fails_within_the_deadline(
         asyncio.run(main(child))
 
 
-def test_dead_peer_is_not_retried_without_idempotent(make_node: Callable[..., Node], beacon_port: int) -> None:
+def test_dead_peer_is_not_retried_without_idempotent(make_node: MakeNode, beacon_port: int) -> None:
     """Two nodes, the one with the call dies: not idempotent, so BrokenError, not a second run."""
     me = make_node("caller")
     with server_processes(beacon_port, "calc", 2) as children, rpc.Client(me, "calc") as client:
@@ -550,7 +576,7 @@ def test_dead_peer_is_not_retried_without_idempotent(make_node: Callable[..., No
             client.call("slow", 0.6, timeout=3)  # round robin: goes to ``first``
 
 
-def test_failover_to_the_survivor(make_node: Callable[..., Node], beacon_port: int) -> None:
+def test_failover_to_the_survivor(make_node: MakeNode, beacon_port: int) -> None:
     me = make_node("caller")
     with server_processes(beacon_port, "calc", 2) as children, rpc.Client(me, "calc") as client:
         wait_serving(me, "calc", 2)
@@ -568,7 +594,7 @@ def test_failover_to_the_survivor(make_node: Callable[..., Node], beacon_port: i
         assert [client.whoami() for _ in range(6)] == [second] * 6
 
 
-def test_async_failover_to_the_survivor(make_node: Callable[..., Node], beacon_port: int) -> None:
+def test_async_failover_to_the_survivor(make_node: MakeNode, beacon_port: int) -> None:
     me = make_node("caller")
 
     async def main(children: list[ServerProcess]) -> None:
@@ -579,8 +605,8 @@ def test_async_failover_to_the_survivor(make_node: Callable[..., Node], beacon_p
             asyncio.get_running_loop().call_later(0.2, victim.kill)
             with took(3 + SLACK):
                 assert await client.call("slow", 0.6, idempotent=True) == [second, 0.6]
-            results = await asyncio.gather(*(client.call("whoami", idempotent=True) for _ in range(5)))
-            assert results == [second] * 5
+            calls = (client.call("whoami", idempotent=True) for _ in range(5))
+            assert await asyncio.gather(*calls) == [second] * 5
             wait_until(lambda: len(me.peers("calc")) == 1, 3, "the dead node expires")
             assert await asyncio.gather(*(client.whoami() for _ in range(6))) == [second] * 6
 
@@ -597,7 +623,7 @@ class WhoAmI:
         return self.me
 
 
-def test_load_spreads_over_same_name_nodes(make_node: Callable[..., Node]) -> None:
+def test_load_spreads_over_same_name_nodes(make_node: MakeNode) -> None:
     servers = [make_node("calc") for _ in range(3)]
     for node in servers:
         rpc.serve(node, WhoAmI(node))
@@ -618,7 +644,7 @@ def test_load_spreads_over_same_name_nodes(make_node: Callable[..., Node]) -> No
     assert all(7 <= count <= 13 for count in hits.values()), hits
 
 
-def test_a_server_that_closes_is_left_out(make_node: Callable[..., Node]) -> None:
+def test_a_server_that_closes_is_left_out(make_node: MakeNode) -> None:
     nodes = [make_node("calc") for _ in range(2)]
     servers = [rpc.serve(node, WhoAmI(node)) for node in nodes]
     me = make_node("caller")
@@ -821,8 +847,9 @@ def test_garbage_requests_do_not_stop_the_server(me: Node, server: rpc.Server) -
         replies = [codec.decode(dealer.recv(2)) for _ in range(len(bad_frames) + 2)]
         assert all(reply[1] == Kind.ERROR for reply in replies)
         assert {reply[3] for reply in replies} == {"zmqkit.ProtocolError"}
-        # a CANCEL for a call that does not exist gets no answer and changes nothing
-        dealer.send(codec.encode_cancel(12345))
+        # CANCELs for calls that do not exist get no answer and leave nothing behind
+        for call_id in range(100):
+            dealer.send(codec.encode_cancel(call_id))
         # a good request on the same connection still gets its answer
         dealer.send(codec.encode_request(8, "add", [20, 22], {}))
         assert codec.decode(dealer.recv(2)) == [1, Kind.REPLY, 8, 42]
@@ -835,6 +862,7 @@ def test_garbage_requests_do_not_stop_the_server(me: Node, server: rpc.Server) -
     finally:
         dealer.close()
     assert server.stats["bad-requests"] >= len(bad_frames) + 2
+    assert not server._streams  # no stray CANCEL was remembered
     with rpc.Client(me, "calc", timeout=2) as client:
         assert client.add(1, 2) == 3
         assert client.sleep(0.01) == 0.01
@@ -871,7 +899,7 @@ def unquoted(signature: str) -> str:
     return signature.replace("'", "")
 
 
-def test_serve_a_mapping_and_a_list_of_functions(make_node: Callable[..., Node]) -> None:
+def test_serve_a_mapping_and_a_list_of_functions(make_node: MakeNode) -> None:
     def double(x: int) -> int:
         """Twice x."""
         return 2 * x
@@ -890,7 +918,9 @@ def test_serve_a_mapping_and_a_list_of_functions(make_node: Callable[..., Node])
 # -- misuse ----------------------------------------------------------------------------------------
 
 
-def test_serving_on_a_node_that_is_not_started_raises_closed_error(beacon_port: int, calc: Calc) -> None:
+def test_serving_on_a_node_that_is_not_started_raises_closed_error(
+    beacon_port: int, calc: Calc,
+) -> None:
     node = Node("calc", port=beacon_port, **FAST)
     with pytest.raises(ClosedError):
         rpc.serve(node, calc)
@@ -901,7 +931,7 @@ def test_serving_on_a_node_that_is_not_started_raises_closed_error(beacon_port: 
         rpc.serve(node, calc)  # and one that is closed already
 
 
-def test_serving_twice_on_one_node_raises_config_error(make_node: Callable[..., Node],
+def test_serving_twice_on_one_node_raises_config_error(make_node: MakeNode,
                                                        calc: Calc) -> None:
     node = make_node("calc")
     first = rpc.serve(node, calc)
@@ -910,7 +940,7 @@ def test_serving_twice_on_one_node_raises_config_error(make_node: Callable[..., 
     assert node.endpoints["rpc"] == first.endpoint
 
 
-def test_serving_nothing_raises_config_error(make_node: Callable[..., Node]) -> None:
+def test_serving_nothing_raises_config_error(make_node: MakeNode) -> None:
     with pytest.raises(ConfigError):
         rpc.serve(make_node("empty"), object())
 
@@ -1011,7 +1041,7 @@ def test_bad_timeout_is_a_config_error(me: Node) -> None:
                 client.call("add", 1, 2, timeout=bad)
 
 
-def test_closing_the_node_closes_its_server(make_node: Callable[..., Node], calc: Calc) -> None:
+def test_closing_the_node_closes_its_server(make_node: MakeNode, calc: Calc) -> None:
     node = make_node("calc")
     server = rpc.serve(node, calc)
     me = make_node("caller")
@@ -1024,7 +1054,7 @@ def test_closing_the_node_closes_its_server(make_node: Callable[..., Node], calc
     server.close()  # closing again is harmless
 
 
-def test_closing_a_server_with_an_endless_stream_in_flight(make_node: Callable[..., Node],
+def test_closing_a_server_with_an_endless_stream_in_flight(make_node: MakeNode,
                                                            calc: Calc) -> None:
     node = make_node("calc")
     server = rpc.serve(node, calc)

@@ -92,7 +92,7 @@ def test_sync_with_no_peers_empties_the_routes() -> None:
     assert routes.pick(NOW) is None
 
 
-# -- pick --------------------------------------------------------------------------------------------
+# -- pick ------------------------------------------------------------------------------------------
 
 
 def test_pick_with_no_routes_is_none() -> None:
@@ -181,7 +181,7 @@ def test_exclude_skips_routes_and_none_when_all_are_excluded() -> None:
     assert routes.pick(NOW, exclude=[uuid_of(99)]) is not None
 
 
-# -- pending counts ----------------------------------------------------------------------------------
+# -- pending counts --------------------------------------------------------------------------------
 
 
 def test_started_finished_failed_keep_pending_and_last_used() -> None:
@@ -206,7 +206,7 @@ def test_a_new_route_starts_fresh() -> None:
     assert route.pending == 0 and route.last_used == 0 and route.failed_at == float("-inf")
 
 
-# -- may_retry ---------------------------------------------------------------------------------------
+# -- may_retry -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -217,11 +217,12 @@ def test_may_retry(idempotent: bool, sent: bool, expected: bool) -> None:
     assert may_retry(idempotent=idempotent, sent=sent) is expected
 
 
-# -- outcome -----------------------------------------------------------------------------------------
+# -- outcome ---------------------------------------------------------------------------------------
 
 
 def test_outcome_of_a_reply_is_its_result() -> None:
-    assert outcome(codec.decode(codec.encode_reply(4, {"sum": [1, 2.5, "x"]}))) == {"sum": [1, 2.5, "x"]}
+    value = {"sum": [1, 2.5, "x"]}
+    assert outcome(codec.decode(codec.encode_reply(4, value))) == value
     assert outcome(codec.decode(codec.encode_reply(4, None))) is None
 
 
@@ -231,7 +232,8 @@ def test_outcome_of_a_stream_item_and_end() -> None:
 
 
 def test_outcome_of_an_error_raises_remote_error_with_its_parts() -> None:
-    message = codec.decode(codec.encode_error(3, "ZeroDivisionError", "division by zero", "Traceback..."))
+    frame = codec.encode_error(3, "ZeroDivisionError", "division by zero", "Traceback...")
+    message = codec.decode(frame)
     with pytest.raises(RemoteError) as caught:
         outcome(message)
     error = caught.value

@@ -132,12 +132,15 @@ class Beacon:
         self.targets = [(broadcast, port)] if broadcast else []
         self.targets += [(seed.host, seed.port) for seed in seeds]
         self.loopback_only = loopback_only
+        self.seed_hosts = frozenset(seed.host for seed in seeds)  # answers from seeds get in too
         self.announce = announce
         self.interval = interval
         self.on_events = on_events
         self.stats: Counter[str] = Counter()
         self.table = PeerTable(node_uuid, expiry)
-        self.snapshot: tuple[Peer, ...] = ()
+        # (table version, peers) replaced as one tuple, so a reader never pairs a version with
+        # a peer list older than it
+        self.snapshot: tuple[int, tuple[Peer, ...]] = (0, ())
         self._endpoints: dict[str, str] = {}
         self._headers: dict[str, str] = {}
         self._seq = 0
@@ -233,7 +236,7 @@ class Beacon:
 
     def _publish(self, events: list[PeerEvent]) -> None:
         """Refresh the snapshot that ``peers`` reads, then hand the events to ``on_events``."""
-        self.snapshot = tuple(self.table.peers())
+        self.snapshot = (self.table.version, tuple(self.table.peers()))
         if events:
             self.on_events(events)
 
@@ -248,7 +251,7 @@ class Beacon:
                 self._drop("socket-error", f"{exc}")
                 continue
             self.stats["received"] += 1
-            if self.loopback_only and not address.startswith("127."):
+            if self.loopback_only and not address.startswith("127.") and address not in self.seed_hosts:
                 self._drop("foreign", f"a datagram from {address}, outside loopback")
                 continue
             try:

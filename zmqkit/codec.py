@@ -16,9 +16,10 @@ Every ZeroMQ message is one frame holding one CBOR array (RFC 8949), ``[version,
 A beacon is one UDP datagram: the 3 bytes ``ZKB``, one version byte, then the CBOR array
 ``[kind, name, uuid, seq, endpoints, headers]`` with kind 1 (HELLO) or 2 (GOODBYE).
 
-CBOR tags are refused on decode (tags build datetimes, regexes, sets, shared references...):
-the wire carries only null, booleans, integers within 64 bits, floats, text, bytes, arrays and
-maps. docs/protocol.md is the normative description; this module follows it.
+CBOR tags are refused on decode except 0/1 (date/time), 2/3 (big integers), 37 (UUID) and
+258 (set): no tag can build anything but those inert values (no regexes, parsed e-mail, shared
+references). Values are null, booleans, integers, floats, text, bytes, arrays, maps and those
+four tagged kinds. docs/protocol.md is the normative description; this module follows it.
 
 Decoding anything malformed raises :class:`~zmqkit.errors.ProtocolError` and nothing else.
 Decoded messages are plain lists (``[version, kind, ...]``), not objects, to keep the hot path to
@@ -68,6 +69,7 @@ BEACON_VERSION = 1
 MAX_BEACON_SIZE = 1200  # fits one Ethernet frame: beacons are never fragmented
 MAX_NAME_BYTES = 64
 UUID_BYTES = 16
+ALLOWED_TAGS = frozenset({0, 1, 2, 3, 37, 258})
 
 
 class Kind(enum.IntEnum):
@@ -91,12 +93,18 @@ class BeaconKind(enum.IntEnum):
 
 
 class _RefuseEveryTag(Mapping[int, Callable[..., Any]]):
-    """A ``semantic_decoders`` table that answers every tag number with a refusal.
+    """A ``semantic_decoders`` table that refuses every tag but a few inert standard ones.
 
-    cbor2 decodes many tags into rich objects by default; none of them belong on our wire.
+    cbor2 decodes many tags into rich objects by default: regular expressions, parsed e-mail,
+    shared references, decimals of any exponent. Only these are let through, because they make
+    plain, bounded values that Python peers exchange naturally: 0 and 1 (date/time), 2 and 3
+    (integers beyond 64 bits), 37 (UUID) and 258 (set).
     """
 
     def __getitem__(self, tag: int) -> Callable[..., Any]:
+        if tag in ALLOWED_TAGS:
+            raise KeyError(tag)  # not overridden: cbor2's own decoder for this tag runs
+
         def refuse(*_: Any) -> NoReturn:
             raise ValueError(f"CBOR tag {tag} is not allowed on the zmqkit wire")
 

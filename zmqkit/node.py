@@ -208,12 +208,12 @@ class Node:
     @property
     def peers_version(self) -> int:
         """Grows whenever a peer joins, changes or goes: a cheap "look again" signal."""
-        return self._beacon.table.version
+        return self._beacon.snapshot[0]
 
     def peers(self, name: str | None = None, *, role: str | None = None) -> list[Peer]:
         """The peers discovered so far: all, or those called ``name``, or serving ``role``."""
         return [
-            peer for peer in self._beacon.snapshot
+            peer for peer in self._beacon.snapshot[1]
             if (name is None or peer.name == name) and (role is None or role in peer.endpoints)
         ]
 

@@ -82,6 +82,9 @@ def translate_zmq_error(exc: zmq.ZMQError, doing: str) -> ZmqkitError:
     return BrokenError(f"{doing} failed: {exc}")
 
 
+MAX_WAIT_MS = 2**31 - 1  # ZeroMQ's timeouts are C ints: a longer wait is cut to about 24.8 days
+
+
 def _milliseconds(timeout: float) -> int:
     """A timeout in whole milliseconds, rounded up; a negative one is no wait at all.
 
@@ -90,7 +93,7 @@ def _milliseconds(timeout: float) -> int:
     """
     if not timeout < 1e7:  # also catches NaN and infinity
         raise ConfigError(f"a timeout is a finite number of seconds, not {timeout!r}")
-    return math.ceil(timeout * 1000) if timeout > 0 else 0
+    return min(math.ceil(timeout * 1000), MAX_WAIT_MS) if timeout > 0 else 0
 
 
 def _configure(sock: zmq.Socket[Any], options: SocketOptions) -> None:
@@ -340,6 +343,8 @@ class AsyncSocket(Socket):
         return await self._recv_async(timeout, multipart=True)
 
     async def _recv_async(self, timeout: float, *, multipart: bool) -> list[bytes]:
+        if threading.get_ident() != self.owner:
+            self.check_owner()
         deadline = Deadline.after(timeout)
         while True:
             try:

@@ -241,10 +241,19 @@ class AsyncClient:
             sock = self._sockets[route.uuid]
             call_id = next(self._ids)
             frame = codec.encode_request(call_id, method, list(args), kwargs)
-            while not sock.send_nowait(frame):
-                if not await sock.wait_writable(min(SLICE, deadline.remaining())):
-                    break
-            else:
+            sent = sock.send_nowait(frame)
+            if not sent:
+                # pending while it waits for a connection: a burst of calls made together (a
+                # gather on a new client) then spreads over the nodes instead of all going to
+                # the first one picked
+                self._routes.started(route)
+                try:
+                    while not (sent := sock.send_nowait(frame)):
+                        if not await sock.wait_writable(min(SLICE, deadline.remaining())):
+                            break
+                finally:
+                    self._routes.finished(route)
+            if sent:
                 timeout = None if isinstance(waiter, asyncio.Queue) else deadline.remaining()
                 self._track(call_id, waiter, route, timeout, method)
                 return route, call_id
@@ -259,6 +268,10 @@ class AsyncClient:
         except PeerNotFound:
             raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
                                f"{self.node.port})") from None
+        # a node serves the name, yet no route led to it: the routes were synced from a peer
+        # list older than the version noted with it (the version can run ahead of the list),
+        # so look again now rather than wait for a next presence event that may never come
+        self._routes.version = -1
 
     def _track(self, call_id: int, waiter: Any, route: Route, timeout: float | None,
                method: str) -> None:

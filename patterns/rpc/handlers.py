@@ -107,6 +107,8 @@ def collect_handlers(
             if not name.startswith("_") and callable(getattr(target, name))
         ]
     handlers = {name: Handler.of(name, function) for name, function in pairs}
+    if DESCRIBE_METHOD in handlers:
+        raise ConfigError(f"{DESCRIBE_METHOD!r} is the built-in method list; pick another name")
     if not handlers:
         raise ConfigError(f"{target!r} has no public callables to serve")
     return handlers

@@ -38,8 +38,10 @@ MAX_OUTSTANDING = 1000  # calls waiting for the pool or the loop; beyond this, c
 TICK = 0.1  # seconds between looks at the stop flag
 MAX_TRACEBACK = 8192
 
-Outgoing = tuple[bytes, bytes, bool]  # (caller identity, frame, whether the call is finished)
-_NEVER_CANCELLED = threading.Event()  # what a one-shot call has instead of a cancel flag: never set
+# The way back to a caller: its ROUTER identity, and for a REQ caller the empty delimiter too
+Address = tuple[bytes, ...]
+Outgoing = tuple[Address, bytes, bool]  # (caller's address, frame, whether the call is finished)
+_NEVER_CANCELLED = threading.Event()  # a one-shot call has no cancel flag: this one is never set
 
 
 class Server:
@@ -76,7 +78,7 @@ class Server:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         # (caller, call id) of each stream in progress -> set when its caller cancels it. Only
         # streams the server started are here, so stray or forged CANCELs cannot grow it.
-        self._streams: dict[tuple[bytes, int], threading.Event] = {}
+        self._streams: dict[tuple[Address, int], threading.Event] = {}
         self._outstanding = 0
         self._stopping = False
         self._ready = threading.Event()
@@ -181,79 +183,82 @@ class Server:
                     identity = raw.recv(flags)
                 except zmq.Again:
                     continue
-                frame = raw.recv() if raw.getsockopt(_RCVMORE) else b""
+                address, frame = (identity,), raw.recv()  # a ROUTER message has 2 frames at least
+                if not frame and raw.getsockopt(_RCVMORE):  # a REQ caller: identity, "", request
+                    address, frame = (identity, b""), raw.recv()
                 if raw.getsockopt(_RCVMORE):
-                    self._drop_rest(raw, identity)
+                    self._drop_rest(raw, address)
                     continue
-                self._handle(raw, identity, frame)
+                self._handle(raw, address, frame)
         except zmq.ZMQError as exc:
             if not self._stopping:
                 log.error("RPC server %s stopped: %s", self.node.name, exc)
         finally:
             router.close()
 
-    def _drop_rest(self, raw: zmq.Socket[Any], identity: bytes) -> None:
+    def _drop_rest(self, raw: zmq.Socket[Any], address: Address) -> None:
         """A request of more than one frame: read and drop the rest, and say why."""
         while raw.getsockopt(_RCVMORE):
             raw.recv()
         self.stats["bad-requests"] += 1
-        _reply(raw, identity, _error(0, "zmqkit.ProtocolError", "a request is exactly one frame"))
+        _reply(raw, address, _error(0, "zmqkit.ProtocolError", "a request is exactly one frame"))
 
     def _flush(self, raw: zmq.Socket[Any]) -> None:
         self._wake_pending = False
         while self._outbox:
-            identity, frame, finished = self._outbox.popleft()
-            _reply(raw, identity, frame)
+            address, frame, finished = self._outbox.popleft()
+            _reply(raw, address, frame)
             if finished:
                 self._outstanding -= 1
 
-    def _handle(self, raw: zmq.Socket[Any], identity: bytes, frame: bytes) -> None:
+    def _handle(self, raw: zmq.Socket[Any], address: Address, frame: bytes) -> None:
         try:
             message = codec.decode(frame)
         except ProtocolError as exc:
             self.stats["bad-requests"] += 1
-            _reply(raw, identity, _error(0, "zmqkit.ProtocolError", str(exc)))
+            _reply(raw, address, _error(0, "zmqkit.ProtocolError", str(exc)))
             return
         kind, call_id = message[1], message[2]
         if kind == Kind.CANCEL:
-            cancelled = self._streams.get((identity, call_id))
+            cancelled = self._streams.get((address, call_id))
             if cancelled is not None:
                 cancelled.set()
             return
         if kind != Kind.REQUEST:
             self.stats["bad-requests"] += 1
-            _reply(raw, identity, _error(call_id, "zmqkit.ProtocolError", "expected a request"))
+            answered = call_id if kind != Kind.PUBLISH and kind != Kind.PUBLISH_BATCH else 0
+            _reply(raw, address, _error(answered, "zmqkit.ProtocolError", "expected a request"))
             return
         method, args, kwargs = message[3], message[4], message[5]
         self.stats["calls"] += 1
         handler = self.handlers.get(method)
         if handler is None:
-            _reply(raw, identity, self._describe(call_id) if method == DESCRIBE_METHOD
+            _reply(raw, address, self._describe(call_id) if method == DESCRIBE_METHOD
                    else self._not_found(call_id, method))
         elif handler.mode is Mode.INLINE:
-            _reply(raw, identity, self._call(handler, call_id, args, kwargs))
+            _reply(raw, address, self._call(handler, call_id, args, kwargs))
         elif self._outstanding >= MAX_OUTSTANDING:
             self.stats["busy"] += 1
-            _reply(raw, identity, _error(call_id, "zmqkit.BusyError",
+            _reply(raw, address, _error(call_id, "zmqkit.BusyError",
                                          f"{self.node.name} has {MAX_OUTSTANDING} calls waiting"))
         else:
             self._outstanding += 1
-            self._dispatch(handler, identity, call_id, args, kwargs)
+            self._dispatch(handler, address, call_id, args, kwargs)
 
     def _dispatch(
-        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any]
+        self, handler: Handler, address: Address, call_id: int, args: list[Any], kwargs: dict[str, Any]
     ) -> None:
         cancelled = _NEVER_CANCELLED
         if handler.mode in (Mode.STREAM, Mode.ASYNC_STREAM):
-            cancelled = self._streams[(identity, call_id)] = threading.Event()
+            cancelled = self._streams[(address, call_id)] = threading.Event()
         if handler.mode is Mode.BLOCKING:
-            self._jobs.put(lambda: self._post(identity, self._call(handler, call_id, args, kwargs), True))
+            self._jobs.put(lambda: self._post(address, self._call(handler, call_id, args, kwargs), True))
         elif handler.mode is Mode.STREAM:
-            self._jobs.put(lambda: self._stream(handler, identity, call_id, args, kwargs, cancelled))
+            self._jobs.put(lambda: self._stream(handler, address, call_id, args, kwargs, cancelled))
         else:
             assert self._loop is not None
             asyncio.run_coroutine_threadsafe(
-                self._call_async(handler, identity, call_id, args, kwargs, cancelled), self._loop
+                self._call_async(handler, address, call_id, args, kwargs, cancelled), self._loop
             )
 
     def _describe(self, call_id: int) -> bytes:
@@ -285,52 +290,52 @@ class Server:
         return _error(call_id, type(exc).__name__, str(exc), traceback.format_exc()[-MAX_TRACEBACK:])
 
     def _stream(
-        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any],
-        cancelled: threading.Event,
+        self, handler: Handler, address: Address, call_id: int, args: list[Any],
+        kwargs: dict[str, Any], cancelled: threading.Event,
     ) -> None:
-        key = (identity, call_id)
+        key = (address, call_id)
         try:
             items = handler.function(*args, **kwargs)
             try:
                 for item in items:
-                    if cancelled.is_set() or self._stopping:  # else an endless stream pins a worker
+                    if cancelled.is_set() or self._stopping:  # an endless stream ends on close
                         break
-                    self._post(identity, codec.encode_stream_item(call_id, item), False)
+                    self._post(address, codec.encode_stream_item(call_id, item), False)
             finally:
                 items.close()
-            self._post(identity, codec.encode_stream_end(call_id), True)
+            self._post(address, codec.encode_stream_end(call_id), True)
         except Exception as exc:  # reported to the caller as RemoteError
-            self._post(identity, self._failure(handler, call_id, args, kwargs, exc), True)
+            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True)
         finally:
             self._streams.pop(key, None)
 
     async def _call_async(
-        self, handler: Handler, identity: bytes, call_id: int, args: list[Any], kwargs: dict[str, Any],
-        cancelled: threading.Event,
+        self, handler: Handler, address: Address, call_id: int, args: list[Any],
+        kwargs: dict[str, Any], cancelled: threading.Event,
     ) -> None:
-        key = (identity, call_id)
+        key = (address, call_id)
         try:
             if handler.mode is Mode.ASYNC:
                 result = await handler.function(*args, **kwargs)
-                self._post(identity, codec.encode_reply(call_id, result), True)
+                self._post(address, codec.encode_reply(call_id, result), True)
                 return
             items = handler.function(*args, **kwargs)
             try:
                 async for item in items:
                     if cancelled.is_set():
                         break
-                    self._post(identity, codec.encode_stream_item(call_id, item), False)
+                    self._post(address, codec.encode_stream_item(call_id, item), False)
             finally:
                 await items.aclose()
-            self._post(identity, codec.encode_stream_end(call_id), True)
+            self._post(address, codec.encode_stream_end(call_id), True)
         except Exception as exc:  # reported to the caller as RemoteError
-            self._post(identity, self._failure(handler, call_id, args, kwargs, exc), True)
+            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True)
         finally:
             self._streams.pop(key, None)
 
-    def _post(self, identity: bytes, frame: bytes, finished: bool) -> None:
+    def _post(self, address: Address, frame: bytes, finished: bool) -> None:
         """Hand a frame to the server thread, waking it if it is not awake already."""
-        self._outbox.append((identity, frame, finished))
+        self._outbox.append((address, frame, finished))
         self._wake()
 
     def _wake(self) -> None:
@@ -352,9 +357,10 @@ _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 
 
-def _reply(raw: zmq.Socket[Any], identity: bytes, frame: bytes) -> None:
-    """Send ``frame`` to the caller ``identity`` (two frames; plain ints keep pyzmq fast)."""
-    raw.send(identity, _SNDMORE)
+def _reply(raw: zmq.Socket[Any], address: Address, frame: bytes) -> None:
+    """Send ``frame`` back along ``address`` (plain int flags keep pyzmq fast)."""
+    for part in address:
+        raw.send(part, _SNDMORE)
     raw.send(frame, copy=len(frame) < 65536)
 
 

@@ -222,6 +222,10 @@ class Client:
         except PeerNotFound:
             raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
                                f"{self.node.port})") from None
+        # a node serves the name, yet no route led to it: the routes were synced from a peer
+        # list older than the version noted with it (the version can run ahead of the list),
+        # so look again now; else this loop would spin past its deadline
+        self._routes.version = -1
 
     def _reply(self, sock: Socket, route: Route, call_id: int, deadline: Deadline) -> list[Any]:
         """The next message for ``call_id``; stale replies to earlier calls are dropped."""
