@@ -337,7 +337,7 @@ def test_bad_datagrams_are_dropped_and_counted(beacon_port: int, udp: BeaconPort
         beacon(HELLO, "x" * (MAX_NAME_BYTES + 1), uuid.uuid4().bytes, 1, {}),  # name too long
         beacon(HELLO, "bad", uuid.uuid4().bytes, 1, {"rpc": "x" * MAX_BEACON}),  # too large
         beacon(HELLO, "bad", uuid.uuid4().bytes, 1, {"rpc": 5}),  # type: ignore[dict-item]
-        b"ZKB\x01\x86\x01\x63bad\x50" + bytes(16) + b"\xc2\x41\x01\xa0\xa0",  # a tag (bignum seq)
+        b"ZKB\x01\x86\x01\x63bad\x50" + bytes(16) + b"\xd8\x23\x61\x61\xa0\xa0",  # tag 35 (regex)
         b"ZKB\x01" + good[:-3],  # truncated
     ]
     with started(Node("watcher", port=beacon_port, **FAST)) as node:
@@ -463,8 +463,10 @@ def test_errors_come_back_with_the_documented_shape(caller: Caller) -> None:
         pytest.param([b"\xff\x00garbage"], 0, id="not-cbor"),
         pytest.param([cbor2.dumps([2, REQUEST, 6, "add", [1, 2], {}])], 0, id="version-2"),
         pytest.param([cbor2.dumps([VERSION, REQUEST, 6, "add", {}, {}])], 0, id="args-not-array"),
-        pytest.param([cbor2.dumps([VERSION, REQUEST, 6, "add", [1, {1, 2}], {}])], 0, id="tag"),
-        pytest.param([b"", cbor2.dumps([VERSION, REQUEST, 6, "add", [1], {}])], 0, id="delimiter"),
+        pytest.param([cbor2.dumps([VERSION, REQUEST, 6, "add", [1, cbor2.CBORTag(35, "a+")], {}])],
+                     0, id="tag"),
+        pytest.param([cbor2.dumps([VERSION, REQUEST, 6, "add", [1, 2], {}]), b"extra"], 0,
+                     id="two-frames"),
         pytest.param([cbor2.dumps([VERSION, REPLY, 6, 5])], 6, id="not-a-request"),
     ],
 )
@@ -475,6 +477,14 @@ def test_a_server_answers_garbage_with_a_protocol_error(
     reply = caller.recv()
     assert reply[1:4] == [ERROR, expected_call_id, "zmqkit.ProtocolError"]
     assert caller.call(7, "add", 1, 1) == [VERSION, REPLY, 7, 2], "the server keeps serving"
+
+
+def test_a_req_style_delimiter_is_answered_with_one(caller: Caller) -> None:
+    caller.sock.send_multipart([b"", cbor2.dumps([VERSION, REQUEST, 8, "add", [2, 2], {}])])
+    assert caller.sock.poll(5000)
+    delimiter, answer = caller.sock.recv_multipart()
+    assert delimiter == b""
+    assert cbor2.loads(answer) == [VERSION, REPLY, 8, 4]
 
 
 def test_describe_lists_the_methods(caller: Caller) -> None:

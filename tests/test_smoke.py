@@ -42,4 +42,4 @@ def test_demo_ends_by_itself_with_exit_0() -> None:
     result = run_cli("demo")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert "add(" in result.stdout
+    assert "alice.add(1, 2) = 3" in result.stdout
