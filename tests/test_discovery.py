@@ -26,7 +26,17 @@ import cbor2
 import pytest
 from nodeproc import NodeProcess, kill_all
 
-from zmqkit import ClosedError, ConfigError, EncodeError, EventKind, Node, PeerEvent, PeerNotFound
+from zmqkit import (
+    ClosedError,
+    ConfigError,
+    EncodeError,
+    EventKind,
+    Node,
+    PeerEvent,
+    PeerNotFound,
+    PeerTable,
+    ProtocolError,
+)
 from zmqkit.codec import BeaconKind, encode_beacon
 
 FAST: dict[str, Any] = {"interval": 0.2, "expiry": 0.6}
@@ -397,7 +407,7 @@ def garbage_datagrams(rng: random.Random, count: int) -> list[bytes]:
         [1, "", uuid_bytes, 1, {}, {}], [1, "x" * 65, uuid_bytes, 1, {}, {}],
         [1, "x", b"short", 1, {}, {}], [1, "x", "not bytes" * 2, 1, {}, {}],
         [1, "x", uuid_bytes, -1, {}, {}], [1, "x", uuid_bytes, 1.5, {}, {}],
-        [1, "x", uuid_bytes, 2**70, {}, {}], [1, "x", uuid_bytes, 1, {"a": 1}, {}],
+        [1, "x", uuid_bytes, 1, {"a": 1}, {}],
         [1, "x", uuid_bytes, 1, {}, {1: "v"}], [1, "x", uuid_bytes, 1, [], {}],
         [1, "x", cbor2.CBORTag(37, uuid_bytes), 1, {}, {}],
     ]
@@ -453,6 +463,21 @@ def test_garbage_is_dropped_counted_and_logged_once(
     assert all(len(node.peers()) == 2 for node in nodes), "garbage must not make phantom peers"
     loud = [r for r in caplog.records if r.name == "zmqkit.beacon" and r.levelno >= logging.WARNING]
     assert len(loud) == len(nodes), "each node warns once, then logs drops at debug level"
+
+
+def _beacon_with(seq: object = 1, after: bytes = b"") -> bytes:
+    body = cbor2.dumps([1, "x", bytes(16), seq, {}, {}])
+    return b"ZKB\x01" + body + after
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [_beacon_with(seq=2**70), _beacon_with(seq=2**64), _beacon_with(after=b"\xffjunk")],
+    ids=["seq-bignum-2**70", "seq-bignum-2**64", "bytes-after-the-body"],
+)
+def test_beacons_that_break_the_wire_rules_are_dropped(datagram: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        PeerTable().feed(datagram, "127.0.0.1", now=0.0)
 
 
 # -- the command ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ one ``cbor2.loads`` and a few type checks.
 from __future__ import annotations
 
 import enum
+import io
 import uuid as uuid_module
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
@@ -145,6 +146,22 @@ def loads(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:
         raise ProtocolError(f"undecodable CBOR: {cause}") from exc
 
 
+def _load_exactly_one(data: bytes) -> Any:
+    """Decode one CBOR item that must fill ``data`` exactly (for beacons, which are rare and
+    small; message frames skip the check to keep their one-call decode)."""
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(
+            stream, semantic_decoders=_REFUSE_EVERY_TAG, tag_hook=_refuse_tag,
+            max_depth=MAX_DEPTH, read_size=1,
+        ).decode()
+    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
+        raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
+    if stream.tell() != len(data):
+        raise ProtocolError(f"{len(data) - stream.tell()} bytes after the beacon body")
+    return value
+
+
 def dumps(value: Any) -> bytes:
     """Encode ``value`` as CBOR.
 
@@ -216,7 +233,8 @@ def publish_prefixes(topic: str) -> tuple[bytes, bytes]:
 
 
 def _is_uint(value: Any) -> bool:
-    return type(value) is int and value >= 0
+    """A plain CBOR unsigned integer: 0 to 2**64 - 1 (a bignum is no call id or sequence)."""
+    return type(value) is int and 0 <= value < 1 << 64
 
 
 def _check_call_id(message: list[Any]) -> None:
@@ -338,7 +356,7 @@ def decode_beacon(
         raise ProtocolError("not a zmqkit beacon (bad magic)")
     if datagram[3:4] != bytes([BEACON_VERSION]):
         raise ProtocolError(f"unsupported beacon version {datagram[3:4]!r}")
-    body = loads(datagram[4:], MAX_BEACON_SIZE)
+    body = _load_exactly_one(datagram[4:])
     if type(body) is not list or len(body) != 6:
         raise ProtocolError("beacon body must be an array of 6 items")
     kind, name, raw_uuid, seq, endpoints, headers = body
