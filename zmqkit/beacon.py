@@ -44,6 +44,7 @@ log = logging.getLogger("zmqkit.beacon")
 DEFAULT_PORT = 47474
 LOOPBACK_BROADCAST = "127.255.255.255"
 LOOPBACK_HOST = "127.0.0.1"
+LOOPBACK_NETWORK = ipaddress.IPv4Network("127.0.0.0/8")
 MAX_DATAGRAMS_PER_WAKE = 1000  # under a flood, still get back to announcing and expiring
 ANSWER_DELAY = 0.02  # answer newcomers within this, jittered, so a crowd is not answered at once
 
@@ -83,7 +84,7 @@ def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> Seed:
     return Seed(address, port)
 
 
-def interface_addresses(name: str) -> tuple[str, str]:
+def interface_addresses(name: str) -> tuple[str, str, ipaddress.IPv4Network]:
     """The IPv4 address and broadcast address of the interface called ``name``.
 
     Raises:
@@ -98,7 +99,7 @@ def interface_addresses(name: str) -> tuple[str, str]:
             if ip.is_IPv4:
                 network = ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
                 broadcast = LOOPBACK_BROADCAST if network.is_loopback else network.broadcast_address
-                return str(ip.ip), str(broadcast)
+                return str(ip.ip), str(broadcast), network
         raise ConfigError(f"interface {name!r} has no IPv4 address")
     raise ConfigError(f"no interface called {name!r} (this host has: {', '.join(sorted(known))})")
 
@@ -118,7 +119,7 @@ class Beacon:
         port: int = DEFAULT_PORT,
         broadcast: str | None = LOOPBACK_BROADCAST,
         seeds: Sequence[Seed] = (),
-        loopback_only: bool = True,
+        accept_from: ipaddress.IPv4Network | None = LOOPBACK_NETWORK,
         announce: bool = True,
         interval: float = 1.0,
         expiry: float = 3.0,
@@ -131,7 +132,7 @@ class Beacon:
         self.port = port
         self.targets = [(broadcast, port)] if broadcast else []
         self.targets += [(seed.host, seed.port) for seed in seeds]
-        self.loopback_only = loopback_only
+        self.accept_from = accept_from
         self.seed_hosts = frozenset(seed.host for seed in seeds)  # answers from seeds get in too
         self.announce = announce
         self.interval = interval
@@ -192,8 +193,8 @@ class Beacon:
         """Say goodbye, stop the thread and join it. Safe to call twice."""
         self._stopping = True
         self._wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)  # (closed from an event callback: the thread ends itself)
         for sock in (self._sock, self._wake_reader, self._wake_writer):
             sock.close()
 
@@ -251,7 +252,7 @@ class Beacon:
                 self._drop("socket-error", f"{exc}")
                 continue
             self.stats["received"] += 1
-            if self.loopback_only and not address.startswith("127.") and address not in self.seed_hosts:
+            if not self._accepts(address):
                 self._drop("foreign", f"a datagram from {address}, outside loopback")
                 continue
             try:
@@ -259,6 +260,15 @@ class Beacon:
             except ProtocolError as exc:
                 self._drop("malformed", f"{len(datagram)} bytes from {address}: {exc}")
         return events
+
+    def _accepts(self, address: str) -> bool:
+        """Whether a datagram from ``address`` may be read: the scope's network or a seed."""
+        if self.accept_from is None or address in self.seed_hosts:
+            return True
+        try:
+            return ipaddress.IPv4Address(address) in self.accept_from
+        except ValueError:
+            return False
 
     def _send(self, kind: BeaconKind) -> None:
         datagram = encode_beacon(

@@ -21,7 +21,7 @@ from rich.table import Table
 from . import __version__
 from .beacon import DEFAULT_PORT
 from .deadline import Deadline
-from .errors import Timeout, ZmqkitError
+from .errors import ConfigError, Timeout, ZmqkitError
 from .node import Node
 from .peers import Peer
 
@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
         return code
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:  # options that cannot work as given: exit 2
         parser.error(str(exc))
     except ZmqkitError as exc:
         print(f"zmqkit {args.command}: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from typing import Protocol
 
-from .beacon import DEFAULT_PORT, LOOPBACK_BROADCAST, LOOPBACK_HOST, Beacon, Scope, Seed
+from .beacon import DEFAULT_PORT, LOOPBACK_BROADCAST, LOOPBACK_HOST, LOOPBACK_NETWORK, Beacon, Scope, Seed
 from .beacon import interface_addresses, parse_seed
 from .codec import MAX_NAME_BYTES
 from .deadline import Deadline
@@ -86,9 +86,9 @@ class Node:
         if self.scope is Scope.SUBNET:
             if not interface:
                 raise ConfigError("subnet scope needs an interface, e.g. interface='eth0'")
-            address, broadcast = interface_addresses(interface)
+            address, broadcast, network = interface_addresses(interface)
         else:
-            address, broadcast = LOOPBACK_HOST, LOOPBACK_BROADCAST
+            address, broadcast, network = LOOPBACK_HOST, LOOPBACK_BROADCAST, LOOPBACK_NETWORK
         self.name = name
         self.uuid = uuid_module.uuid4()
         self.host = host or address
@@ -105,7 +105,7 @@ class Node:
             port=port,
             broadcast=broadcast,
             seeds=[s if isinstance(s, Seed) else parse_seed(s, port) for s in seeds],
-            loopback_only=self.scope is Scope.LOCALHOST,
+            accept_from=network,
             announce=announce,
             interval=interval,
             expiry=expiry,
