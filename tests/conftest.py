@@ -17,6 +17,7 @@ LEAK_GRACE = 2.0  # seconds a test's threads get to finish after it returns
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves a thread running or a zmqkit socket open."""
+    _start_pyzmq_garbage_collector()
     threads_before = set(threading.enumerate())
     sockets_before = set(open_sockets())
     yield
@@ -29,6 +30,15 @@ def no_leaks() -> Iterator[None]:
         time.sleep(0.02)
     assert not threads, f"test left threads running: {threads}"
     assert not sockets, f"test left sockets open: {sockets}"
+
+
+def _start_pyzmq_garbage_collector() -> None:
+    """pyzmq starts one thread per process on the first zero-copy send, to free the buffers;
+    start it before the first test looks, so that it is not taken for a leak."""
+    from zmq.utils.garbage import gc
+
+    if not gc.is_alive():
+        gc.start()
 
 
 def free_udp_port() -> int:

@@ -753,6 +753,15 @@ def test_a_bad_beacon_raises_protocol_error(datagram: bytes) -> None:
         decode_beacon(datagram)
 
 
+@pytest.mark.parametrize("extra", [b"\x00", b"\xff", b"ZKB\x01"], ids=["00", "ff", "magic"])
+def test_bytes_after_the_beacon_body_are_refused(extra: bytes) -> None:
+    # docs/protocol.md 5.1: one CBOR array of 6 items, "and nothing after it"
+    datagram = encode_beacon(BeaconKind.HELLO, "calc", NODE_UUID, 1, {}, {})
+    assert decode_beacon(datagram)[1] == "calc"
+    with pytest.raises(ProtocolError):
+        decode_beacon(datagram + extra)
+
+
 def test_every_truncation_of_a_beacon_is_refused() -> None:
     datagram = encode_beacon(
         BeaconKind.HELLO, "calc", NODE_UUID, 3, {"rpc": "tcp://127.0.0.1:5555"}, {"v": "1"}
@@ -776,11 +785,11 @@ def assert_valid_message(message: Any) -> None:
         _, _, topic, sender, seq, data = message
         assert type(topic) is str
         assert type(sender) is bytes and len(sender) == 16
-        assert type(seq) is int and seq >= 0
+        assert type(seq) is int and 0 <= seq < 2**64
         if kind is Kind.PUBLISH_BATCH:
             assert type(data) is list and data
         return
-    assert type(message[2]) is int and message[2] >= 0
+    assert type(message[2]) is int and 0 <= message[2] < 2**64
     if kind is Kind.REQUEST:
         assert type(message[3]) is str
         assert type(message[4]) is list
@@ -794,7 +803,7 @@ def assert_valid_beacon(decoded: Any) -> None:
     assert kind in (BeaconKind.HELLO, BeaconKind.GOODBYE)
     assert type(name) is str and 0 < len(name.encode()) <= MAX_NAME_BYTES
     assert isinstance(node_uuid, uuid.UUID)
-    assert type(seq) is int and seq >= 0
+    assert type(seq) is int and 0 <= seq < 2**64
     for mapping in (endpoints, headers):
         assert type(mapping) is dict
         assert all(type(k) is str and type(v) is str for k, v in mapping.items())
@@ -886,6 +895,7 @@ def test_random_arrays_headed_by_version_and_kind(message: list[Any]) -> None:
 field_values = (
     st.integers(min_value=-3, max_value=3)
     | st.integers(min_value=0, max_value=2**64 - 1)
+    | st.sampled_from([2**64, 2**70, -(2**64) - 1])  # bignums: tags 2 and 3
     | st.booleans()
     | st.none()
     | st.floats(allow_nan=False)
@@ -926,7 +936,7 @@ def expected_valid(kind: Kind, fields: list[Any]) -> bool:
     """The protocol's field rules, written out independently of the codec."""
 
     def uint(value: Any) -> bool:
-        return type(value) is int and value >= 0
+        return type(value) is int and 0 <= value < 2**64
 
     if kind in (Kind.PUBLISH, Kind.PUBLISH_BATCH):
         topic, sender, seq, data = fields
@@ -961,16 +971,19 @@ def test_valid_shaped_arrays_are_accepted_exactly_when_their_fields_are_valid(
             decode(frame)
 
 
-# Values the wire carries, without NaN so that a round trip compares equal.
+# Values the wire carries (docs/protocol.md section 2), without NaN so that they compare equal.
 plain_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.integers()  # beyond 64 bits too: tags 2 and 3
     | st.floats(allow_nan=False)
     | st.text(max_size=20)
-    | st.binary(max_size=20),
+    | st.binary(max_size=20)
+    | st.uuids()  # tag 37
+    | st.datetimes(timezones=st.just(datetime.timezone.utc)),  # tag 0
     lambda children: st.lists(children, max_size=6)
-    | st.dictionaries(st.text(max_size=8), children, max_size=6),
+    | st.dictionaries(st.text(max_size=8), children, max_size=6)
+    | st.frozensets(st.integers() | st.text(max_size=4), max_size=4),  # tag 258
     max_leaves=12,
 )
 

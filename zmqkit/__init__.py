@@ -19,12 +19,14 @@ from .beacon import DEFAULT_PORT, Scope, Seed
 from .codec import Kind
 from .deadline import Deadline
 from .errors import (
+    BadArguments,
     BrokenError,
     BusyError,
     ClosedError,
     ConfigError,
     EncodeError,
     MessageTooLarge,
+    MethodNotFound,
     PeerNotFound,
     ProtocolError,
     RemoteError,
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncSocket",
+    "BadArguments",
     "BrokenError",
     "BusyError",
     "ClosedError",
@@ -49,6 +52,7 @@ __all__ = [
     "EventKind",
     "Kind",
     "MessageTooLarge",
+    "MethodNotFound",
     "Node",
     "Peer",
     "PeerEvent",

@@ -8,6 +8,8 @@
     ├── Timeout                 a deadline passed (also the builtin TimeoutError)
     ├── PeerNotFound            no peer of that name was discovered in time (also LookupError)
     ├── RemoteError             the peer's handler raised; carries its type name, message, traceback
+    │   ├── MethodNotFound      the peer has no method of that name (type "zmqkit.MethodNotFound")
+    │   └── BadArguments        the arguments do not fit the method (type "zmqkit.BadArguments")
     ├── ClosedError             you closed it, then used it
     ├── BrokenError             something outside broke it; the original is in ``__cause__``
     └── BusyError               two users at once: a socket used from a second thread
@@ -19,17 +21,20 @@ they are wrapped with ``raise ... from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "BadArguments",
     "BrokenError",
     "BusyError",
     "ClosedError",
     "ConfigError",
     "EncodeError",
     "MessageTooLarge",
+    "MethodNotFound",
     "PeerNotFound",
     "ProtocolError",
     "RemoteError",
     "Timeout",
     "ZmqkitError",
+    "remote_error",
 ]
 
 
@@ -78,6 +83,26 @@ class RemoteError(ZmqkitError):
 
     def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class MethodNotFound(RemoteError):
+    """The remote node has no method of the name called."""
+
+
+class BadArguments(RemoteError):
+    """The arguments sent do not fit the remote method's signature."""
+
+
+def remote_error(type_name: str, message: str, traceback: str = "") -> RemoteError:
+    """The RemoteError (or the subclass the protocol names) for an ERROR reply."""
+    kind = _REMOTE_ERRORS.get(type_name, RemoteError)
+    return kind(type_name, message, traceback)
+
+
+_REMOTE_ERRORS: dict[str, type[RemoteError]] = {
+    "zmqkit.MethodNotFound": MethodNotFound,
+    "zmqkit.BadArguments": BadArguments,
+}
 
 
 class ClosedError(ZmqkitError):

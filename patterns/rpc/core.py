@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from zmqkit import Peer, ProtocolError, RemoteError
+from zmqkit import Peer, ProtocolError
+from zmqkit.errors import remote_error
 from zmqkit.codec import Kind
 
 __all__ = ["DEFAULT_TIMEOUT", "FAILURE_PENALTY", "Route", "Routes", "may_retry", "outcome"]
@@ -108,7 +109,7 @@ def outcome(message: list[Any]) -> Any:
     if kind == Kind.REPLY or kind == Kind.STREAM_ITEM:
         return message[3]
     if kind == Kind.ERROR:
-        raise RemoteError(message[3], message[4], message[5])
+        raise remote_error(message[3], message[4], message[5])
     if kind == Kind.STREAM_END:
         return None
-    raise ProtocolError(f"expected a reply, got a {Kind(kind).name}")
+    raise ProtocolError(f"expected a reply, got a message of kind {kind!r}")

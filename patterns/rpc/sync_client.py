@@ -128,21 +128,25 @@ class Client:
         self._check_usable()
         budget = self._budget(timeout)
         route, sock, call_id = self._send(method, args, kwargs, Deadline.after(budget), set())
-        done = False
+        done = failed = False
         try:
             while not done:
                 try:
                     message = self._reply(sock, route, call_id, Deadline.after(budget))
                 except PeerGone:
-                    done = True
+                    done = failed = True
                     raise BrokenError(f"{self.name} node left during the stream {method}()") from None
                 except Timeout:
+                    failed = True
                     raise Timeout(f"{self.name}.{method}() sent no item in {budget} s") from None
                 done = message[1] != Kind.STREAM_ITEM
                 if message[1] != Kind.STREAM_END:
                     yield outcome(message)
         finally:
-            self._routes.finished(route)
+            if failed:
+                self._routes.failed(route, time.monotonic())
+            else:
+                self._routes.finished(route)
             if not done and not sock.closed:
                 with contextlib.suppress(zmq.ZMQError):  # best effort: the node stops on its own too
                     sock.raw.send(codec.encode_cancel(call_id), zmq.NOBLOCK)
