@@ -375,7 +375,7 @@ NODES = [A, B, C]
 operations = st.lists(
     st.tuples(
         st.sampled_from(["hello", "goodbye", "expire"]),
-        st.sampled_from(NODES + [ME]),
+        st.sampled_from([*NODES, ME]),
         st.integers(0, 4),  # seq
         st.sampled_from([RPC, RPC2]),
         st.floats(0.0, 2.0),  # time step
