@@ -71,6 +71,7 @@ MAX_BEACON_SIZE = 1200  # fits one Ethernet frame: beacons are never fragmented
 MAX_NAME_BYTES = 64
 UUID_BYTES = 16
 ALLOWED_TAGS = frozenset({0, 1, 2, 3, 37, 258})
+BIGNUM_TAGS = frozenset({2, 3})
 
 
 class Kind(enum.IntEnum):
@@ -103,6 +104,8 @@ class _RefuseEveryTag(Mapping[int, Callable[..., Any]]):
     """
 
     def __getitem__(self, tag: int) -> Callable[..., Any]:
+        if tag in BIGNUM_TAGS:
+            return _bignum_decoder(tag)
         if tag in ALLOWED_TAGS:
             raise KeyError(tag)  # not overridden: cbor2's own decoder for this tag runs
 
@@ -118,11 +121,27 @@ class _RefuseEveryTag(Mapping[int, Callable[..., Any]]):
         return 0
 
 
+def _bignum_decoder(tag: int) -> Callable[..., int]:
+    """Tags 2 and 3 only for integers that a plain CBOR integer cannot hold: a small value in a
+    bignum could pass for a version, kind, call id or sequence number, which are never tagged."""
+
+    def decode_bignum(payload: Any, *_: Any) -> int:
+        if type(payload) is not bytes:
+            raise ValueError(f"tag {tag} must hold a byte string")
+        magnitude = int.from_bytes(payload, "big")
+        if magnitude < 1 << 64:
+            raise ValueError(f"tag {tag} holds {magnitude}, which fits a plain integer")
+        return magnitude if tag == 2 else -1 - magnitude
+
+    return decode_bignum
+
+
 _REFUSE_EVERY_TAG = _RefuseEveryTag()
 
 
-def _refuse_tag(_decoder: Any, tag: Any) -> NoReturn:
-    raise ValueError(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed on the zmqkit wire")
+def _refuse_tag(tag: Any, *_: Any) -> NoReturn:
+    """The last line of defence: cbor2 calls it for a tag no table entry answered."""
+    raise ValueError(f"CBOR tag {getattr(tag, 'tag', tag)} is not allowed on the zmqkit wire")
 
 
 def loads(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:

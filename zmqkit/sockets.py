@@ -86,14 +86,14 @@ MAX_WAIT_MS = 2**31 - 1  # ZeroMQ's timeouts are C ints: a longer wait is cut to
 
 
 def _milliseconds(timeout: float) -> int:
-    """A timeout in whole milliseconds, rounded up; a negative one is no wait at all.
+    """A timeout in whole milliseconds, rounded up.
 
     Raises:
-        ConfigError: NaN, infinite or absurdly long (every wait in zmqkit is finite).
+        ConfigError: negative, NaN, infinite or absurdly long (every wait in zmqkit is finite).
     """
-    if not timeout < 1e7:  # also catches NaN and infinity
-        raise ConfigError(f"a timeout is a finite number of seconds, not {timeout!r}")
-    return min(math.ceil(timeout * 1000), MAX_WAIT_MS) if timeout > 0 else 0
+    if not 0 <= timeout < 1e7:  # also catches NaN and infinity
+        raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {timeout!r}")
+    return min(math.ceil(timeout * 1000), MAX_WAIT_MS)
 
 
 def _configure(sock: zmq.Socket[Any], options: SocketOptions) -> None:
@@ -226,8 +226,8 @@ class Socket:
         """
         if threading.get_ident() != self.owner:
             self.check_owner()
-        self._wait_ms(timeout)
         try:
+            self._wait_ms(timeout)
             return self.raw.recv()  # type: ignore[no-any-return]
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
@@ -235,8 +235,8 @@ class Socket:
     def recv_multipart(self, timeout: float) -> list[bytes]:
         """Receive one multipart message, waiting at most ``timeout`` seconds."""
         self.check_owner()
-        self._wait_ms(timeout)
         try:
+            self._wait_ms(timeout)
             return self.raw.recv_multipart()  # type: ignore[no-any-return]
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
@@ -302,7 +302,9 @@ class AsyncSocket(Socket):
         if self._events() & wanted:
             return True
         loop = asyncio.get_running_loop()
-        if self._loop is None:
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise BusyError(f"{self!r} is watched by another event loop; one socket, one loop")
             self._loop = loop
             loop.add_reader(self._fd, self._on_descriptor)
         future: asyncio.Future[bool] = loop.create_future()
@@ -321,6 +323,19 @@ class AsyncSocket(Socket):
         """Wait until a send would not block, at most ``timeout`` seconds."""
         return await self._wait(_POLLOUT, timeout)
 
+    def send(self, frame: bytes, *, more: bool = False) -> None:
+        super().send(frame, more=more)
+        self._wake_parked()
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        super().send_multipart(frames)
+        self._wake_parked()
+
+    def _wake_parked(self) -> None:
+        """After a send: it may have eaten the signal that parked waiters wait for."""
+        if self._parked and self._loop is not None:
+            self._loop.call_soon(self._on_descriptor)
+
     def send_nowait(self, frame: bytes) -> bool:
         """Send one frame without waiting; False when it would have to wait (queue full, or no
         connection yet with ``immediate``)."""
@@ -330,8 +345,7 @@ class AsyncSocket(Socket):
             return False
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
-        if self._parked and self._loop is not None:
-            self._loop.call_soon(self._on_descriptor)  # the send may have eaten their signal
+        self._wake_parked()
         return True
 
     async def recv_async(self, timeout: float) -> bytes:
@@ -356,6 +370,8 @@ class AsyncSocket(Socket):
             except zmq.ZMQError as exc:
                 raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
             if not await self.wait_readable(deadline.remaining()):
+                if self.raw.closed:
+                    raise ClosedError(f"{self!r} was closed while a receive waited")
                 raise Timeout(f"timed out receiving on {self.kind.name}")
 
     def close(self) -> None:
