@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import uuid as uuid_module
 from collections import deque
@@ -25,6 +26,8 @@ from .codec import MAX_NAME_BYTES
 from .deadline import Deadline
 from .errors import ClosedError, ConfigError, PeerNotFound
 from .peers import Peer, PeerEvent
+from .security import CURVE_HEADER, Keypair, Keyring, Security, ZapHandler, check_plain_peer
+from .sockets import Socket
 
 __all__ = ["Closeable", "Node"]
 
@@ -61,6 +64,10 @@ class Node:
         headers: small text map carried in every beacon.
         announce: False for a node that only listens (a CLI looking around) and serves nothing.
         host: the address to bind endpoints on, overriding what the scope implies.
+        keys: this node's CURVE keypair (or the path given to ``zmqkit keys new``): everything
+            it serves is encrypted and admits only peers in ``keyring``.
+        keyring: the public keys this node accepts (a directory of ``*.pub`` files or a list);
+            needed with ``keys``.
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class Node:
         headers: Mapping[str, str] | None = None,
         announce: bool = True,
         host: str | None = None,
+        keys: Keypair | str | os.PathLike[str] | None = None,
+        keyring: Keyring | str | os.PathLike[str] | Iterable[str] | None = None,
     ) -> None:
         if not 0 < _utf8_size(name) <= MAX_NAME_BYTES:
             raise ConfigError(f"a node name is 1 to {MAX_NAME_BYTES} bytes of text, not {name!r}")
@@ -94,6 +103,14 @@ class Node:
         self.host = host or address
         self.port = port
         self.headers = dict(headers or {})
+        self.security: Security | None = None
+        if keys is not None or keyring is not None:
+            if keys is None or keyring is None:
+                raise ConfigError("CURVE needs both keys and a keyring (zmqkit keys new PATH)")
+            keypair = keys if isinstance(keys, Keypair) else Keypair.load(keys)
+            ring = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
+            self.security = Security(keypair, ring)
+            self.headers[CURVE_HEADER] = keypair.public
         self.endpoints: dict[str, str] = {}
         self._attached: list[Closeable] = []
         self._listeners: list[Callable[[list[PeerEvent]], None]] = []
@@ -143,6 +160,8 @@ class Node:
             except Exception:  # one broken part must not keep the rest open; logged, not hidden
                 log.exception("closing %r failed", item)
         self._beacon.close()
+        if self.security is not None:
+            ZapHandler.release(self.security.domain)
         with self._changed:
             self._changed.notify_all()
 
@@ -202,6 +221,27 @@ class Node:
         self._beacon.advertise(self.endpoints, headers)
         self.headers.clear()
         self.headers.update(headers)
+
+    # -- security ----------------------------------------------------------------------------
+
+    def secure_server(self, sock: Socket) -> None:
+        """Before binding ``sock``: make it a CURVE server if this node has keys."""
+        if self.security is not None:
+            self.security.secure_server(sock)
+
+    def secure_client(self, sock: Socket, peer: Peer) -> None:
+        """Before connecting ``sock`` to ``peer``: set CURVE options, or refuse the peer.
+
+        Raises:
+            SecurityError: the peer's key is not in this node's keyring, or one side uses CURVE
+                and the other does not.
+        """
+        key = peer.headers.get(CURVE_HEADER)
+        who = f"{peer.name} ({peer.uuid.hex[:8]})"
+        if self.security is None:
+            check_plain_peer(key, who)
+        else:
+            self.security.secure_client(sock, key, who)
 
     # -- what this node knows about others -----------------------------------------------------
 
