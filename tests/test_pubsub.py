@@ -229,7 +229,7 @@ def test_intake_counts_skipped_sequence_numbers_as_gaps() -> None:
         (1, 0, 1), (2, 0, 2), (5, 2, 5), (6, 0, 6), (10, 3, 10),
     ]
     assert intake.gaps == 5
-    assert intake.stats["received"] == 5
+    assert intake.received == 5
     assert {m.publisher for m in messages} == {"alpha"}
     assert {m.sender for m in messages} == {uuid.UUID(bytes=SENDER_A)}
 
@@ -272,7 +272,7 @@ def test_intake_unpacks_a_batch_into_consecutive_messages_in_order() -> None:
         (1, 0, "first"), (4, 2, "d"), (5, 0, "e"), (6, 0, {"f": 6}), (7, 0, "g"), (8, 0, "h"),
     ]
     assert intake.gaps == 2
-    assert intake.stats["received"] == 6
+    assert intake.received == 6
 
 
 def test_intake_filters_topics_exactly_and_by_pattern() -> None:
@@ -306,7 +306,7 @@ def test_intake_counts_garbage_as_dropped_and_never_raises() -> None:
     not_publish = [codec.encode_request(1, "add", [1, 2], {}), codec.encode_reply(1, 3)]
     assert take_all(intake, *not_publish) == []
     assert intake.stats["dropped-not-publish"] == 2
-    assert intake.stats["received"] == 0
+    assert intake.received == 0
     # and a good frame after all that is still taken
     good = codec.encode_publish("t", SENDER_A, 1, "ok")
     assert [m.data for m in take_all(intake, good)] == ["ok"]
@@ -318,7 +318,7 @@ def test_intake_never_raises_on_random_bytes(frame: bytes) -> None:
     intake = make_intake("*")  # every topic: a frame is either taken whole or dropped
     intake.take(frame)
     dropped = sum(n for key, n in intake.stats.items() if key.startswith("dropped"))
-    assert intake.stats["received"] == len(intake.ready)
+    assert intake.received == len(intake.ready)
     assert dropped + (len(intake.ready) > 0) == 1
 
 

@@ -42,13 +42,21 @@ def _scope_options() -> argparse.ArgumentParser:
                        help="also send unicast beacons to HOST (repeatable)")
     group.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
                        help=f"the UDP beacon port (default {DEFAULT_PORT})")
+    secure = common.add_argument_group("security (CURVE)")
+    secure.add_argument("--keys", metavar="PATH", help="this node's keypair (from zmqkit keys new)")
+    secure.add_argument("--keyring", metavar="DIR", help="a directory of *.pub keys to accept")
     return common
 
 
 def make_node(args: argparse.Namespace, name: str, *, announce: bool) -> Node:
     """A node from the scope options; ``announce=False`` for commands that only look around."""
-    return Node(name, port=args.port, scope=args.scope, interface=args.interface,
-                seeds=args.seed, announce=announce)
+    return Node(name, announce=announce, **node_options(args))
+
+
+def node_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Node keyword arguments that the discovery and security options give."""
+    return {"port": args.port, "scope": args.scope, "interface": args.interface,
+            "seeds": args.seed, "keys": args.keys, "keyring": args.keyring}
 
 
 def _peer_rows(peers: Sequence[Peer]) -> list[dict[str, object]]:
@@ -219,6 +227,16 @@ def cmd_hz(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Write a new CURVE keypair: PATH.pub (share it) and PATH.secret (mode 0600, keep it)."""
+    from .security import Keypair
+
+    public_path, secret_path = Keypair.generate().save(args.path)
+    print(f"public key: {public_path}  (copy it into the keyring directory of every peer)")
+    print(f"secret key: {secret_path}  (mode 0600; pass --keys {args.path})")
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure each pattern against raw pyzmq doing the same work, in this run."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -252,9 +270,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return show.run(port=args.port if args.port != DEFAULT_PORT else None)
     from demos import calc
 
-    options = {"port": args.port, "scope": args.scope, "interface": args.interface,
-               "seeds": args.seed}
-    return calc.run(options, name=args.name or args.demo, duration=args.duration)
+    return calc.run(node_options(args), name=args.name or args.demo, duration=args.duration)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     hz.add_argument("topic", metavar="TOPIC")
     hz.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     hz.set_defaults(run=cmd_hz)
+
+    keys = commands.add_parser("keys", help="make CURVE keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new_keys = keys_commands.add_parser("new", help="write a new keypair: PATH.pub and PATH.secret")
+    new_keys.add_argument("path", metavar="PATH")
+    new_keys.set_defaults(run=cmd_keys)
 
     bench = commands.add_parser("bench", help="measure each pattern against raw pyzmq")
     bench.add_argument("workload", nargs="?", default="all",

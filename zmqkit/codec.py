@@ -29,9 +29,10 @@ one ``cbor2.loads`` and a few type checks.
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import uuid as uuid_module
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import cbor2
@@ -46,8 +47,10 @@ __all__ = [
     "VERSION",
     "BeaconKind",
     "Kind",
+    "UnexpectedKind",
     "decode",
     "decode_beacon",
+    "decode_publish",
     "encode",
     "encode_beacon",
     "encode_cancel",
@@ -74,6 +77,10 @@ ALLOWED_TAGS = frozenset({0, 1, 2, 3, 37, 258})
 BIGNUM_TAGS = frozenset({2, 3})
 
 
+class UnexpectedKind(ProtocolError):
+    """A valid message, but not of the kind the receiver takes (a reply sent to a subscriber)."""
+
+
 class Kind(enum.IntEnum):
     """The kind of a ZeroMQ message, its second array element."""
 
@@ -94,31 +101,11 @@ class BeaconKind(enum.IntEnum):
     GOODBYE = 2
 
 
-class _RefuseEveryTag(Mapping[int, Callable[..., Any]]):
-    """A ``semantic_decoders`` table that refuses every tag but a few inert standard ones.
+def _refuser(tag: int) -> Callable[..., NoReturn]:
+    def refuse(*_: Any) -> NoReturn:
+        raise ValueError(f"CBOR tag {tag} is not allowed on the zmqkit wire")
 
-    cbor2 decodes many tags into rich objects by default: regular expressions, parsed e-mail,
-    shared references, decimals of any exponent. Only these are let through, because they make
-    plain, bounded values that Python peers exchange naturally: 0 and 1 (date/time), 2 and 3
-    (integers beyond 64 bits), 37 (UUID) and 258 (set).
-    """
-
-    def __getitem__(self, tag: int) -> Callable[..., Any]:
-        if tag in BIGNUM_TAGS:
-            return _bignum_decoder(tag)
-        if tag in ALLOWED_TAGS:
-            raise KeyError(tag)  # not overridden: cbor2's own decoder for this tag runs
-
-        def refuse(*_: Any) -> NoReturn:
-            raise ValueError(f"CBOR tag {tag} is not allowed on the zmqkit wire")
-
-        return refuse
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
+    return refuse
 
 
 def _bignum_decoder(tag: int) -> Callable[..., int]:
@@ -136,12 +123,25 @@ def _bignum_decoder(tag: int) -> Callable[..., int]:
     return decode_bignum
 
 
-_REFUSE_EVERY_TAG = _RefuseEveryTag()
+# The tags cbor2 decodes by itself into rich objects (regular expressions, parsed e-mail, shared
+# references, decimals of any exponent...), each answered with a refusal; every other tag reaches
+# ``_refuse_tag``. Only 0 and 1 (date/time), 37 (UUID), 258 (set) and, through the check above,
+# 2 and 3 (big integers) get through: plain, bounded values that Python peers exchange naturally.
+# A plain dict, because cbor2 reads it faster than any other mapping; tests/test_codec.py probes
+# cbor2 for tags it decodes natively, so a new cbor2 cannot add one unnoticed.
+NATIVE_TAGS_REFUSED = (4, 5, 25, 28, 29, 30, 35, 36, 52, 54, 100, 256, 260, 261, 1004, 43000, 55799)
+_TAG_TABLE: dict[int, Callable[..., Any]] = {tag: _refuser(tag) for tag in NATIVE_TAGS_REFUSED}
+_TAG_TABLE.update({tag: _bignum_decoder(tag) for tag in BIGNUM_TAGS})
 
 
 def _refuse_tag(tag: Any, *_: Any) -> NoReturn:
-    """The last line of defence: cbor2 calls it for a tag no table entry answered."""
+    """cbor2 calls this for every tag it has no decoder for: all of them are refused."""
     raise ValueError(f"CBOR tag {getattr(tag, 'tag', tag)} is not allowed on the zmqkit wire")
+
+
+_loads = functools.partial(
+    cbor2.loads, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
+)
 
 
 def loads(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:
@@ -154,12 +154,7 @@ def loads(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:
     if len(data) > max_size:
         raise MessageTooLarge(f"{len(data)} bytes is over the maximum of {max_size}")
     try:
-        return cbor2.loads(
-            data,
-            semantic_decoders=_REFUSE_EVERY_TAG,
-            tag_hook=_refuse_tag,
-            max_depth=MAX_DEPTH,
-        )
+        return _loads(data)
     except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
         cause = exc.__cause__ or exc
         raise ProtocolError(f"undecodable CBOR: {cause}") from exc
@@ -171,7 +166,7 @@ def _load_exactly_one(data: bytes) -> Any:
     stream = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(
-            stream, semantic_decoders=_REFUSE_EVERY_TAG, tag_hook=_refuse_tag,
+            stream, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag,
             max_depth=MAX_DEPTH, read_size=1,
         ).decode()
     except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
@@ -204,6 +199,7 @@ def encode(kind: Kind, *fields: Any) -> bytes:
 def encode_request(
     call_id: int, method: str, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]
 ) -> bytes:
+    """A REQUEST; ``args`` may be a tuple (CBOR has one array type, so it arrives as a list)."""
     return dumps([VERSION, 1, call_id, method, args, kwargs])
 
 
@@ -312,9 +308,7 @@ def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
     if len(frame) > max_size:
         raise MessageTooLarge(f"{len(frame)} bytes is over the maximum of {max_size}")
     try:  # cbor2 called here, not through loads(): this is the hot path of every message
-        message = cbor2.loads(
-            frame, semantic_decoders=_REFUSE_EVERY_TAG, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
-        )
+        message = _loads(frame)
     except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
         raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
     if type(message) is not list or len(message) < 3:
@@ -329,6 +323,33 @@ def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
         raise ProtocolError(f"{Kind(message[1]).name} must have {length} items, not {len(message)}")
     check(message)
     return message
+
+
+def decode_publish(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
+    """``decode`` for subscribers: the same checks, for PUBLISH and PUBLISH_BATCH only, written
+    out flat because every received message goes through here.
+
+    Raises:
+        ProtocolError: the frame is not a valid publication.
+    """
+    if len(frame) > max_size:
+        raise MessageTooLarge(f"{len(frame)} bytes is over the maximum of {max_size}")
+    try:
+        message = _loads(frame)
+    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
+        raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
+    if type(message) is list and len(message) == 6:
+        version, kind, topic, sender, seq, data = message
+        if (
+            version == VERSION and type(version) is int
+            and (kind == 7 or (kind == 8 and type(data) is list and data)) and type(kind) is int
+            and type(topic) is str
+            and type(sender) is bytes and len(sender) == UUID_BYTES
+            and type(seq) is int and 0 <= seq < 1 << 64
+        ):
+            return message
+    decode(frame, max_size)  # raises the precise error for anything malformed
+    raise UnexpectedKind(f"expected a publication, got a message of kind {message[1]!r}")
 
 
 # -- beacons -------------------------------------------------------------------------------------

@@ -144,6 +144,10 @@ class Node:
         if self._state != "new":
             raise ClosedError(f"{self!r} cannot start twice")
         self._beacon.advertise(self.endpoints, self.headers)
+        if self.security is not None:
+            self.security.domain = f"zmqkit:{self.uuid.hex}"
+            own = Keyring([self.security.keypair.public])  # a node may always talk to itself
+            ZapHandler.acquire(self.security.domain, self.security.keyring | own)
         self._state = "running"
         self._beacon.start()
         return self

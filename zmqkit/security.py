@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.utils.z85
 
 from .errors import ConfigError, ZmqkitError
 
@@ -132,6 +133,9 @@ class Keyring:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __or__(self, other: Keyring) -> Keyring:
+        return Keyring(self.keys | other.keys)
+
     def __repr__(self) -> str:
         return f"<Keyring of {len(self.keys)} keys>"
 
@@ -176,7 +180,7 @@ class Security:
         """
         if server_key is None:
             raise SecurityError(f"{who} has no CURVE key, and this node talks only CURVE")
-        if server_key not in self.keyring:
+        if server_key not in self.keyring and server_key != self.keypair.public:
             raise SecurityError(f"{who} presents key {server_key[:8]}..., which is not in the keyring")
         raw = sock.raw
         raw.curve_serverkey = server_key.encode()

@@ -33,6 +33,7 @@ from zmqkit import (
     codec,
 )
 from zmqkit.codec import Kind
+from zmqkit.security import SecurityError
 
 from .core import DEFAULT_TIMEOUT, SLICE, Route, Routes, may_retry, outcome
 from .handlers import DESCRIBE_METHOD
@@ -70,6 +71,7 @@ class AsyncClient:
         self._waiting: dict[int, Entry] = {}
         self._collected: dict[int, list[Any]] = {}
         self._ids = itertools.count(1)
+        self._refused: SecurityError | None = None  # why the last node found was not used
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
@@ -150,7 +152,7 @@ class AsyncClient:
             raise PeerNotFound(f"no node called {self.name!r} is known yet; await a call first")
         future: asyncio.Future[Any] = loop.create_future()
         call_id = next(self._ids)
-        frame = codec.encode_request(call_id, method, list(args), kwargs)
+        frame = codec.encode_request(call_id, method, args, kwargs)
         if not self._sockets[route.uuid].send_nowait(frame):
             raise BusyError(f"the queue to {self.name!r} is full; await some results first") from None
         self._track(call_id, future, route, self.timeout if timeout is None else timeout, method)
@@ -210,10 +212,17 @@ class AsyncClient:
             raise BusyError(f"{self!r} belongs to another event loop; make one per loop")
         return loop
 
+    def _unreachable_message(self) -> str:
+        hint = (" (a CURVE node admits only peers whose key is in its keyring: is this node's?)"
+                if self.node.security is not None else "")
+        return f"could not connect to any {self.name!r} node before the deadline{hint}"
+
     def _refresh(self) -> None:
         if self._routes.version == self.node.peers_version or self._closed:
             return
-        added, removed = self._routes.sync(self.node.peers(self.name), self.node.peers_version)
+        peers = self.node.peers(self.name)
+        added, removed = self._routes.sync(peers, self.node.peers_version)
+        self._refused = None
         for route in removed:
             self._readers.pop(route.uuid).cancel()
             self._sockets.pop(route.uuid).close()
@@ -222,6 +231,13 @@ class AsyncClient:
                     self._fail(call_id, PeerGone())
         for route in added:
             sock = AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS)
+            try:
+                self.node.secure_client(sock, next(p for p in peers if p.uuid == route.uuid))
+            except SecurityError as exc:  # not a node we may talk to: no route to it
+                sock.close()
+                del self._routes.routes[route.uuid]
+                self._refused = exc
+                continue
             sock.connect(route.endpoint)
             self._sockets[route.uuid] = sock
             self._readers[route.uuid] = asyncio.ensure_future(self._read(sock))
@@ -240,7 +256,7 @@ class AsyncClient:
                 continue
             sock = self._sockets[route.uuid]
             call_id = next(self._ids)
-            frame = codec.encode_request(call_id, method, list(args), kwargs)
+            frame = codec.encode_request(call_id, method, args, kwargs)
             sent = sock.send_nowait(frame)
             if not sent:
                 # pending while it waits for a connection: a burst of calls made together (a
@@ -260,18 +276,17 @@ class AsyncClient:
             self._routes.unreachable(route, time.monotonic())
             tried.add(route.uuid)  # never left: safe to try another node
             if deadline.expired():
-                raise Timeout(f"could not reach any {self.name!r} node before the deadline")
+                raise Timeout(self._unreachable_message())
 
     async def _wait_for_route(self, deadline: Deadline) -> None:
+        if self._refused is not None:  # the nodes found are ones this node may not talk to
+            raise self._refused
         try:
             await self.node.wait_for_async(self.name, deadline.remaining(), role="rpc")
         except PeerNotFound:
             raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
                                f"{self.node.port})") from None
-        # a node serves the name, yet no route led to it: the routes were synced from a peer
-        # list older than the version noted with it (the version can run ahead of the list),
-        # so look again now rather than wait for a next presence event that may never come
-        self._routes.version = -1
+        self._routes.version = -1  # a node serves the name: look at the peers again now
 
     def _track(self, call_id: int, waiter: Any, route: Route, timeout: float | None,
                method: str) -> None:

@@ -156,6 +156,7 @@ class Server:
     def _run(self) -> None:
         try:
             router = Socket(zmq.ROUTER)
+            self.node.secure_server(router)
             self.endpoint = router.bind(self.node.host)
         except BaseException as exc:  # handed to start(), which raises it in the owner's thread
             self._startup_error = exc

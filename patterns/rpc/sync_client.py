@@ -27,6 +27,7 @@ from zmqkit import (
     Timeout,
     codec,
 )
+from zmqkit.security import SecurityError
 from zmqkit.sockets import translate_zmq_error
 from zmqkit.codec import Kind
 
@@ -35,7 +36,8 @@ from .handlers import DESCRIBE_METHOD
 
 __all__ = ["Client"]
 
-CLIENT_OPTIONS = SocketOptions(immediate=True)  # a send to a node not yet connected fails fast
+CLIENT_OPTIONS = SocketOptions(immediate=True)
+_NOBLOCK = int(zmq.NOBLOCK)  # a send to a node not yet connected fails fast
 
 
 class PeerGone(Exception):
@@ -58,6 +60,7 @@ class Client:
         self._routes = Routes(name)
         self._sockets: dict[Any, Socket] = {}
         self._ids = itertools.count(1)
+        self._refused: SecurityError | None = None  # why the last node found was not used
         self._owner = threading.get_ident()
         self._closed = False
 
@@ -171,14 +174,28 @@ class Client:
     def _budget(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
+    def _unreachable_message(self) -> str:
+        hint = (" (a CURVE node admits only peers whose key is in its keyring: is this node's?)"
+                if self.node.security is not None else "")
+        return f"could not connect to any {self.name!r} node before the deadline{hint}"
+
     def _refresh(self) -> None:
         if self._routes.version == self.node.peers_version:
             return
-        added, removed = self._routes.sync(self.node.peers(self.name), self.node.peers_version)
+        peers = self.node.peers(self.name)
+        added, removed = self._routes.sync(peers, self.node.peers_version)
+        self._refused = None
         for route in removed:
             self._sockets.pop(route.uuid).close()
         for route in added:
             sock = Socket(zmq.DEALER, options=CLIENT_OPTIONS)
+            try:
+                self.node.secure_client(sock, next(p for p in peers if p.uuid == route.uuid))
+            except SecurityError as exc:  # not a node we may talk to: no route to it
+                sock.close()
+                del self._routes.routes[route.uuid]
+                self._refused = exc
+                continue
             sock.connect(route.endpoint)
             self._sockets[route.uuid] = sock
 
@@ -196,20 +213,20 @@ class Client:
                 continue
             sock = self._sockets[route.uuid]
             call_id = next(self._ids)
-            frame = codec.encode_request(call_id, method, list(args), kwargs)
+            frame = codec.encode_request(call_id, method, args, kwargs)
             if self._send_frame(sock, frame, deadline):
                 self._routes.started(route)
                 return route, sock, call_id
             self._routes.unreachable(route, time.monotonic())
             tried.add(route.uuid)  # never left: safe to try another node
             if deadline.expired():
-                raise Timeout(f"could not reach any {self.name!r} node before the deadline")
+                raise Timeout(self._unreachable_message())
 
     @staticmethod
     def _send_frame(sock: Socket, frame: bytes, deadline: Deadline) -> bool:
         """Send at once if a connection is ready, else wait a slice for one; False if none came."""
         try:
-            sock.raw.send(frame, zmq.NOBLOCK)
+            sock.raw.send(frame, _NOBLOCK)
             return True
         except zmq.Again:
             pass
@@ -221,15 +238,14 @@ class Client:
         return False
 
     def _wait_for_route(self, deadline: Deadline) -> None:
+        if self._refused is not None:  # the nodes found are ones this node may not talk to
+            raise self._refused
         try:
             self.node.wait_for(self.name, deadline.remaining(), role="rpc")
         except PeerNotFound:
             raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
                                f"{self.node.port})") from None
-        # a node serves the name, yet no route led to it: the routes were synced from a peer
-        # list older than the version noted with it (the version can run ahead of the list),
-        # so look again now; else this loop would spin past its deadline
-        self._routes.version = -1
+        self._routes.version = -1  # a node serves the name: look at the peers again now
 
     def _reply(self, sock: Socket, route: Route, call_id: int, deadline: Deadline) -> list[Any]:
         """The next message for ``call_id``; stale replies to earlier calls are dropped."""

@@ -1,0 +1,488 @@
+"""The farm's logic, written once for every front: no sockets, no clock (``now`` is an argument).
+
+``SubmitterCore`` is the ventilator: a queue of tasks, the workers that asked for work and how
+much credit each has, what each holds, results kept until taken. ``WorkerCore`` is a worker's
+ledger: what it holds from each submitter and the READY it owes each. Both take and give bytes
+(``take_frame``/``frames_out``) as well as plain calls, so tests wire them together in memory.
+
+Credit, the one rule that makes a slow worker get less: a worker says how many more tasks it
+takes (``free``) and the last dispatch it received; the submitter subtracts what it sent since
+(in transit) and never sends more. Every READY is a full statement, not a delta, so a lost
+message or a forgotten worker heals with the next one (workers send one at least every second).
+
+At-least-once: a task whose worker left, went silent, timed out or lost it (a READY that
+acknowledges its dispatch but does not list it) goes back to the front of the queue, at most
+``max_attempts`` times; then it fails with ``BrokenError``. The first result for a task wins;
+later ones are counted as duplicates, and workers still holding a finished task get a CANCEL.
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid as uuid_module
+from collections import Counter, deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from zmqkit import BrokenError, BusyError, ConfigError, ProtocolError, ZmqkitError, codec
+
+from . import wire
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_TASK_TIMEOUT",
+    "DEFAULT_WORKER_EXPIRY",
+    "MAX_CREDIT",
+    "Cancel",
+    "Dispatch",
+    "SubmitterCore",
+    "TaskResult",
+    "WorkerCore",
+    "WorkerInfo",
+]
+
+DEFAULT_TASK_TIMEOUT = 60.0  # a task held this long by one worker is given to another
+DEFAULT_MAX_ATTEMPTS = 3  # losses (worker gone, timed out) before a task fails
+DEFAULT_WORKER_EXPIRY = 5.0  # a worker unheard this long is gone (it sends READY every second)
+DEFAULT_MAX_PENDING = 100_000  # tasks queued, running or done-but-not-taken, before BusyError
+MAX_CREDIT = 1000  # a worker claiming more free slots than this gets this many
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How one task ended: its value, or the error (``RemoteError`` from the handler,
+    ``BrokenError`` when every worker that took it was lost)."""
+
+    task_id: int
+    value: Any = None
+    error: ZmqkitError | None = None
+    worker: uuid_module.UUID | None = None  # the node that ran it, when its routing id says
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def unwrap(self) -> Any:
+        """The value, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Dispatch(NamedTuple):
+    """Send task ``task_id`` (``frame``) to ``worker``."""
+
+    worker: bytes
+    task_id: int
+    number: int
+    frame: wire.TaskFrame
+
+
+class Cancel(NamedTuple):
+    """Tell ``worker`` that ``task_id`` is finished elsewhere: drop it if not started."""
+
+    worker: bytes
+    task_id: int
+
+
+class WorkerInfo(NamedTuple):
+    """A worker as the submitter sees it."""
+
+    node: uuid_module.UUID | None
+    in_flight: int
+    completed: int
+    available: int
+
+
+@dataclass(slots=True)
+class _Task:
+    task_id: int
+    frame: wire.TaskFrame
+    failures: int = 0
+    worker: bytes | None = None  # the worker it is assigned to now
+    dispatch: int = 0  # the number of its latest dispatch
+
+
+@dataclass(slots=True)
+class _Worker:
+    key: bytes  # its routing id
+    node: uuid_module.UUID | None
+    last_heard: float
+    free: int = 0
+    acknowledged: int = 0  # the highest dispatch number it said it received
+    assigned: dict[int, int] = field(default_factory=dict)  # task id -> dispatch number
+    in_transit: int = 0  # assigned with a dispatch number above ``acknowledged``
+    seen: bool = False  # discovery has listed its node (only then can discovery lose it)
+    cancelled: set[int] = field(default_factory=set)  # CANCELs sent, not yet out of ``held``
+    last_used: int = 0
+    completed: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.free - self.in_transit
+
+
+class SubmitterCore:
+    """The ventilator's state. Not thread-safe: the fronts hold a lock or stay on one loop."""
+
+    def __init__(
+        self,
+        *,
+        task_timeout: float = DEFAULT_TASK_TIMEOUT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        worker_expiry: float = DEFAULT_WORKER_EXPIRY,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        for option, value in (("task_timeout", task_timeout), ("worker_expiry", worker_expiry)):
+            if not isinstance(value, (int, float)) or not 0 < value < 1e7:
+                raise ConfigError(f"{option} is a finite number of seconds > 0, not {value!r}")
+        for option, count in (("max_attempts", max_attempts), ("max_pending", max_pending)):
+            if type(count) is not int or count < 1:
+                raise ConfigError(f"{option} is an integer >= 1, not {count!r}")
+        self.task_timeout = float(task_timeout)
+        self.max_attempts = max_attempts
+        self.worker_expiry = float(worker_expiry)
+        self.max_pending = max_pending
+        self.stats: Counter[str] = Counter()
+        self.results_version = 0  # grows with every result: the fronts' "wake the waiters"
+        self._tasks: dict[int, _Task] = {}  # queued or in flight
+        self._queue: deque[int] = deque()  # ids waiting for a worker (stale ids are skipped)
+        self._workers: dict[bytes, _Worker] = {}
+        self._results: dict[int, TaskResult] = {}  # done, not yet taken
+        self._finished: deque[int] = deque()  # ids in the order they finished (stale: skipped)
+        self._timeouts: list[tuple[float, int, int]] = []  # heap of (at, dispatch, task id)
+        self._cancels: list[Cancel] = []
+        self._next_id = 1
+        self._dispatches = 0
+        self._turn = 0
+        self._done_below = 1  # every id below this is done ...
+        self._done_above: set[int] = set()  # ... and so are these
+
+    # -- the user's side -----------------------------------------------------------------------
+
+    def submit(self, payload: Any) -> int:
+        """Queue a task; return its id (1, 2, ...).
+
+        Raises:
+            EncodeError: the payload cannot travel.
+            BusyError: ``max_pending`` tasks are queued, running or waiting to be taken.
+        """
+        if len(self._tasks) + len(self._results) >= self.max_pending:
+            raise BusyError(f"{self.max_pending} tasks are pending or not taken; take some results")
+        task_id = self._next_id
+        frame = wire.TaskFrame(task_id, payload)
+        self._next_id += 1
+        self._tasks[task_id] = _Task(task_id, frame)
+        self._queue.append(task_id)
+        self.stats["submitted"] += 1
+        return task_id
+
+    def take(self, task_id: int) -> TaskResult | None:
+        """The result of ``task_id`` (handed out once), or None while it is not done.
+
+        Raises:
+            ConfigError: no such task, or its result was taken already.
+        """
+        result = self._results.pop(task_id, None)
+        if result is None and task_id not in self._tasks:
+            raise ConfigError(f"task {task_id!r} is unknown or its result was taken already")
+        return result
+
+    def take_next(self) -> TaskResult | None:
+        """The oldest result not taken yet, or None."""
+        while self._finished:
+            result = self._results.pop(self._finished.popleft(), None)
+            if result is not None:
+                return result
+        return None
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks not done yet (queued or in flight)."""
+        return len(self._tasks)
+
+    @property
+    def untaken(self) -> int:
+        """Tasks done whose results have not been taken."""
+        return len(self._results)
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for task_id in self._queue if self._waiting(task_id))
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo(w.node, len(w.assigned), w.completed, max(0, w.available))
+                for w in self._workers.values()]
+
+    # -- the workers' side ---------------------------------------------------------------------
+
+    def ready(self, key: bytes, free: int, last_dispatch: int, held: Iterable[int],
+              now: float) -> None:
+        """A worker's full statement: reclaim what it lost, cancel what finished elsewhere."""
+        worker = self._worker(key, now)
+        acknowledged = max(last_dispatch, worker.acknowledged)
+        held_ids = set(held)
+        for task_id, number in list(worker.assigned.items()):
+            if number <= acknowledged and task_id not in held_ids:
+                self._reclaim(worker, task_id, "lost")  # it arrived, then vanished without a result
+        worker.acknowledged = acknowledged
+        worker.free = min(free, MAX_CREDIT)
+        worker.in_transit = sum(1 for number in worker.assigned.values() if number > acknowledged)
+        worker.cancelled &= held_ids
+        for task_id in held_ids - worker.cancelled:
+            if self._is_done(task_id):
+                worker.cancelled.add(task_id)
+                self._cancels.append(Cancel(key, task_id))
+
+    def leave(self, key: bytes) -> None:
+        """A worker stopped cleanly: what it held goes to others, and does not count as a loss."""
+        worker = self._workers.get(key)
+        if worker is not None:
+            self._forget(worker, "left", failure=False)
+
+    def complete(self, key: bytes, task_id: int, value: Any, error: ZmqkitError | None,
+                 now: float) -> bool:
+        """A result; True if it is the first for its task (kept), False if not (counted)."""
+        worker = self._workers.get(key)
+        if worker is not None:
+            worker.last_heard = now
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            self.stats["duplicates" if self._is_done(task_id) else "stray"] += 1
+            return False
+        if task.worker is not None:
+            owner = self._workers.get(task.worker)
+            if owner is not None:
+                self._unassign(owner, task_id)
+            if task.worker != key:  # it was given to another worker since: that one may skip it
+                self._cancels.append(Cancel(task.worker, task_id))
+        if worker is not None:
+            worker.completed += 1
+        self._finish(TaskResult(task_id, value, error, wire.worker_node(key)))
+        return True
+
+    def discovered(self, present: set[uuid_module.UUID]) -> None:
+        """The node UUIDs discovery lists now: a worker whose node was listed and is not is lost."""
+        for worker in list(self._workers.values()):
+            if worker.node is None:
+                continue
+            if worker.node in present:
+                worker.seen = True
+            elif worker.seen:
+                self._forget(worker, "worker-lost", failure=True)
+
+    def expire(self, now: float) -> None:
+        """Reclaim tasks held past ``task_timeout`` and forget workers silent past ``worker_expiry``."""
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            _, number, task_id = heapq.heappop(timeouts)
+            task = self._tasks.get(task_id)
+            if task is not None and task.dispatch == number and task.worker is not None:
+                self._reclaim(self._workers[task.worker], task_id, "timed-out")
+        for worker in list(self._workers.values()):
+            if now - worker.last_heard > self.worker_expiry:
+                self._forget(worker, "worker-silent", failure=True)
+
+    def outgoing(self, now: float) -> list[Dispatch | Cancel]:
+        """What to send now: the cancels owed, then as many tasks as the workers' credit allows."""
+        out: list[Dispatch | Cancel] = list(self._cancels)
+        self._cancels.clear()
+        queue = self._queue
+        while queue:
+            worker = self._pick()
+            if worker is None:
+                break
+            task_id = queue.popleft()
+            task = self._tasks.get(task_id)
+            if task is None or task.worker is not None:
+                continue  # finished while it waited (a late result from its first worker)
+            self._dispatches += 1
+            self._turn += 1
+            number = task.dispatch = self._dispatches
+            task.worker = worker.key
+            worker.assigned[task_id] = number
+            worker.in_transit += 1
+            worker.last_used = self._turn
+            heapq.heappush(self._timeouts, (now + self.task_timeout, number, task_id))
+            out.append(Dispatch(worker.key, task_id, number, task.frame))
+        if len(self._timeouts) > 4 * len(self._tasks) + 10_000:
+            self._prune_timeouts()
+        return out
+
+    # -- bytes in, bytes out -------------------------------------------------------------------
+
+    def take_frame(self, key: bytes, frame: bytes, now: float) -> bytes | None:
+        """Take one frame from worker ``key``; return the answer it needs, if any.
+
+        Bad input is dropped and counted (``dropped-malformed``), never raised.
+        """
+        try:
+            message = wire.read_from_worker(frame)
+        except ProtocolError:
+            self.stats["dropped-malformed"] += 1
+            return None
+        if isinstance(message, wire.Result):
+            self.complete(key, message.task_id, message.value, message.error, now)
+        elif isinstance(message, wire.Ready):
+            self.ready(key, message.free, message.last_dispatch, message.held, now)
+        elif isinstance(message, wire.Leave):
+            self.leave(key)
+        else:
+            self.stats["dropped-stranger"] += 1
+            return codec.encode_error(message.call_id, "zmqkit.MethodNotFound",
+                                      f"this is a task farm; {message.method!r} is not served here")
+        return None
+
+    def frames_out(self, now: float) -> list[tuple[bytes, bytes]]:
+        """``outgoing`` as (routing id, frame) pairs."""
+        return [
+            (item.worker, item.frame.encode(item.number)) if isinstance(item, Dispatch)
+            else (item.worker, codec.encode_cancel(item.task_id))
+            for item in self.outgoing(now)
+        ]
+
+    # -- the parts -----------------------------------------------------------------------------
+
+    def _worker(self, key: bytes, now: float) -> _Worker:
+        worker = self._workers.get(key)
+        if worker is None:
+            worker = self._workers[key] = _Worker(key, wire.worker_node(key), now)
+            self.stats["workers-joined"] += 1
+        worker.last_heard = now
+        return worker
+
+    def _pick(self) -> _Worker | None:
+        """The worker with the most credit left; the least recently used among equals."""
+        best: _Worker | None = None
+        for worker in self._workers.values():
+            if worker.available > 0 and (
+                best is None or (worker.available, -worker.last_used) > (best.available, -best.last_used)
+            ):
+                best = worker
+        return best
+
+    def _waiting(self, task_id: int) -> bool:
+        task = self._tasks.get(task_id)
+        return task is not None and task.worker is None
+
+    def _unassign(self, worker: _Worker, task_id: int) -> None:
+        number = worker.assigned.pop(task_id, None)
+        if number is not None and number > worker.acknowledged:
+            worker.in_transit -= 1
+
+    def _reclaim(self, worker: _Worker, task_id: int, reason: str, failure: bool = True) -> None:
+        """Take ``task_id`` back from ``worker``: to the front of the queue, or failed for good."""
+        self._unassign(worker, task_id)
+        task = self._tasks.get(task_id)
+        if task is None or task.worker != worker.key:
+            return
+        task.worker = None
+        self.stats[reason] += 1
+        task.failures += failure
+        if task.failures >= self.max_attempts:
+            del self._tasks[task_id]
+            self.stats["given-up"] += 1
+            self._finish(TaskResult(task_id, error=BrokenError(
+                f"task {task_id} was lost by {task.failures} workers (left, silent or timed out); "
+                "given up")))
+        else:
+            self.stats["reassigned"] += 1
+            self._queue.appendleft(task_id)
+
+    def _forget(self, worker: _Worker, reason: str, *, failure: bool) -> None:
+        del self._workers[worker.key]
+        self.stats[reason] += 1
+        for task_id in list(worker.assigned):
+            self._reclaim(worker, task_id, "reclaimed", failure)
+
+    def _finish(self, result: TaskResult) -> None:
+        task_id = result.task_id
+        self._results[task_id] = result
+        self._finished.append(task_id)
+        if len(self._finished) > 2 * len(self._results) + 10_000:  # results taken by id
+            self._finished = deque(i for i in self._finished if i in self._results)
+        self._done_above.add(task_id)
+        while self._done_below in self._done_above:
+            self._done_above.discard(self._done_below)
+            self._done_below += 1
+        self.results_version += 1
+        self.stats["completed"] += 1
+
+    def _is_done(self, task_id: int) -> bool:
+        return task_id < self._done_below or task_id in self._done_above
+
+    def _prune_timeouts(self) -> None:
+        tasks = self._tasks
+        self._timeouts = [entry for entry in self._timeouts
+                          if (task := tasks.get(entry[2])) is not None and task.dispatch == entry[1]]
+        heapq.heapify(self._timeouts)
+
+
+class WorkerCore:
+    """A worker's ledger: the tasks it holds from each submitter, and the READY it owes each.
+
+    ``capacity`` is the number of tasks it takes at once (slots plus prefetch). Submitters are
+    any hashable keys. With several submitters, each is offered the same free slots, so the
+    worker may briefly hold more than ``capacity``; it refuses beyond ``capacity`` per submitter
+    (the submitter sees those as lost and gives them to others).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if type(capacity) is not int or capacity < 1:
+            raise ConfigError(f"capacity is an integer >= 1, not {capacity!r}")
+        self.capacity = capacity
+        self.stats: Counter[str] = Counter()
+        self._held: dict[Hashable, dict[int, None]] = {}  # submitter -> task ids, in arrival order
+        self._last_dispatch: dict[Hashable, int] = {}
+        self._total = 0
+
+    @property
+    def held(self) -> int:
+        return self._total
+
+    def connect(self, submitter: Hashable) -> None:
+        self._held.setdefault(submitter, {})
+        self._last_dispatch.setdefault(submitter, 0)
+
+    def disconnect(self, submitter: Hashable) -> list[int]:
+        """Forget a submitter that left; return the task ids it had given (now orphans)."""
+        orphans = list(self._held.pop(submitter, ()))
+        self._last_dispatch.pop(submitter, None)
+        self._total -= len(orphans)
+        return orphans
+
+    def receive(self, submitter: Hashable, task_id: int, dispatch: int) -> bool:
+        """A task arrived; True if the worker takes it (not a copy it holds, not over capacity)."""
+        held = self._held.get(submitter)
+        if held is None:
+            self.stats["dropped-unknown-submitter"] += 1
+            return False
+        self._last_dispatch[submitter] = max(self._last_dispatch[submitter], dispatch)
+        if task_id in held:
+            self.stats["dropped-copy"] += 1
+            return False
+        if self._total >= self.capacity * len(self._held):
+            self.stats["dropped-over-capacity"] += 1
+            return False
+        held[task_id] = None
+        self._total += 1
+        return True
+
+    def finish(self, submitter: Hashable, task_id: int) -> bool:
+        """A task is answered or skipped; True if it was held (so its result is owed)."""
+        held = self._held.get(submitter)
+        if held is None or task_id not in held:
+            return False
+        del held[task_id]
+        self._total -= 1
+        return True
+
+    def ready(self, submitter: Hashable) -> tuple[int, int, list[int]]:
+        """(free, last_dispatch, held) for the READY owed to ``submitter``."""
+        return (max(0, self.capacity - self._total), self._last_dispatch.get(submitter, 0),
+                list(self._held.get(submitter, ())))
+
+    def ready_frame(self, submitter: Hashable, seq: int) -> bytes:
+        return wire.encode_ready(seq, *self.ready(submitter))
