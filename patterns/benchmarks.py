@@ -9,6 +9,7 @@ plain pyzmq lines with no zmqkit code on its path, so that the comparison can be
     rpc         REQ/REP, one call at a time                rpc.Client -> rpc.serve
     async-rpc   DEALER/ROUTER, 1000 calls in flight         rpc.AsyncClient.submit -> rpc.serve
     pubsub      PUB/SUB, one frame per message + prefix    pubsub.Publisher -> pubsub.Subscriber
+    pubsub-batched  the same raw side                      Publisher(batch=True) -> Subscriber
     large       PUB/SUB, 1 MiB binary payloads, no copy    pubsub.Publisher -> pubsub.Subscriber
     discovery   (no raw side: the targets are the scale)   20 nodes to a full mesh; idle CPU/node
 """
@@ -237,9 +238,10 @@ def raw_subscriber(conn: Connection, count: int) -> tuple[float, int]:
     return (received - 1) / elapsed if received > 1 else 0.0, count - received
 
 
-def zmqkit_publisher(conn: Connection, beacon_port: int, count: int, big: bool) -> None:
+def zmqkit_publisher(conn: Connection, beacon_port: int, count: int, big: bool,
+                     batch: bool = False) -> None:
     with zmqkit.Node("bench-pub", port=beacon_port) as node:
-        publisher = pubsub.Publisher(node, options=DEEP_QUEUE)
+        publisher = pubsub.Publisher(node, options=DEEP_QUEUE, batch=batch)
         conn.send("ready")
         _expect(conn)
         if big:
@@ -324,7 +326,7 @@ def _async_round(sizes: Sizes, raw: bool) -> float:
         _finish(process, conn)
 
 
-def _pubsub_round(count: int, big: bool, raw: bool) -> tuple[float, int]:
+def _pubsub_round(count: int, big: bool, raw: bool, batch: bool = False) -> tuple[float, int]:
     if raw:
         process, conn = _spawn(raw_publisher, count, big)
         try:
@@ -332,7 +334,7 @@ def _pubsub_round(count: int, big: bool, raw: bool) -> tuple[float, int]:
         finally:
             _finish(process, conn)
     port = _free_port()
-    process, conn = _spawn(zmqkit_publisher, port, count, big)
+    process, conn = _spawn(zmqkit_publisher, port, count, big, batch)
     try:
         return zmqkit_subscriber(conn, port, count)
     finally:
@@ -378,7 +380,7 @@ def idle_node(conn: Connection, beacon_port: int, seconds: float) -> None:
     _expect(conn)
 
 
-WORKLOADS = ("rpc", "async-rpc", "pubsub", "large", "discovery")
+WORKLOADS = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery")
 
 
 def run(workloads: list[str], *, rounds: int = 3, quick: bool = False,
@@ -408,14 +410,15 @@ def run(workloads: list[str], *, rounds: int = 3, quick: bool = False,
                 else:
                     big = workload == "large"
                     count = sizes.big_messages if big else sizes.messages
-                    figure, missing = _pubsub_round(count, big, raw)
+                    figure, missing = _pubsub_round(count, big, raw, workload == "pubsub-batched")
                     lost[raw] += missing
                     if big:
                         figure = figure * BIG / (1 << 20)
                 (raw_figures if raw else our_figures).append(figure)
         raw_median, our_median = statistics.median(raw_figures), statistics.median(our_figures)
-        unit = {"rpc": "calls/s", "async-rpc": "calls/s", "pubsub": "msg/s", "large": "MiB/s"}[workload]
-        note = f"lost raw {lost[1]}, zmqkit {lost[0]}" if workload in ("pubsub", "large") else ""
+        unit = {"rpc": "calls/s", "async-rpc": "calls/s", "pubsub": "msg/s", "pubsub-batched": "msg/s",
+                "large": "MiB/s"}[workload]
+        note = f"lost raw {lost[1]}, zmqkit {lost[0]}" if workload not in ("rpc", "async-rpc") else ""
         results.append(Result(workload, raw_median, our_median,
                               our_median / raw_median if raw_median else 0.0, unit, note))
     return results

@@ -95,6 +95,7 @@ READER_WAIT = 60.0  # an async reader waits this long per look; it is cancelled 
 CLIENT_OPTIONS = SocketOptions(immediate=True)  # a request never queues for a replica not connected
 
 Order = Callable[[Peer], Any]
+UUID = uuid_module.UUID
 
 
 def by_uuid(peer: Peer) -> bytes:
@@ -322,14 +323,16 @@ class FailoverCore:
         self.stats["answered"] += 1
         return call
 
-    def sync(self, peers: Iterable[Peer], now: float) -> tuple[list[Replica], list[Replica], list[Call]]:
+    def sync(self, peers: Iterable[Peer],
+             now: float) -> tuple[list[Replica], list[Replica], list[Call]]:
         """Take discovery's view of the replicas; return (added, removed, calls it changed)."""
         added, removed = self.replicas.sync(peers)
         gone = {replica.uuid for replica in removed}
         changed = []
         for call in list(self.calls.values()):
-            if call.phase is Phase.IN_FLIGHT and call.replica is not None and call.replica.uuid in gone:
-                self._lost(call, now, "left the network")
+            replica = call.replica
+            if call.phase is Phase.IN_FLIGHT and replica is not None and replica.uuid in gone:
+                self._lost(call, now, "left the network", gone=True)
                 changed.append(call)
         return added, removed, changed
 
@@ -341,7 +344,7 @@ class FailoverCore:
             self._finish(call, error=self._timeout(call, now))
             return True
         if call.phase is Phase.IN_FLIGHT and now >= call.attempt_deadline:
-            self._lost(call, now, f"was silent for {self.attempt_timeout:g} s")
+            self._lost(call, now, f"was silent for {self.attempt_timeout:g} s", gone=False)
             return True
         return False
 
@@ -361,21 +364,31 @@ class FailoverCore:
 
     # -- the parts -----------------------------------------------------------------------------
 
-    def _lost(self, call: Call, now: float, what: str) -> None:
-        """The replica a call was sent to failed before answering: retry or end the call."""
+    def _lost(self, call: Call, now: float, what: str, *, gone: bool) -> None:
+        """The replica a call waits on left (``gone``) or stayed silent past ``attempt_timeout``:
+        send the call on, wait for another replica that has it, or end it."""
         replica = call.replica
         assert replica is not None
-        self.replicas.fail(replica, now)
         call.attempt_deadline = math.inf
-        if call.idempotent:  # may_retry(sent=True): it may have run, but running twice is fine
-            call.phase = Phase.ROUTING
+        if not call.idempotent:  # may_retry(sent=True) is False: it may have run already
+            self.replicas.fail(replica, now)
+            self._finish(call, error=BrokenError(
+                f"{self.name}.{call.method}() was sent to {replica}, which {what} before "
+                "answering: it may or may not have run, and it was not sent again because the "
+                "call is not marked idempotent"))
+            return
+        present = self.replicas.replicas.values()
+        untried = [r for r in present if r.uuid not in call.sent_to and r.uuid not in call.tried]
+        also_asked = [r for r in present if r.uuid in call.sent_to and r is not replica]
+        if not gone and not untried:
+            return  # silent, but no replica is left that has not got it: keep waiting for them
+        self.replicas.fail(replica, now)
+        if untried or not also_asked:
+            call.phase = Phase.ROUTING  # to the next replica (an answer from this one still counts)
             call.replica = None
             self.stats["retried"] += 1
-            return
-        self._finish(call, error=BrokenError(
-            f"{self.name}.{call.method}() was sent to {replica}, which {what} before answering: "
-            "it may or may not have run, and it was not sent again because the call is not "
-            "marked idempotent"))
+        else:
+            call.replica = also_asked[0]  # another replica has the request already: wait for it
 
     def _timeout(self, call: Call, now: float) -> ZmqkitError:
         budget = f"{call.deadline - call.started:g} s"
@@ -428,7 +441,7 @@ class _Connections:
     def stale(self) -> bool:
         return self.version != self.node.peers_version
 
-    def refresh(self, now: float) -> tuple[list[uuid_module.UUID], list[uuid_module.UUID], list[Call]]:
+    def refresh(self, now: float) -> tuple[list[UUID], list[UUID], list[Call]]:
         """Sync sockets and core with discovery; return (added, removed, calls changed)."""
         version = self.node.peers_version  # first: then the list is at least this new
         peers = self.node.peers(self.core.name, role="rpc")
@@ -554,7 +567,8 @@ class FailoverClient:
         self._check_usable()
         core = self._core
         call = core.begin(method, args, kwargs or {}, idempotent=idempotent,
-                          timeout=self.timeout if timeout is None else timeout, now=time.monotonic())
+                          timeout=self.timeout if timeout is None else timeout,
+                          now=time.monotonic())
         try:
             while call.phase is not Phase.DONE:
                 if self._connections.stale():
@@ -715,7 +729,8 @@ class AsyncFailoverClient:
         self._bind_loop()
         core = self._core
         call = core.begin(method, args, kwargs or {}, idempotent=idempotent,
-                          timeout=self.timeout if timeout is None else timeout, now=time.monotonic())
+                          timeout=self.timeout if timeout is None else timeout,
+                          now=time.monotonic())
         try:
             while call.phase is not Phase.DONE:  # close() ends every call with ClosedError
                 if self._connections.stale():

@@ -337,7 +337,7 @@ class StateCore:
         """Writers whose held messages wait for a gap: writer -> first missing sequence number."""
         return {writer: self.applied.get(writer, 0) + 1 for writer, _, _ in self.held}
 
-    def skip_gap(self, writer: bytes, wall: int) -> list[Changes]:  # type: ignore[name-defined]
+    def skip_gap(self, writer: bytes, wall: int) -> list[Change]:
         """Give up waiting for ``writer``'s missing writes (nobody has them: its node died before
         they reached anyone); apply what is held after them. Counted in ``stats["lost"]``."""
         firsts = [first for held_writer, first, _ in self.held if held_writer == writer]
@@ -666,6 +666,7 @@ class State:
         self._outbox_seq = 0
         self._pending: list[Change] = []
         self._listeners: list[Callable[[list[Change]], None]] = []
+        self._watchers: list[Callable[[], None]] = []  # woken after anything happened, or on close
         self._stats: Counter[str] = Counter()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_writer.setblocking(False)
@@ -728,6 +729,8 @@ class State:
             self._changed.notify_all()
         for listener in list(self._listeners):
             listener([])  # wakes iterators so that they see the replica is closed
+        for watcher in list(self._watchers):
+            watcher()
 
     def __enter__(self) -> State:
         return self.start()
@@ -866,12 +869,12 @@ class State:
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 
-        def listener(_: list[Change]) -> None:
+        def watcher() -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(changed.set)
 
         deadline = Deadline.after(timeout)
-        self._listeners.append(listener)
+        self._watchers.append(watcher)
         try:
             while True:
                 with self._lock:
@@ -884,7 +887,7 @@ class State:
                     raise Timeout(failure) from None
                 changed.clear()
         finally:
-            self._listeners.remove(listener)
+            self._watchers.remove(watcher)
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -1002,6 +1005,7 @@ class _Engine:
         self.peers_version = -1
         self.next_digest = 0.0
         self.dealer: Socket | None = None
+        self.synced_seen = False
         self.call_id = 0
         self.call_ids = itertools.count(1)
         self.poller = zmq.Poller()
@@ -1269,8 +1273,13 @@ class _Engine:
         state = self.state
         with state._lock:
             changes, state._pending = state._pending, []
-            if changes:
+            synced_now = self.core.synced and not self.synced_seen
+            self.synced_seen = self.core.synced
+            if changes or synced_now:
                 state._changed.notify_all()
         if changes:
             for listener in list(state._listeners):
                 listener(changes)
+        if changes or synced_now:
+            for watcher in list(state._watchers):
+                watcher()

@@ -234,7 +234,8 @@ class SurveyState:
             # the server could not read a request (protocol.md 6.3): this node has exactly one
             # call of ours outstanding on that connection, so it is that call's answer
             target = self.targets.get(node_uuid)
-        if target is None or target.responder.uuid != node_uuid or target.status is not Status.ASKED:
+        if target is None or target.responder.uuid != node_uuid \
+                or target.status is not Status.ASKED:
             self.stats["dropped-stale"] += 1
             return False
         if kind == Kind.REPLY:
@@ -326,7 +327,7 @@ class _Connections:
         self.name = name
         self.version = -1
         self.sockets: dict[uuid_module.UUID, tuple[str, Socket]] = {}
-        self.refusals: dict[uuid_module.UUID, tuple[Responder, ZmqkitError]] = {}
+        self.refusals: dict[uuid_module.UUID, ZmqkitError] = {}  # peers we may not talk to
         self._make = make
 
     def refresh(self, state: SurveyState) -> tuple[list[uuid_module.UUID], list[uuid_module.UUID]]:
@@ -348,29 +349,24 @@ class _Connections:
         added = []
         for peer in peers:
             responder = Responder(peer.name, peer.uuid)
+            if peer.uuid not in self.sockets and peer.uuid not in self.refusals:
+                self._connect(peer)
             if peer.uuid in self.refusals:
-                state.refused(responder, self.refusals[peer.uuid][1])
-                continue
-            if peer.uuid not in self.sockets:
-                sock = self._connect(peer)
-                if sock is None:
-                    state.refused(responder, self.refusals[peer.uuid][1])
-                    continue
-                self.sockets[peer.uuid] = (peer.endpoints["rpc"], sock)
-            if state.add(responder):
+                state.refused(responder, self.refusals[peer.uuid])
+            elif state.add(responder):
                 added.append(peer.uuid)
         return added, removed
 
-    def _connect(self, peer: Peer) -> Socket | None:
+    def _connect(self, peer: Peer) -> None:
         sock = self._make()
         try:
             self.node.secure_client(sock, peer)
             sock.connect(peer.endpoints["rpc"])
         except ZmqkitError as exc:  # refused by security, or an endpoint we cannot use
             sock.close()
-            self.refusals[peer.uuid] = (Responder(peer.name, peer.uuid), exc)
-            return None
-        return sock
+            self.refusals[peer.uuid] = exc
+            return
+        self.sockets[peer.uuid] = (peer.endpoints["rpc"], sock)
 
     def close(self) -> None:
         for _, sock in self.sockets.values():
@@ -396,7 +392,8 @@ class Surveyor:
         self.name = name
         self.timeout = timeout
         self.stats: Counter[str] = Counter()
-        self._connections = _Connections(node, name, lambda: Socket(zmq.DEALER, options=SURVEY_OPTIONS))
+        self._connections = _Connections(
+            node, name, lambda: Socket(zmq.DEALER, options=SURVEY_OPTIONS))
         self._ids = itertools.count(1)
         self._owner = threading.get_ident()
         self._closed = False
@@ -573,7 +570,8 @@ class AsyncSurveyor:
                     if node_uuid not in askers:
                         sock = connections.sockets[node_uuid][1]
                         assert isinstance(sock, AsyncSocket)
-                        askers[node_uuid] = asyncio.ensure_future(self._ask_one(state, node_uuid, sock))
+                        asking = self._ask_one(state, node_uuid, sock)
+                        askers[node_uuid] = asyncio.ensure_future(asking)
                 if state.done(now := time.monotonic()):
                     break
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -84,7 +84,8 @@ def test_failover_core_order_is_stable_and_the_primary_is_sticky() -> None:
     assert send(core, call) == u(2)
     assert core.replicas.primary_uuid == u(2)
     core.sync([peer(1), peer(2), peer(3)], NOW)  # one that sorts first arrives: no flapping
-    assert core.route(core.begin("get", [], {}, idempotent=False, timeout=5, now=NOW), NOW).replica.uuid == u(2)
+    later = core.begin("get", [], {}, idempotent=False, timeout=5, now=NOW)
+    assert send(core, later) == u(2)
     core.replicas.fail(core.replicas.replicas[u(2)], NOW)  # the primary fails: next in order
     assert core.replicas.primary(NOW).uuid == u(1)
     core.replicas.fail(core.replicas.replicas[u(1)], NOW + 1)
@@ -145,6 +146,21 @@ def test_failover_core_deadlines_and_their_messages() -> None:
         lonely.outcome()
 
 
+def test_failover_core_silence_never_sends_a_call_twice_to_one_replica() -> None:
+    core = core_with(1, 2, attempt_timeout=0.5)
+    call = core.begin("slow", [], {}, idempotent=True, timeout=10, now=NOW)
+    assert send(core, call) == u(1)
+    core.expire(call, NOW + 0.5)
+    assert call.phase is Phase.ROUTING and send(core, call, NOW + 0.5) == u(2)
+    core.expire(call, NOW + 1.0)  # silent too, but both have it now: wait, no third send
+    assert call.phase is Phase.IN_FLIGHT and core.wake_at(call) == NOW + 10
+    assert core.stats["sent"] == 2 and core.replicas.primary_uuid == u(2)
+    core.sync([peer(1)], NOW + 1.5)  # the one it waits on leaves; the other has it: wait for it
+    assert call.phase is Phase.IN_FLIGHT and call.replica is not None and call.replica.uuid == u(1)
+    assert core.receive(u(1), reply(call, "done")) is call and call.outcome() == "done"
+    assert core.stats["sent"] == 2 and core.stats["retried"] == 1
+
+
 def test_failover_core_matches_answers_and_drops_the_rest() -> None:
     core = core_with(1, 2)
     call = core.begin("count", [3], {}, idempotent=False, timeout=5, now=NOW)
@@ -190,7 +206,7 @@ def test_failover_core_penalty_wears_off() -> None:
     assert core.replicas.primary(NOW + FAILURE_PENALTY + 0.1).uuid == u(1)
 
 
-# -- real replicas ----------------------------------------------------------------------------------
+# -- real replicas --------------------------------------------------------------------------------
 
 
 REPLICA_SCRIPT = r"""
@@ -329,8 +345,8 @@ def test_failover_kill_the_primary_mid_stream_no_call_hangs_or_is_lost(
         assert len(results) + len(errors) == total  # none silently lost
         assert killed_at < total - 10, "the kill came too late to test anything"
         assert not [e for e in errors if e[1]], f"an idempotent call failed: {errors}"
-        for _, _, error in errors:  # only a call in flight at the kill, and it says so
-            assert MAY_NOT_HAVE_RUN.search(str(error)), error
+        for _, _, failure in errors:  # only a call in flight at the kill, and it says so
+            assert MAY_NOT_HAVE_RUN.search(str(failure)), failure
         assert len(errors) <= 2
         before = {replica for tag, _, replica in results if tag < 5}
         after_kill = [replica for tag, _, replica in results if tag > killed_at + 1]

@@ -155,7 +155,7 @@ def test_survey_core_survives_any_bytes(frame: bytes) -> None:
     assert settled == state.settled(who(1).uuid)
 
 
-# -- real nodes -------------------------------------------------------------------------------------
+# -- real nodes -----------------------------------------------------------------------------------
 
 
 class Sensor:
@@ -197,7 +197,7 @@ def wait_serving(node: Node, name: str | None, count: int, timeout: float = 10.0
 
 def sensors(make_node: MakeNode, values: list[Any], name: str = "sensor") -> list[Node]:
     nodes = [make_node(name) for _ in values]
-    for node, value in zip(nodes, values):
+    for node, value in zip(nodes, values, strict=True):
         rpc.serve(node, Sensor(value))
     return nodes
 

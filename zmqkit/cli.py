@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure each pattern against raw pyzmq")
     bench.add_argument("workload", nargs="?", default="all",
-                       choices=["rpc", "async-rpc", "pubsub", "large", "discovery", "all"])
+                       choices=["rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery",
+                                "all"])
     bench.add_argument("--json", action="store_true", help="print a JSON list of results")
     bench.add_argument("--quick", action="store_true", help="tiny counts: checks that it works")
     bench.add_argument("--rounds", type=int, default=3, metavar="R",

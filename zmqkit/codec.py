@@ -57,6 +57,8 @@ __all__ = [
     "encode_error",
     "encode_publish",
     "encode_publish_batch",
+    "encode_publish_batch_from",
+    "encode_publish_from",
     "encode_reply",
     "encode_request",
     "encode_stream_end",
@@ -231,6 +233,31 @@ def encode_publish_batch(topic: str, sender: bytes, first_seq: int, items: list[
     return dumps([VERSION, 8, topic, sender, first_seq, items])
 
 
+def encode_publish_from(topic: str, sender: bytes, seq: int, encoded_data: bytes) -> bytes:
+    """A PUBLISH whose data is CBOR-encoded already: the same bytes as ``encode_publish``."""
+    return b"".join((publish_prefixes(topic)[0], dumps(sender), dumps(seq), encoded_data))
+
+
+def encode_publish_batch_from(
+    topic: str, sender: bytes, first_seq: int, encoded_items: list[bytes]
+) -> bytes:
+    """A PUBLISH_BATCH built from items CBOR-encoded already (by ``dumps``), without decoding
+    them again: the bytes are the same as ``encode_publish_batch`` would give."""
+    count = len(encoded_items)
+    if count < 24:
+        array_head = bytes([0x80 + count])
+    elif count < 256:
+        array_head = bytes([0x98, count])
+    elif count < 65536:
+        array_head = b"\x99" + count.to_bytes(2, "big")
+    else:
+        array_head = b"\x9a" + count.to_bytes(4, "big")
+    return b"".join((
+        publish_prefixes(topic)[1], dumps(sender), dumps(first_seq), array_head, *encoded_items
+    ))
+
+
+@functools.lru_cache(maxsize=4096)
 def publish_prefixes(topic: str) -> tuple[bytes, bytes]:
     """The byte prefixes that start every PUBLISH and PUBLISH_BATCH frame on ``topic``.
 

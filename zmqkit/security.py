@@ -103,13 +103,20 @@ class Keypair:
             ConfigError: a file is already there, or cannot be written.
         """
         public_path, secret_path = _with_suffix(path, ".pub"), _with_suffix(path, ".secret")
+        written: list[Path] = []
         try:
+            # the public file first: if it is there already, nothing is written (a new secret
+            # beside an old public key would be a pair that does not match)
+            with open(public_path, "x") as public_file:
+                written.append(public_path)
+                public_file.write(self.public + "\n")
             descriptor = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written.append(secret_path)
             with os.fdopen(descriptor, "w") as secret_file:
                 secret_file.write(f"public {self.public}\nsecret {self.secret}\n")
-            with open(public_path, "x") as public_file:
-                public_file.write(self.public + "\n")
         except OSError as exc:
+            for done in written:  # all or nothing
+                done.unlink(missing_ok=True)
             raise ConfigError(f"cannot write the key files for {path}: {exc}") from exc
         return public_path, secret_path
 
@@ -171,6 +178,9 @@ class Security:
         raw.curve_secretkey = self.keypair.secret.encode()
         raw.curve_publickey = self.keypair.public.encode()
         raw.zap_domain = self.domain.encode()
+        # without this, libzmq admits every CURVE client while no ZAP handler is bound (its
+        # "encryption without authentication" legacy mode): fail closed instead
+        raw.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
     def secure_client(self, sock: Any, server_key: str | None, who: str) -> None:
         """Prepare ``sock`` to connect to a server presenting ``server_key`` (before connect).
@@ -211,6 +221,7 @@ class ZapHandler:
         self.stats: Counter[str] = Counter()
         self._refused_keys: set[str] = set()
         self._ready = threading.Event()
+        self._startup_error: zmq.ZMQError | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zmqkit-zap", daemon=True)
 
@@ -219,9 +230,14 @@ class ZapHandler:
         """Register ``domain``; the first registration starts the handler thread."""
         with cls._lock:
             if cls._instance is None:
-                cls._instance = ZapHandler(zmq.Context.instance())
-                cls._instance._thread.start()
-                cls._instance._ready.wait(5.0)
+                handler = ZapHandler(zmq.Context.instance())
+                handler._thread.start()
+                handler._ready.wait(5.0)
+                if handler._startup_error is not None or not handler._thread.is_alive():
+                    handler._stopping = True
+                    handler._thread.join(2.0)
+                    raise SecurityError(f"cannot start the ZAP handler: {handler._startup_error}")
+                cls._instance = handler
             cls._instance.rings[domain] = keyring
             return cls._instance
 
@@ -236,15 +252,23 @@ class ZapHandler:
             if handler.rings:
                 return
             cls._instance = None
-        handler._stopping = True
-        handler._thread.join(2.0)
+            # joined under the lock: a node starting now must not bind the ZAP endpoint while
+            # this handler still holds it (its bind would fail and leave no handler at all)
+            handler._stopping = True
+            handler._thread.join(2.0)
 
     def _run(self) -> None:
         sock = self.context.socket(zmq.REP)
         sock.linger = 0
         sock.rcvtimeo = 100
+        bound = False
         try:
-            sock.bind(ZAP_ENDPOINT)
+            try:
+                sock.bind(ZAP_ENDPOINT)
+                bound = True
+            except zmq.ZMQError as exc:  # handed to acquire(), which refuses to go on without us
+                self._startup_error = exc
+                return
             self._ready.set()
             while not self._stopping:
                 try:
@@ -254,6 +278,8 @@ class ZapHandler:
                 sock.send_multipart(self._answer(request))
         finally:
             self._ready.set()
+            if bound:  # at once: a closed socket gives its inproc name back only later
+                sock.unbind(ZAP_ENDPOINT)
             sock.close()
 
     def _answer(self, request: list[bytes]) -> list[bytes]:

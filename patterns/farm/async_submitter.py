@@ -138,7 +138,7 @@ class AsyncSubmitter:
         """
         self._check_usable()
         task_id = self._core.submit(payload)
-        self._send(self._core.frames_out(time.monotonic()), wake_reader=True)
+        self._send(self._core.frames_out(time.monotonic()), from_pump=False)
         return task_id
 
     async def result(self, task_id: int, timeout: float = DEFAULT_WAIT) -> Any:
@@ -195,26 +195,16 @@ class AsyncSubmitter:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), deadline.remaining())
 
-    def _send(self, frames: list[tuple[bytes, bytes]], *, wake_reader: bool = False) -> None:
+    def _send(self, frames: list[tuple[bytes, bytes]], *, from_pump: bool) -> None:
         assert self._sock is not None
-        raw = self._sock.raw
-        for key, frame in frames:
-            raw.send(key, _SNDMORE | _NOBLOCK)
-            raw.send(frame, _NOBLOCK)  # a ROUTER drops, never blocks, what it cannot send
-        if frames and wake_reader:
-            # a send may swallow the edge that tells the parked pump that frames arrived
-            self._sock.send_multipart([]) if False else self._nudge()
-
-    def _nudge(self) -> None:
-        """Let the pump look at the socket again (its wait first checks what is queued)."""
-        assert self._loop is not None
-        self._loop.call_soon(self._wake_pump)
-
-    def _wake_pump(self) -> None:
-        if self._pump_waiter is not None and not self._pump_waiter.done():
-            self._pump_waiter.cancel()
-
-    _pump_waiter: asyncio.Future[Any] | None = None
+        if from_pump:  # the pump looks at the socket again before it parks
+            raw = self._sock.raw
+            for key, frame in frames:
+                raw.send(key, _SNDMORE | _NOBLOCK)
+                raw.send(frame, _NOBLOCK)  # a ROUTER drops, never blocks, what it cannot send
+            return
+        for key, frame in frames:  # these sends wake the parked pump if they ate its signal
+            self._sock.send_multipart([key, frame])
 
     async def _pump(self) -> None:
         """Take frames, answer them, follow discovery and deadlines, send what is owed."""
@@ -242,7 +232,7 @@ class AsyncSubmitter:
                 self._seen_version = self.node.peers_version
                 core.discovered({peer.uuid for peer in self.node.peers()})
             core.expire(now)
-            self._send(outgoing + core.frames_out(now))
+            self._send(outgoing + core.frames_out(now), from_pump=True)
             if core.results_version != self._seen_results:
                 self._seen_results = core.results_version
                 self._changed.set()

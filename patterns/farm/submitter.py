@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -92,6 +92,7 @@ class Submitter:
         self._wake_writer.setblocking(False)
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"zmqkit-farm-submitter:{farm}",
                                         daemon=True)
 
@@ -119,6 +120,7 @@ class Submitter:
             raise ConfigError(f"{self.node!r} already submits to farm {self.farm!r}; share it")
         self.node.attach(self)  # first: a closed node refuses before a thread is started
         self._state = "running"
+        self._unsubscribe = self.node.on_event(lambda _: self._wake())  # react at once
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
             self.close()
@@ -134,6 +136,8 @@ class Submitter:
         if self.node.endpoints.get(self.role) == self.endpoint:
             self.node.withdraw(self.role)
         self._stopping = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self._wake()
         if started and self._thread.is_alive():
             self._thread.join(timeout)

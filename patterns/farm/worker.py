@@ -98,6 +98,7 @@ class Worker:
         self._stopping = False
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"zmqkit-farm-worker:{self.farm}",
                                         daemon=True)
         self._pool: list[threading.Thread] = []
@@ -140,6 +141,7 @@ class Worker:
                                         daemon=True)
                 slot.start()
                 self._pool.append(slot)
+        self._unsubscribe = self.node.on_event(lambda _: self._wake())  # react at once
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
             self.close()
@@ -156,6 +158,8 @@ class Worker:
             return
         started, self._state = self._state == "running", "closed"
         self._stopping = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self._wake()
         if started and self._thread.is_alive():
             self._thread.join(timeout)

@@ -1,0 +1,53 @@
+"""A load-balanced task farm with no broker: submitters queue tasks, workers pull them.
+
+    farm.serve_worker(worker_node, square, farm="squares", slots=2)     # on any number of nodes
+
+    with farm.Submitter(node, "squares") as squares:                     # blocking
+        task_id = squares.submit(7)
+        squares.result(task_id, timeout=5)                               # 49
+        for result in squares.as_completed(timeout=60): ...
+
+    async with farm.AsyncSubmitter(node, "squares") as squares:          # asyncio
+        await squares.result(squares.submit(7))
+
+A submitter advertises a ROUTER as role ``farm:NAME``; each worker of that farm connects to every
+such submitter and asks for work when it has a free slot (credit), so a slow worker gets less.
+Delivery is at least once: the tasks of a worker that leaves, expires or times out go to another
+worker; the first result per task is kept and later ones are counted as duplicates.
+
+- ``wire``             the farm's messages (docs/patterns/farm-protocol.md)
+- ``core``             the logic, written once: queue, credit, reassignment, duplicates (pure)
+- ``submitter``        ``Submitter``: a named thread owns the ROUTER
+- ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER
+- ``worker``           ``Worker`` and ``serve_worker``: slot threads or an asyncio loop
+- ``bench``            throughput with 1, 2 and 4 worker processes (``python -m patterns.farm.bench``)
+"""
+
+from __future__ import annotations
+
+from .async_submitter import AsyncSubmitter
+from .core import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_TASK_TIMEOUT,
+    DEFAULT_WORKER_EXPIRY,
+    TaskResult,
+    WorkerInfo,
+)
+from .submitter import DEFAULT_WAIT, Submitter
+from .worker import READY_INTERVAL, Worker, serve_worker
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_TASK_TIMEOUT",
+    "DEFAULT_WAIT",
+    "DEFAULT_WORKER_EXPIRY",
+    "READY_INTERVAL",
+    "AsyncSubmitter",
+    "Submitter",
+    "TaskResult",
+    "Worker",
+    "WorkerInfo",
+    "serve_worker",
+]
