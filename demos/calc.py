@@ -7,10 +7,18 @@ result and time taken): a live table on a terminal, timestamped lines otherwise.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
 from patterns import rpc
+from zmqkit import Node
+
+from .common import REFRESH, Clock, run_until
 
 Report = Callable[[str, tuple[Any, ...], str, float], None]
 
@@ -61,20 +69,11 @@ class Calculator:
 
 def run(node_options: dict[str, Any], *, name: str = "calc", duration: float | None = None) -> int:
     """Serve a calculator as ``name`` until ``duration`` seconds pass (None: until Ctrl-C)."""
-    from collections import deque
-
-    from rich.console import Console
-    from rich.live import Live
-    from rich.table import Table
-
-    from zmqkit import Node
-
     console = Console()
     recent: deque[tuple[str, str, str, str, str]] = deque(maxlen=15)
 
     def report(method: str, args: tuple[Any, ...], result: str, seconds: float) -> None:
-        row = (time.strftime("%H:%M:%S"), method, ", ".join(map(repr, args)), result,
-               f"{seconds * 1000:.2f} ms")
+        row = (Clock.now(), method, ", ".join(map(repr, args)), result, f"{seconds * 1000:.2f} ms")
         recent.append(row)
         if not console.is_terminal:
             console.print(" ".join(row), highlight=False)
@@ -91,16 +90,9 @@ def run(node_options: dict[str, Any], *, name: str = "calc", duration: float | N
         rpc.serve(node, Calculator(report))
         console.print(f"{name} serving at {node.endpoints['rpc']} (beacon port {node.port})",
                       highlight=False)
-        ends_at = time.monotonic() + duration if duration is not None else float("inf")
-        try:
-            if console.is_terminal:
-                with Live(table(), console=console, refresh_per_second=8) as live:
-                    while time.monotonic() < ends_at:
-                        time.sleep(0.125)
-                        live.update(table())
-            else:
-                while time.monotonic() < ends_at:
-                    time.sleep(min(0.1, max(0.0, ends_at - time.monotonic())))
-        except KeyboardInterrupt:
-            pass
+        if console.is_terminal:
+            with Live(table(), console=console, refresh_per_second=8) as live:
+                run_until(duration, lambda: time.sleep(REFRESH), every=lambda: live.update(table()))
+        else:
+            run_until(duration, lambda: time.sleep(0.05))
     return 0

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
 import itertools
 import math
 import threading
@@ -92,6 +93,7 @@ FAILURE_PENALTY = 5.0  # seconds a replica that failed is chosen only if every o
 CONNECT_WAIT = 0.25  # how long a request waits for a connection before it tries the next replica
 SLICE = 0.25  # while waiting, look at discovery at least this often
 READER_WAIT = 60.0  # an async reader waits this long per look; it is cancelled on close
+PRUNE_SLACK = 10_000  # wake-up times of ended calls kept before the heap is cleaned
 CLIENT_OPTIONS = SocketOptions(immediate=True)  # a request never queues for a replica not connected
 
 Order = Callable[[Peer], Any]
@@ -452,6 +454,8 @@ class _Connections:
         for node_uuid in removed:
             self.sockets.pop(node_uuid)[1].close()
         self.refused &= set(endpoints)
+        if not self.refused:
+            self.core.refusal = None  # the refused peers have gone: PeerNotFound says it best
         usable = []
         for peer in peers:
             if peer.uuid not in self.sockets and peer.uuid not in self.refused:
@@ -599,16 +603,14 @@ class FailoverClient:
             self._discovery.clear()
             return
         raw = self._connections.sockets[attempt.replica.uuid][1].raw
-        try:
-            raw.send(call.frame, zmq.NOBLOCK)
-            sent = True
-        except zmq.Again:  # no connection yet: give it a moment, then try the next replica
+        sent = _send_now(raw, call.frame)
+        if not sent:  # no connection yet: give it a moment, then try the next replica
             wait = min(CONNECT_WAIT, call.remaining(now))
-            sent = bool(raw.poll(math.ceil(wait * 1000), zmq.POLLOUT))
-            if sent:
-                raw.send(call.frame, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            raise translate_zmq_error(exc, "sending a request") from exc
+            try:
+                sent = bool(raw.poll(math.ceil(wait * 1000), zmq.POLLOUT))
+            except zmq.ZMQError as exc:
+                raise translate_zmq_error(exc, "waiting to send a request") from exc
+            sent = sent and _send_now(raw, call.frame)
         if sent:
             self._core.sent(attempt, time.monotonic())
         else:
@@ -643,6 +645,17 @@ class FailoverClient:
             self._core.receive(node_uuid, frame)
 
 
+def _send_now(raw: zmq.Socket[Any], frame: bytes) -> bool:
+    """Send without waiting; False when there is no connection to send on (or its queue is full)."""
+    try:
+        raw.send(frame, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    except zmq.ZMQError as exc:
+        raise translate_zmq_error(exc, "sending a request") from exc
+    return True
+
+
 # -- the asyncio client ---------------------------------------------------------------------------
 
 
@@ -664,6 +677,9 @@ class AsyncFailoverClient:
             node, self._core, lambda: AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS))
         self._readers: dict[uuid_module.UUID, asyncio.Task[None]] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}  # by call id
+        self._timers: list[tuple[float, int]] = []  # heap of (when, call id) to wake
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._discovery: asyncio.Event | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -697,6 +713,8 @@ class AsyncFailoverClient:
         for reader in self._readers.values():
             reader.cancel()
         self._readers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._connections.close()
         for call in list(self._core.calls.values()):
             self._core.abandon(call)
@@ -736,7 +754,8 @@ class AsyncFailoverClient:
                 if self._connections.stale():
                     self._refresh()
                 if call.phase is Phase.ROUTING:
-                    await self._send(call)
+                    if not self._send_now(call):
+                        await self._send_when_possible(call)
                 elif call.phase is Phase.IN_FLIGHT:
                     await self._wait(call)
                 core.expire(call, time.monotonic())
@@ -787,7 +806,21 @@ class AsyncFailoverClient:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _send(self, call: Call) -> None:
+    def _send_now(self, call: Call) -> bool:
+        """The usual case, without suspending: the primary is connected and takes the request."""
+        now = time.monotonic()
+        attempt = self._core.route(call, now)
+        if attempt is None:
+            return False
+        sock = self._connections.sockets[attempt.replica.uuid][1]
+        assert isinstance(sock, AsyncSocket)
+        if not sock.send_nowait(call.frame):
+            return False
+        self._core.sent(attempt, now)
+        return True
+
+    async def _send_when_possible(self, call: Call) -> None:
+        """No replica known, or no connection to the chosen one: wait a little for either."""
         now = time.monotonic()
         attempt = self._core.route(call, now)
         if attempt is None:  # no replica known yet: wait for discovery (expire() ends the wait)
@@ -813,16 +846,41 @@ class AsyncFailoverClient:
             self._core.unreachable(attempt, time.monotonic())
 
     async def _wait(self, call: Call) -> None:
-        """Wait for the call's answer, a discovery change or its next deadline (or a slice)."""
+        """Wait for the call's answer, a discovery change (both wake it) or its next deadline."""
         assert self._loop is not None
         waiter = self._waiters[call.call_id] = self._loop.create_future()
-        delay = max(0.0, min(SLICE, self._core.wake_at(call) - time.monotonic()))
-        timer = self._loop.call_later(delay, _settle, waiter)
+        self._wake_later(call, self._core.wake_at(call))
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiters.pop(call.call_id, None)
+
+    def _wake_later(self, call: Call, at: float) -> None:
+        """Wake ``call`` at ``at``: one heap and one timer for every call, not a timer each."""
+        timers = self._timers
+        heapq.heappush(timers, (at, call.call_id))
+        if len(timers) > 4 * len(self._waiters) + PRUNE_SLACK:  # mostly calls that have ended
+            timers[:] = [entry for entry in timers if entry[1] in self._waiters]
+            heapq.heapify(timers)
+        if at < self._sweep_at:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            assert self._loop is not None
+            self._sweep_at = at
+            self._sweeper = self._loop.call_later(max(0.0, at - time.monotonic()), self._sweep)
+
+    def _sweep(self) -> None:
+        """Wake the calls whose time has come; arm the timer for the next one."""
+        self._sweeper, self._sweep_at = None, math.inf
+        timers, now = self._timers, time.monotonic()
+        while timers and timers[0][0] <= now:
+            waiter = self._waiters.get(heapq.heappop(timers)[1])
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if timers:
+            assert self._loop is not None
+            self._sweep_at = timers[0][0]
+            self._sweeper = self._loop.call_later(max(0.0, self._sweep_at - now), self._sweep)
 
     async def _read(self, node_uuid: uuid_module.UUID, sock: AsyncSocket) -> None:
         raw = sock.raw
@@ -841,6 +899,3 @@ class AsyncFailoverClient:
                 self._wake(call)
 
 
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

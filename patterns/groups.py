@@ -56,7 +56,6 @@ from zmqkit import (
     PeerNotFound,
     ProtocolError,
     Socket,
-    SocketOptions,
     Timeout,
     ZmqkitError,
     codec,
@@ -151,7 +150,8 @@ class GroupEvent:
 
     def __str__(self) -> str:
         where = f" {self.group}" if self.group else ""
-        what = f": {self.body!r}" if self.kind in (GroupEventKind.SHOUT, GroupEventKind.WHISPER) else ""
+        said = self.kind in (GroupEventKind.SHOUT, GroupEventKind.WHISPER)
+        what = f": {self.body!r}" if said else ""
         return f"{self.peer} {self.kind.value}{where}{what}"
 
 
@@ -212,10 +212,11 @@ class GroupsCore:
         before = known.groups if known is not None else frozenset()
         self.peers[peer.uuid] = _Tracked(peer.name, groups, peer.seq, peer.endpoints[ROLE],
                                          peer.endpoints.get(PUB_ROLE))
-        return (
-            [GroupEvent(GroupEventKind.JOIN, peer.name, peer.uuid, g) for g in sorted(groups - before)]
-            + [GroupEvent(GroupEventKind.LEAVE, peer.name, peer.uuid, g) for g in sorted(before - groups)]
-        )
+        joins = [GroupEvent(GroupEventKind.JOIN, peer.name, peer.uuid, g)
+                 for g in sorted(groups - before)]
+        leaves = [GroupEvent(GroupEventKind.LEAVE, peer.name, peer.uuid, g)
+                  for g in sorted(before - groups)]
+        return joins + leaves
 
     def remove(self, peer_uuid: uuid_module.UUID, reason: str) -> list[GroupEvent]:
         """A peer is gone: LEAVE each of its groups, then GONE."""
@@ -224,8 +225,9 @@ class GroupsCore:
             return []
         for key in [key for key in self._last_seq if key[0] == peer_uuid.bytes]:
             del self._last_seq[key]
-        return [GroupEvent(GroupEventKind.LEAVE, known.name, peer_uuid, g) for g in sorted(known.groups)] + [
-            GroupEvent(GroupEventKind.GONE, known.name, peer_uuid, None, reason)]
+        leaves = [GroupEvent(GroupEventKind.LEAVE, known.name, peer_uuid, g)
+                  for g in sorted(known.groups)]
+        return [*leaves, GroupEvent(GroupEventKind.GONE, known.name, peer_uuid, None, reason)]
 
     def presence(self, event: PeerEvent) -> list[GroupEvent]:
         """The group events of one presence event."""
@@ -259,10 +261,13 @@ class GroupsCore:
         late = [call_id for call_id, p in self._pending.items() if p.deadline <= now]
         return [(p.waiter, p.peer) for p in (self._pending.pop(call_id) for call_id in late)]
 
-    def abandoned(self, gone: Iterable[uuid_module.UUID] | None = None) -> list[tuple[Any, uuid_module.UUID]]:
+    def abandoned(
+        self, gone: Iterable[uuid_module.UUID] | None = None
+    ) -> list[tuple[Any, uuid_module.UUID]]:
         """The whispers waiting on peers in ``gone`` (all when None): (waiter, peer), forgotten."""
         peers = None if gone is None else set(gone)
-        dropped = [call_id for call_id, p in self._pending.items() if peers is None or p.peer in peers]
+        dropped = [call_id for call_id, p in self._pending.items()
+                   if peers is None or p.peer in peers]
         return [(p.waiter, p.peer) for p in (self._pending.pop(call_id) for call_id in dropped)]
 
     def next_deadline(self) -> float | None:
@@ -271,11 +276,13 @@ class GroupsCore:
     def take_whisper(self, args: list[Any]) -> GroupEvent | None:
         """The WHISPER event a request's args carry (``[sender_uuid, sender_name, body]``), or
         None when they are not that shape."""
-        if len(args) != 3 or type(args[0]) is not bytes or len(args[0]) != UUID_BYTES or type(args[1]) is not str:
+        if (len(args) != 3 or type(args[0]) is not bytes or len(args[0]) != UUID_BYTES
+                or type(args[1]) is not str):
             self.stats["dropped-bad-whisper"] += 1
             return None
         self.stats["whispers"] += 1
-        return GroupEvent(GroupEventKind.WHISPER, args[1], uuid_module.UUID(bytes=args[0]), None, args[2])
+        sender = uuid_module.UUID(bytes=args[0])
+        return GroupEvent(GroupEventKind.WHISPER, args[1], sender, None, args[2])
 
     # -- shouts ----------------------------------------------------------------------------------
 
@@ -298,13 +305,11 @@ class GroupsCore:
             self.stats["gaps"] += seq - last - 1
         self._last_seq[key] = seq
         self.stats["shouts"] += 1
-        return GroupEvent(GroupEventKind.SHOUT, data[0], uuid_module.UUID(bytes=sender), group, data[1])
+        sender_uuid = uuid_module.UUID(bytes=sender)
+        return GroupEvent(GroupEventKind.SHOUT, data[0], sender_uuid, group, data[1])
 
 
 # -- the node's groups -----------------------------------------------------------------------------
-
-WHISPER_OPTIONS = SocketOptions(immediate=True)  # a whisper is not queued for a peer not connected
-
 
 class Groups:
     """This node's part in groups: membership, shouts, whispers and the events they make.
@@ -335,7 +340,7 @@ class Groups:
         self._listeners: list[Callable[[GroupEvent], None]] = []
         self._lock = threading.Lock()  # the outbox, the command queue and the shout numbering
         self._outbox: list[bytes] = []
-        self._commands: deque[Callable[[], None]] = deque()
+        self._commands: deque[Callable[[_Engine], None]] = deque()
         self._presence: deque[PeerEvent] = deque()
         self._shout_seqs: dict[str, int] = {}
         self._stats: Counter[str] = Counter()
@@ -347,7 +352,9 @@ class Groups:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"zmqkit-groups:{node.name}", daemon=True)
+        self._engine: _Engine | None = None
+        self._thread = threading.Thread(target=self._run, name=f"zmqkit-groups:{node.name}",
+                                        daemon=True)
 
     def __repr__(self) -> str:
         return f"<zmqkit groups.Groups {self.node.name!r} in {sorted(self._joined)} {self._state}>"
@@ -371,7 +378,8 @@ class Groups:
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
             self.close()
-            raise ConfigError(f"groups for {self.node.name!r} failed to start") from self._startup_error
+            failure = f"groups for {self.node.name!r} failed to start"
+            raise ConfigError(failure) from self._startup_error
         self.node.advertise(PUB_ROLE, self.pub_endpoint)
         self.node.advertise(ROLE, self.endpoint)
         return self
@@ -414,8 +422,7 @@ class Groups:
 
     def stats(self) -> dict[str, int]:
         """Counters: shouts, whispers, gaps, dropped-* by reason, ..."""
-        with self._lock:
-            return dict(self._core.stats + self._stats)
+        return self._ask_core(lambda: dict(self._core.stats + self._stats))  # type: ignore[no-any-return]
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -436,14 +443,17 @@ class Groups:
             self._check_running()
             if group in self._joined:
                 return
-            # subscribe first, so that a peer that sees the header can already reach us
-            self._in_thread(lambda: self._subscribe(group, True), timeout)
+            before = self._joined
+            # taken, then subscribed, then announced: a peer that sees the header can reach us
+            self._joined = before | {group}
             try:
-                self.node.set_header(GROUPS_HEADER, format_groups(self._joined | {group}))
+                self._in_thread(lambda engine: engine.subscribe(group, True), timeout)
+                self.node.set_header(GROUPS_HEADER, format_groups(self._joined))
             except ZmqkitError:
-                self._in_thread(lambda: self._subscribe(group, False), timeout)
+                self._joined = before
+                with contextlib.suppress(ZmqkitError):
+                    self._in_thread(lambda engine: engine.subscribe(group, False), timeout)
                 raise
-            self._joined = self._joined | {group}
 
     def leave(self, group: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Leave ``group``: peers see LEAVE, and its shouts stop reaching this node."""
@@ -453,20 +463,21 @@ class Groups:
                 return
             self._joined = self._joined - {group}
             self.node.set_header(GROUPS_HEADER, format_groups(self._joined))
-            self._in_thread(lambda: self._subscribe(group, False), timeout)
+            self._in_thread(lambda engine: engine.subscribe(group, False), timeout)
 
     def members(self, group: str) -> list[Member]:
         """The peers known to be in ``group`` (not this node), sorted."""
-        return self._ask_core(lambda: self._core.members(group))
+        return self._ask_core(lambda: self._core.members(group))  # type: ignore[no-any-return]
 
     def groups(self) -> dict[str, list[Member]]:
         """Every group a known peer is in, with its members."""
-        return self._ask_core(self._core.groups)
+        return self._ask_core(self._core.groups)  # type: ignore[no-any-return]
 
     def _ask_core(self, question: Callable[[], Any]) -> Any:
+        """Read the core where it is safe to: in the groups thread, or when it is not running."""
         if threading.current_thread() is self._thread or self._state != "running":
             return question()
-        return self._in_thread(question, DEFAULT_TIMEOUT)
+        return self._in_thread(lambda _engine: question(), DEFAULT_TIMEOUT)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -482,7 +493,8 @@ class Groups:
         with self._lock:
             self._check_running()
             seq = self._shout_seqs.get(group, 0) + 1
-            frame = codec.encode_publish(shout_topic, self.node.uuid.bytes, seq, [self.node.name, body])
+            frame = codec.encode_publish(shout_topic, self.node.uuid.bytes, seq,
+                                         [self.node.name, body])
             self._shout_seqs[group] = seq
             self._outbox.append(frame)
         self._wake()
@@ -507,7 +519,7 @@ class Groups:
         args = [self.node.uuid.bytes, self.node.name, body]
         codec.dumps(body)  # an EncodeError belongs to the caller, not to the groups thread
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._command(lambda: self._send_whisper(peer_uuid, args, deadline, future))
+        self._command(lambda engine: engine.send_whisper(peer_uuid, args, deadline, future))
         return future
 
     def whisper(self, peer: uuid_module.UUID | Peer | Member, body: Any,
@@ -620,22 +632,23 @@ class Groups:
             with contextlib.suppress(OSError):  # closed (stopping) or full (awake anyway)
                 self._wake_writer.send(b"\0")
 
-    def _command(self, command: Callable[[], None]) -> None:
+    def _command(self, command: Callable[[_Engine], None]) -> None:
         with self._lock:
             self._check_running()
             self._commands.append(command)
         self._wake()
 
-    def _in_thread(self, question: Callable[[], Any], timeout: float) -> Any:
+    def _in_thread(self, question: Callable[[_Engine], Any], timeout: float) -> Any:
         """Run ``question`` in the groups thread and return its answer (directly when called
-        from that thread)."""
+        from that thread, by a callback)."""
         if threading.current_thread() is self._thread:
-            return question()
+            assert self._engine is not None
+            return question(self._engine)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-        def run() -> None:
+        def run(engine: _Engine) -> None:
             try:
-                future.set_result(question())
+                future.set_result(question(engine))
             except ZmqkitError as exc:
                 future.set_exception(exc)
 
@@ -671,9 +684,8 @@ class Groups:
                 sock.close()
             self._ready.set()
             return
-        self._sub = sub
+        engine = self._engine = _Engine(self, pub, sub, router)
         self._ready.set()
-        engine = _Engine(self, pub, sub, router)
         try:
             engine.run()
         except zmq.ZMQError as exc:
@@ -682,18 +694,6 @@ class Groups:
         finally:
             engine.close()
 
-    def _subscribe(self, group: str, on: bool) -> None:
-        """In the groups thread: (un)subscribe to the group's shouts."""
-        for prefix in codec.publish_prefixes(_topic(group)):
-            if on:
-                self._sub.raw.subscribe(prefix)
-            else:
-                self._sub.raw.unsubscribe(prefix)
-
-    def _send_whisper(self, peer_uuid: uuid_module.UUID, args: list[Any], deadline: Deadline,
-                      future: concurrent.futures.Future[None]) -> None:
-        """Set by ``submit_whisper``; replaced by the engine's own when it runs."""
-        raise AssertionError("replaced by the groups thread")
 
 
 class _Engine:
@@ -710,7 +710,6 @@ class _Engine:
         for sock in (sub, router):
             self.poller.register(sock.raw, zmq.POLLIN)
         self.poller.register(groups._wake_reader, zmq.POLLIN)
-        groups._send_whisper = self.send_whisper  # type: ignore[method-assign]
 
     def run(self) -> None:
         groups = self.groups
@@ -720,7 +719,7 @@ class _Engine:
             self.take_presence()
             self.flush()
             self.settle_expired(time.monotonic())
-            ready = dict(self.poller.poll(self.next_wait() * 1000))
+            ready = dict(self.poller.poll(round(self.next_wait() * 1000)))
             if groups._wake_reader in ready:
                 groups._wake_pending = False
                 with contextlib.suppress(OSError):
@@ -741,7 +740,7 @@ class _Engine:
             self.groups._commands.clear()
         for command in commands:  # whispers queued after the last look: fail them, do not hang
             with contextlib.suppress(ZmqkitError):
-                command()
+                command(self)
         for waiter, _ in self.core.abandoned():
             _settle(waiter, ClosedError("groups closed before the whisper was sent"))
         for sock in [*self.dealers.values(), self.pub, self.sub, self.router]:
@@ -762,7 +761,7 @@ class _Engine:
                 if not groups._commands:
                     return
                 command = groups._commands.popleft()
-            command()
+            command(self)
 
     def emit(self, events: list[GroupEvent]) -> None:
         groups = self.groups
@@ -822,6 +821,14 @@ class _Engine:
 
     # -- shouts ----------------------------------------------------------------------------------
 
+    def subscribe(self, group: str, on: bool) -> None:
+        """(Un)subscribe to the group's shouts."""
+        for prefix in codec.publish_prefixes(_topic(group)):
+            if on:
+                self.sub.raw.subscribe(prefix)
+            else:
+                self.sub.raw.unsubscribe(prefix)
+
     def flush(self) -> None:
         groups = self.groups
         with groups._lock:
@@ -861,23 +868,17 @@ class _Engine:
             return
         dealer = self.dealers.get(peer_uuid)
         if dealer is None:
-            dealer = self.dealers[peer_uuid] = Socket(zmq.DEALER, options=WHISPER_OPTIONS)
+            # queues while the connection is made; the whisper's deadline bounds the wait
+            dealer = self.dealers[peer_uuid] = Socket(zmq.DEALER)
             dealer.connect(tracked.whisper_endpoint)
             self.dealer_owner[dealer.raw] = peer_uuid
             self.poller.register(dealer.raw, zmq.POLLIN)
         call_id = self.core.start_whisper(peer_uuid, deadline.at, future)
-        frame = codec.encode_request(call_id, WHISPER_METHOD, args, {})
         try:
-            dealer.raw.send(frame, zmq.NOBLOCK)
+            dealer.raw.send(codec.encode_request(call_id, WHISPER_METHOD, args, {}), zmq.NOBLOCK)
         except zmq.Again:
-            # not connected yet (or its queue is full): give the connection a moment, within
-            # the whisper's own deadline, rather than lose the first whisper to a new peer
-            if dealer.raw.poll(min(0.5, deadline.remaining()) * 1000, zmq.POLLOUT):
-                dealer.send(frame)
-            else:
-                self.core.answered(call_id)
-                _settle(future, Timeout(f"could not reach peer {tracked.name} ({peer_uuid}) to "
-                                        "whisper"))
+            self.core.answered(call_id)
+            _settle(future, BusyError(f"10,000 whispers to {tracked.name} are waiting already"))
 
     def take_acks(self, peer_uuid: uuid_module.UUID) -> None:
         dealer = self.dealers[peer_uuid]

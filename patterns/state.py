@@ -100,7 +100,7 @@ DIGEST = 2  # [2, node_uuid, [[writer, seq], ...]]
 OP_SET = 1  # [1, key, stamp, value, expires_at]
 OP_DELETE = 2  # [2, key, stamp, null, null]
 
-MAX_HELD = 10_000  # messages held back behind a gap; beyond this the oldest go (a sync refills them)
+MAX_HELD = 10_000  # messages held back behind a gap; beyond it the oldest go (a sync refills them)
 MAX_OPS_PER_MESSAGE = 1000
 MAX_BYTES_PER_MESSAGE = 1 << 20
 MAX_CHANGE_BACKLOG = 10_000  # a ``changes()`` reader that falls this far behind loses the oldest
@@ -164,7 +164,8 @@ def _seq_table(pairs: object) -> dict[bytes, int] | None:
         return None
     table: dict[bytes, int] = {}
     for pair in pairs:
-        if type(pair) is not list or len(pair) != 2 or not _is_writer(pair[0]) or not _is_uint(pair[1]):
+        if (type(pair) is not list or len(pair) != 2 or not _is_writer(pair[0])
+                or not _is_uint(pair[1])):
             return None
         table[pair[0]] = max(pair[1], table.get(pair[0], 0))
     return table
@@ -252,7 +253,9 @@ class StateCore:
 
     # -- local writes ----------------------------------------------------------------------------
 
-    def write(self, key: str, value: Any, wall: int, ttl_ns: int | None = None) -> tuple[list[Any], Change]:
+    def write(
+        self, key: str, value: Any, wall: int, ttl_ns: int | None = None
+    ) -> tuple[list[Any], Change]:
         """Apply a local set; return the op to publish and its change."""
         stamp = self._next_stamp(key, wall)
         op = [OP_SET, key, stamp, value, None if ttl_ns is None else stamp + ttl_ns]
@@ -287,7 +290,8 @@ class StateCore:
             return None
         expired = expires_at is not None and expires_at <= wall
         deleted = code == OP_DELETE or expired
-        self.entries[key] = Entry(stamp, writer, seq, None if deleted else value, expires_at, deleted)
+        stored = None if deleted else value
+        self.entries[key] = Entry(stamp, writer, seq, stored, expires_at, deleted)
         if not deleted:
             if expires_at is not None:
                 self._schedule_expiry(expires_at, key)
@@ -543,12 +547,15 @@ class SyncPlanner:
                 member = self._pick(untried, now)
                 asked[member] = self.digests.get(member, {}).get(writer, 0)
                 return Plan(ask=self._ask(member, now))
-        hopeless = tuple(w for w in needs if w in missing and now - self._gap_since[w] >= self.give_up)
+        hopeless = tuple(w for w in needs
+                         if w in missing and now - self._gap_since[w] >= self.give_up)
         for writer in hopeless:
             self._forget(writer)
         return Plan(give_up=hopeless)
 
-    def _needs(self, now: float, applied: Mapping[bytes, int], missing: Mapping[bytes, int]) -> dict[bytes, int]:
+    def _needs(
+        self, now: float, applied: Mapping[bytes, int], missing: Mapping[bytes, int]
+    ) -> dict[bytes, int]:
         needs = dict(missing)
         for writer, claim in list(self._claims.items()):
             if applied.get(writer, 0) >= claim.seq:
@@ -569,7 +576,8 @@ class SyncPlanner:
     def _pick(self, candidates: list[uuid_module.UUID], now: float) -> uuid_module.UUID:
         """Members that failed recently last; otherwise take turns."""
         turn = next(self._turn)
-        fresh = [m for m in candidates if now - self._failed_at.get(m, -FAILURE_PENALTY) >= FAILURE_PENALTY]
+        fresh = [m for m in candidates
+                 if now - self._failed_at.get(m, -FAILURE_PENALTY) >= FAILURE_PENALTY]
         pool = sorted(fresh or candidates)
         return pool[turn % len(pool)]
 
@@ -608,7 +616,9 @@ def _encode_value(value: Any) -> tuple[bytes, Any]:
 
 
 def _encode_op(code: int, key: str, stamp: int, value_cbor: bytes, expires_at: int | None) -> bytes:
-    return b"\x85" + bytes([code]) + codec.dumps(key) + codec.dumps(stamp) + value_cbor + codec.dumps(expires_at)
+    """``[code, key, stamp, value, expires_at]`` with the value already encoded."""
+    return b"".join([b"\x85", bytes([code]), codec.dumps(key), codec.dumps(stamp), value_cbor,
+                     codec.dumps(expires_at)])
 
 
 def _updates_frame(topic_cbor: bytes, sender_cbor: bytes, pub_seq: int, last_seq: int,
@@ -622,6 +632,17 @@ def _updates_frame(topic_cbor: bytes, sender_cbor: bytes, pub_seq: int, last_seq
 
 
 # -- the replica -----------------------------------------------------------------------------------
+
+_ANY = object()  # wait_for: any value will do
+
+
+def _holds(entry: Entry | None, value: Any) -> bool:
+    return entry is not None and (value is _ANY or entry.value == value)
+
+
+def _wanted(value: Any) -> str:
+    return "did not appear" if value is _ANY else f"did not become {value!r}"
+
 
 TICK = 0.5  # the longest the engine sleeps without looking at the clock
 
@@ -700,7 +721,8 @@ class State:
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
             self.close()
-            raise ConfigError(f"state replica {self.group!r} failed to start") from self._startup_error
+            failure = f"state replica {self.group!r} failed to start"
+            raise ConfigError(failure) from self._startup_error
         # advertised from the caller's thread, as every other part of the node does
         self.node.advertise(pub_role(self.group), self.pub_endpoint)
         self.node.advertise(sync_role(self.group), self.endpoint)
@@ -833,36 +855,41 @@ class State:
                     raise Timeout(f"{self!r} not synced in {timeout:g} s")
                 self._changed.wait(deadline.remaining())
 
-    def wait_for(self, key: str, timeout: float = 5.0) -> Any:
-        """Wait until ``key`` is visible here; return its value.
+    def wait_for(self, key: str, timeout: float = 5.0, *, value: Any = _ANY) -> Any:
+        """Wait until ``key`` is visible here (holding ``value``, if given); return its value.
 
         Raises:
-            Timeout: the key did not appear within ``timeout`` seconds.
+            Timeout: it did not happen within ``timeout`` seconds.
         """
         deadline = Deadline.after(timeout)
         with self._changed:
-            while (entry := self._core.lookup(key, time.time_ns())) is None:
+            while not _holds(entry := self._core.lookup(key, time.time_ns()), value):
                 self._check_open()
                 if deadline.expired():
-                    raise Timeout(f"{key!r} did not appear in {self!r} in {timeout:g} s")
+                    raise Timeout(f"{key!r} {_wanted(value)} in {self!r} in {timeout:g} s")
                 self._changed.wait(deadline.remaining())
+        assert entry is not None
         return entry.value
 
     async def wait_synced_async(self, timeout: float = 5.0) -> None:
         """``wait_synced`` for asyncio code: waits without blocking the loop."""
-        await self._await(lambda: self._core.synced, timeout, f"{self!r} not synced in {timeout:g} s")
+        failure = f"{self!r} not synced in {timeout:g} s"
+        await self._await(lambda: self._core.synced, timeout, failure)
 
-    async def wait_for_async(self, key: str, timeout: float = 5.0) -> Any:
+    async def wait_for_async(self, key: str, timeout: float = 5.0, *, value: Any = _ANY) -> Any:
         """``wait_for`` for asyncio code."""
         found: list[Entry] = []
 
         def present() -> bool:
             entry = self._core.lookup(key, time.time_ns())
-            if entry is not None:
+            if _holds(entry, value):
+                assert entry is not None
                 found.append(entry)
-            return entry is not None
+                return True
+            return False
 
-        await self._await(present, timeout, f"{key!r} did not appear in {self!r} in {timeout:g} s")
+        failure = f"{key!r} {_wanted(value)} in {self!r} in {timeout:g} s"
+        await self._await(present, timeout, failure)
         return found[-1].value
 
     async def _await(self, condition: Callable[[], bool], timeout: float, failure: str) -> None:
@@ -915,11 +942,14 @@ class State:
                 backlog.extend(changes)
                 arrived.notify()
 
+        def ready() -> bool:
+            return bool(backlog) or self._state == "closed"
+
         self._listeners.append(listener)
         try:
             while True:
                 with arrived:
-                    if not arrived.wait_for(lambda: backlog or self._state == "closed", idle_timeout):
+                    if not arrived.wait_for(ready, idle_timeout):
                         return
                     pending = list(backlog)
                     backlog.clear()
@@ -1013,6 +1043,10 @@ class _Engine:
             self.poller.register(sock.raw, zmq.POLLIN)
         self.poller.register(state._wake_reader, zmq.POLLIN)
 
+    def count(self, what: str, how_many: int = 1) -> None:
+        with self.state._lock:  # stats() reads the counters from other threads
+            self.state._stats[what] += how_many
+
     def run(self) -> None:
         state = self.state
         self.planner.start(time.monotonic())
@@ -1023,7 +1057,7 @@ class _Engine:
             self.tick(now, time.time_ns())
             self.dispatch()
             wait = self.next_wait(now)
-            ready = dict(self.poller.poll(wait * 1000))
+            ready = dict(self.poller.poll(round(wait * 1000)))
             if state._wake_reader in ready:
                 state._wake_pending = False
                 with contextlib.suppress(OSError):
@@ -1095,7 +1129,7 @@ class _Engine:
                                          first + end - 1, ops[start:end]))
             start = end
         if ops:
-            self.state._stats["published"] += len(ops)
+            self.count("published", len(ops))
 
     def publish_digest(self) -> None:
         with self.state._lock:
@@ -1126,7 +1160,7 @@ class _Engine:
                 state._pending += self.core.skip_gap(writer, wall)
             known = dict(self.core.applied)
         if plan.timed_out is not None:
-            state._stats["sync-timeouts"] += 1
+            self.count("sync-timeouts")
             self.drop_dealer()
         if plan.ask is not None:
             self.ask(plan.ask, known)
@@ -1143,7 +1177,7 @@ class _Engine:
         request = codec.encode_request(self.call_id, SYNC_METHOD,
                                        [self.state.group, [[w, s] for w, s in known.items()]], {})
         self.dealer.send(request)  # queued until connected; the planner's deadline bounds it
-        self.state._stats["syncs"] += 1
+        self.count("syncs")
 
     def drop_dealer(self) -> None:
         if self.dealer is not None:
@@ -1159,10 +1193,10 @@ class _Engine:
         except zmq.Again:
             return
         except ProtocolError:
-            state._stats["dropped-bad-reply"] += 1
+            self.count("dropped-bad-reply")
             return
         if message[1] not in (Kind.REPLY, Kind.ERROR) or message[2] not in (self.call_id, 0):
-            state._stats["dropped-bad-reply"] += 1
+            self.count("dropped-bad-reply")
             return
         now = time.monotonic()
         with state._lock:
@@ -1190,13 +1224,14 @@ class _Engine:
             try:
                 message = codec.decode(frame)
             except ProtocolError:
-                state._stats["dropped-malformed"] += 1
+                self.count("dropped-malformed")
                 continue
             data = message[5]
             if message[1] != Kind.PUBLISH or type(data) is not list or not data:
-                state._stats["dropped-malformed"] += 1
+                self.count("dropped-malformed")
                 continue
-            if data[0] == UPDATES and len(data) == 3 and _is_uint(data[1]) and type(data[2]) is list:
+            if (data[0] == UPDATES and len(data) == 3 and _is_uint(data[1])
+                    and type(data[2]) is list):
                 with state._lock:
                     changes = self.core.receive(message[3], data[1], data[2], time.time_ns())
                     if changes:
@@ -1204,18 +1239,18 @@ class _Engine:
             elif data[0] == DIGEST and len(data) == 3 and _is_writer(data[1]):
                 digest = _seq_table(data[2])
                 if digest is None:
-                    state._stats["dropped-malformed"] += 1
+                    self.count("dropped-malformed")
                     continue
                 with state._lock:
                     self.planner.digest_from(uuid_module.UUID(bytes=data[1]), digest,
                                              self.core.applied, time.monotonic())
             else:
-                state._stats["dropped-malformed"] += 1
+                self.count("dropped-malformed")
 
     # -- serving sync requests -------------------------------------------------------------------
 
     def serve(self) -> None:
-        state, raw = self.state, self.router.raw
+        raw = self.router.raw
         for _ in range(100):
             try:
                 frames = raw.recv_multipart(zmq.NOBLOCK)
@@ -1225,7 +1260,7 @@ class _Engine:
             if len(frames) == 3 and frames[1] == b"":  # a REQ caller: identity, "", request
                 address = frames[:2]
             elif len(frames) != 2:
-                state._stats["bad-requests"] += 1
+                self.count("bad-requests")
                 self.answer(frames[:1], codec.encode_error(0, "zmqkit.ProtocolError",
                                                           "a request is exactly one frame"))
                 continue
@@ -1240,19 +1275,19 @@ class _Engine:
         try:
             message = codec.decode(body)
         except ProtocolError as exc:
-            state._stats["bad-requests"] += 1
+            self.count("bad-requests")
             return codec.encode_error(0, "zmqkit.ProtocolError", str(exc))
         kind, call_id = message[1], message[2]
         if kind == Kind.CANCEL:
             return None
         if kind != Kind.REQUEST:
-            state._stats["bad-requests"] += 1
+            self.count("bad-requests")
             answered = 0 if kind in (Kind.PUBLISH, Kind.PUBLISH_BATCH) else call_id
             return codec.encode_error(answered, "zmqkit.ProtocolError", "expected a request")
         method, args = message[3], message[4]
         if method != SYNC_METHOD:
-            return codec.encode_error(call_id, "zmqkit.MethodNotFound",
-                                      f"a state replica answers only {SYNC_METHOD!r}, not {method!r}")
+            return codec.encode_error(call_id, "zmqkit.MethodNotFound", f"a state replica "
+                                      f"answers only {SYNC_METHOD!r}, not {method!r}")
         known = _seq_table(args[1]) if len(args) == 2 and args[0] == state.group else None
         if known is None:
             return codec.encode_error(call_id, "zmqkit.BadArguments",
@@ -1260,11 +1295,11 @@ class _Engine:
                                       f"{state.group!r}")
         with state._lock:
             snapshot = self.core.snapshot(known)
-        state._stats["served"] += 1
+        self.count("served")
         frame = codec.encode_reply(call_id, snapshot)
         if len(frame) > codec.DEFAULT_MAX_MESSAGE_SIZE:
-            return codec.encode_error(call_id, "zmqkit.EncodeError",
-                                      f"the snapshot is {len(frame)} bytes, over one frame's maximum")
+            return codec.encode_error(call_id, "zmqkit.EncodeError", f"the snapshot is "
+                                      f"{len(frame)} bytes, over one frame's maximum")
         return frame
 
     # -- handing changes to listeners ------------------------------------------------------------

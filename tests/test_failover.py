@@ -470,6 +470,33 @@ def test_failover_attempt_timeout_sends_an_idempotent_call_on(make_node: MakeNod
         assert store.stats["retried"] >= 1 and str(store.primary) != first
 
 
+def test_failover_async_close_and_cancel_end_every_call(make_node: MakeNode) -> None:
+    server = make_node("store")
+    rpc.serve(server, Named(server))
+    me = make_node("app")
+    wait_serving(me, 1)
+
+    async def main() -> None:
+        client = failover.AsyncFailoverClient(me, "store", timeout=5)
+        assert await client.call("whoami") == str(server.uuid)
+        cancelled = asyncio.ensure_future(client.call("hang", 1.0))
+        in_flight = [asyncio.ensure_future(client.call("hang", 1.0)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        start = time.monotonic()
+        await client.aclose()
+        outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
+        assert all(isinstance(outcome, ClosedError) for outcome in outcomes), outcomes
+        assert time.monotonic() - start < 0.5  # closing does not wait for the answers
+        assert client.stats["calls"] == 5
+        with pytest.raises(ClosedError):
+            await client.call("whoami")
+
+    asyncio.run(main())
+
+
 def test_failover_no_replica_is_peer_not_found_within_the_deadline(make_node: MakeNode) -> None:
     me = make_node("app")
     with failover.FailoverClient(me, "nobody", timeout=0.5) as client:

@@ -264,13 +264,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a demo node, or with no NAME the self-contained show."""
+    from demos import common
+
+    common.stop_on_sigterm()
     if args.demo is None:
         from demos import show
 
-        return show.run(port=args.port if args.port != DEFAULT_PORT else None)
-    from demos import calc
+        return show.run(port=args.port if args.port != DEFAULT_PORT else None,
+                        duration=args.duration)
+    options = node_options(args)
+    name = args.name or args.demo
+    if args.demo == "calc":
+        from demos import calc
 
-    return calc.run(node_options(args), name=args.name or args.demo, duration=args.duration)
+        return calc.run(options, name=name, duration=args.duration)
+    if args.demo == "ticker":
+        from demos import ticker
+
+        if args.watch:
+            return ticker.watch(options, name=args.name or "ticker-view", duration=args.duration)
+        return ticker.publish(options, name=name, rate=args.rate, duration=args.duration)
+    raise UsageError(f"no demo called {args.demo!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,10 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", parents=[scope], help="run a demo node, or the whole show")
-    demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc"],
-                      help="calc; none: the self-contained show")
+    demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc", "ticker"],
+                      help="calc or ticker; none: the self-contained show")
     demo.add_argument("--name", metavar="NODE", help="the node's name (default: the demo's)")
-    demo.add_argument("--duration", type=float, metavar="S", help="end after S seconds")
+    demo.add_argument("--duration", type=float, metavar="S",
+                      help="end after S seconds (the show: default 60 at most)")
+    demo.add_argument("--rate", type=float, default=20.0, metavar="HZ",
+                      help="ticker: ticks per second (default 20)")
+    demo.add_argument("--watch", action="store_true",
+                      help="ticker: show the ticks as a live table instead of publishing")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -48,6 +48,11 @@ DEFAULT_MAX_ATTEMPTS = 3  # losses (worker gone, timed out) before a task fails
 DEFAULT_WORKER_EXPIRY = 5.0  # a worker unheard this long is gone (it sends READY every second)
 DEFAULT_MAX_PENDING = 100_000  # tasks queued, running or done-but-not-taken, before BusyError
 MAX_CREDIT = 1000  # a worker claiming more free slots than this gets this many
+STATS = (  # the submitter's counters, all present from the start
+    "submitted", "completed", "duplicates", "reassigned", "given-up",
+    "timed-out", "lost", "reclaimed", "worker-lost", "worker-silent", "left", "workers-joined",
+    "stray", "dropped-malformed", "dropped-multipart", "dropped-stranger",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +150,7 @@ class SubmitterCore:
         self.max_attempts = max_attempts
         self.worker_expiry = float(worker_expiry)
         self.max_pending = max_pending
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter(dict.fromkeys(STATS, 0))
         self.results_version = 0  # grows with every result: the fronts' "wake the waiters"
         self._tasks: dict[int, _Task] = {}  # queued or in flight
         self._queue: deque[int] = deque()  # ids waiting for a worker (stale ids are skipped)
@@ -159,6 +164,7 @@ class SubmitterCore:
         self._turn = 0
         self._done_below = 1  # every id below this is done ...
         self._done_above: set[int] = set()  # ... and so are these
+        self._present: set[uuid_module.UUID] = set()  # the nodes discovery listed last
 
     # -- the user's side -----------------------------------------------------------------------
 
@@ -265,6 +271,7 @@ class SubmitterCore:
 
     def discovered(self, present: set[uuid_module.UUID]) -> None:
         """The node UUIDs discovery lists now: a worker whose node was listed and is not is lost."""
+        self._present = present
         for worker in list(self._workers.values()):
             if worker.node is None:
                 continue
@@ -348,7 +355,8 @@ class SubmitterCore:
     def _worker(self, key: bytes, now: float) -> _Worker:
         worker = self._workers.get(key)
         if worker is None:
-            worker = self._workers[key] = _Worker(key, wire.worker_node(key), now)
+            node = wire.worker_node(key)
+            worker = self._workers[key] = _Worker(key, node, now, seen=node in self._present)
             self.stats["workers-joined"] += 1
         worker.last_heard = now
         return worker

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import zmq
 from zmqkit import ClosedError, ConfigError, Deadline, Node, Socket, Timeout
 
 from . import wire
+from .wakeup import Wakeup
 from .core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_PENDING,
@@ -87,9 +87,7 @@ class Submitter:
         self._changed = threading.Condition()
         self._state = "new"
         self._stopping = False
-        self._wake_pending = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_writer.setblocking(False)
+        self._wakeup: Wakeup | None = None  # made by start(): a constructor holds no resources
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -120,6 +118,7 @@ class Submitter:
             raise ConfigError(f"{self.node!r} already submits to farm {self.farm!r}; share it")
         self.node.attach(self)  # first: a closed node refuses before a thread is started
         self._state = "running"
+        self._wakeup = Wakeup()
         self._unsubscribe = self.node.on_event(lambda _: self._wake())  # react at once
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
@@ -143,8 +142,8 @@ class Submitter:
             self._thread.join(timeout)
         with self._changed:
             self._changed.notify_all()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        if self._wakeup is not None:
+            self._wakeup.close()
         self.node.detach(self)
 
     # -- the user's side -----------------------------------------------------------------------
@@ -230,10 +229,8 @@ class Submitter:
     # -- the submitter thread ------------------------------------------------------------------
 
     def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(OSError):  # closed (stopping) or full (already awake)
-                self._wake_writer.send(b"\0")
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _run(self) -> None:
         try:
@@ -247,15 +244,14 @@ class Submitter:
         raw = router.raw
         poller = zmq.Poller()
         poller.register(raw, zmq.POLLIN)
-        poller.register(self._wake_reader, zmq.POLLIN)
+        wakeup = self._wakeup
+        assert wakeup is not None
+        wakeup.register(poller)
         core, seen_version, seen_results = self._core, -1, 0
         try:
             while not self._stopping:
                 events = dict(poller.poll(TICK * 1000))
-                if self._wake_reader.fileno() in events:
-                    self._wake_pending = False
-                    with contextlib.suppress(BlockingIOError):
-                        self._wake_reader.recv(4096)
+                wakeup.woke(events)
                 incoming, multipart = _drain(raw) if raw in events else ([], 0)
                 with self._changed:
                     now = time.monotonic()

@@ -20,7 +20,6 @@ import inspect
 import itertools
 import logging
 import queue
-import socket
 import threading
 import time
 import traceback
@@ -35,6 +34,7 @@ import zmq
 from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, codec
 
 from . import wire
+from .wakeup import Wakeup
 from .core import WorkerCore
 
 __all__ = ["READY_INTERVAL", "Worker", "serve_worker"]
@@ -91,13 +91,9 @@ class Worker:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._outbox: deque[tuple[_Job, bytes | None]] = deque()
         self._jobs_by_id: dict[tuple[SubmitterKey, int], _Job] = {}  # the node thread's only
-        self._wake_pending = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_writer.setblocking(False)
+        self._wakeup: Wakeup | None = None  # made by start(): a constructor holds no resources
         self._state = "new"
         self._stopping = False
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"zmqkit-farm-worker:{self.farm}",
                                         daemon=True)
@@ -117,7 +113,7 @@ class Worker:
 
     # -- life cycle (owner's thread) -----------------------------------------------------------
 
-    def start(self, timeout: float = 5.0) -> Worker:
+    def start(self) -> Worker:
         """Start the threads and tie the worker to its node (``node.close()`` closes it).
 
         Raises:
@@ -141,11 +137,9 @@ class Worker:
                                         daemon=True)
                 slot.start()
                 self._pool.append(slot)
+        self._wakeup = Wakeup()
         self._unsubscribe = self.node.on_event(lambda _: self._wake())  # react at once
         self._thread.start()
-        if not self._ready.wait(timeout) or self._startup_error is not None:
-            self.close()
-            raise ConfigError(f"farm worker for {self.farm!r} failed to start") from self._startup_error
         return self
 
     def close(self, timeout: float = 2.0) -> None:
@@ -174,8 +168,8 @@ class Worker:
             self._loop_thread.join(timeout)
             if not self._loop_thread.is_alive():
                 self._loop.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        if self._wakeup is not None:
+            self._wakeup.close()
         self.node.detach(self)
 
     def _stop_loop(self) -> None:
@@ -190,13 +184,9 @@ class Worker:
         sockets: dict[SubmitterKey, Socket] = {}
         owners: dict[zmq.Socket[Any], SubmitterKey] = {}
         poller = zmq.Poller()
-        try:
-            poller.register(self._wake_reader, zmq.POLLIN)
-        except BaseException as exc:  # handed to start(), which raises it in the owner's thread
-            self._startup_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+        wakeup = self._wakeup
+        assert wakeup is not None
+        wakeup.register(poller)
         seen: tuple[int, str | None] = (-1, None)
         seqs = itertools.count(1)
         next_ready = time.monotonic() + READY_INTERVAL
@@ -207,10 +197,7 @@ class Worker:
                     seen = version
                     self._follow_discovery(sockets, owners, poller, seqs)
                 events = dict(poller.poll(min(TICK, max(0.0, next_ready - time.monotonic())) * 1000))
-                if self._wake_reader.fileno() in events:
-                    self._wake_pending = False
-                    with contextlib.suppress(BlockingIOError):
-                        self._wake_reader.recv(4096)
+                wakeup.woke(events)
                 owed: set[SubmitterKey] = set()
                 for raw, key in owners.items():
                     if raw in events:
@@ -340,10 +327,8 @@ class Worker:
         self._wake()
 
     def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(OSError):  # closed (stopping) or full (already awake)
-                self._wake_writer.send(b"\0")
+        if self._wakeup is not None:
+            self._wakeup.set()
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
