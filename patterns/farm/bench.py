@@ -1,0 +1,116 @@
+"""Farm throughput with 1, 2 and 4 worker processes: ``python -m patterns.farm.bench``.
+
+For each task kind and worker count, it starts the workers as child processes (each a node on a
+private beacon port), waits until the submitter has heard from all of them, then times ``tasks``
+submitted at once until the last result is in; the figure is the median of ``runs`` runs.
+
+    trivial   the handler returns its argument
+    cpu-1ms   the handler spins for 1 ms of CPU time, then returns its argument
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from zmqkit import Node
+
+from .submitter import Submitter
+
+WORKER = r"""
+import sys, time
+import zmqkit
+from patterns import farm
+
+port, kind, slots, prefetch = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+def trivial(x):
+    return x
+
+def cpu_1ms(x):
+    end = time.process_time() + 0.001
+    while time.process_time() < end:
+        pass
+    return x
+
+with zmqkit.Node("bench-worker", port=port) as node:
+    handler = trivial if kind == "trivial" else cpu_1ms
+    farm.serve_worker(node, handler, farm="bench", slots=slots, prefetch=prefetch)
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def measure(kind: str, workers: int, tasks: int, runs: int, slots: int, prefetch: int) -> list[float]:
+    """Tasks per second of each run, with ``workers`` worker processes."""
+    port = free_udp_port()
+    children = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), kind, str(slots),
+                                  str(prefetch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                for _ in range(workers)]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().startswith(b"ready")
+        with Node("bench-submitter", port=port) as node, Submitter(node, "bench") as submitter:
+            deadline = time.monotonic() + 10
+            while len(submitter.workers()) < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(submitter.workers())} of {workers} workers came")
+                time.sleep(0.01)
+            rates = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                for x in range(tasks):
+                    submitter.submit(x)
+                done = sum(1 for _ in submitter.as_completed(timeout=600))
+                rates.append(done / (time.perf_counter() - start))
+            return rates
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(5)
+            if child.stdin is not None:
+                child.stdin.close()
+            if child.stdout is not None:
+                child.stdout.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m patterns.farm.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--kinds", nargs="+", default=["trivial", "cpu-1ms"], choices=["trivial", "cpu-1ms"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--tasks", type=int, default=0, help="tasks per run (default: 20000 trivial, 4000 cpu)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    for kind in args.kinds:
+        tasks = args.tasks or (20_000 if kind == "trivial" else 4_000)
+        for workers in args.workers:
+            rates = measure(kind, workers, tasks, args.runs, args.slots, args.prefetch)
+            rows.append({"kind": kind, "workers": workers, "tasks": tasks, "slots": args.slots,
+                         "prefetch": args.prefetch, "median": statistics.median(rates), "runs": rates})
+            if not args.json:
+                print(f"{kind:8} {workers} worker(s)  {statistics.median(rates):9,.0f} tasks/s  "
+                      f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; slots {args.slots}, "
+                      f"prefetch {args.prefetch}, {tasks} tasks)", flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

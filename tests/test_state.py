@@ -1,0 +1,524 @@
+"""Replicated state: the pure core and planner without sockets, then replicas over real sockets.
+
+The core tests feed ``StateCore`` hand-made writes and a fake wall clock: last writer wins in any
+order, tombstones and TTLs, gaps held until a merge, snapshots as deltas, bad input counted. The
+planner tests drive ``SyncPlanner`` with a fake monotonic clock. The network tests run replicas
+on a private beacon port with short intervals; the convergence test runs one replica in a child
+process, SIGKILLs it mid-burst and starts a new one, which must rejoin through a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from patterns import state
+from patterns.state import Change, ChangeKind, State, StateCore, SyncPlanner
+from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, Timeout, codec
+from zmqkit.codec import Kind
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {"interval": 0.2, "expiry": 0.6}
+REPLICA = {"heartbeat": 0.2, "sync_timeout": 1.0, "join_wait": 0.3, "give_up": 2.0}
+NS = 1_000_000_000
+W1, W2, W3 = (bytes([n]) * 16 for n in (1, 2, 3))
+
+
+def op_set(key: str, stamp: int, value: Any, expires_at: int | None = None) -> list[Any]:
+    return [state.OP_SET, key, stamp, value, expires_at]
+
+
+def op_delete(key: str, stamp: int) -> list[Any]:
+    return [state.OP_DELETE, key, stamp, None, None]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what}")
+        time.sleep(0.02)
+
+
+# -- the core --------------------------------------------------------------------------------------
+
+
+WRITES = [  # (writer, seq, op): three writers on two keys, with a tie on stamps
+    (W1, 1, op_set("a", 100, "w1-a")),
+    (W1, 2, op_set("b", 150, "w1-b")),
+    (W2, 1, op_set("a", 120, "w2-a")),
+    (W2, 2, op_delete("b", 150)),  # same stamp as W1's write of b: the higher writer id wins
+    (W3, 1, op_set("a", 110, "w3-a")),
+    (W3, 2, op_set("c", 90, "w3-c")),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_state_core_last_writer_wins_whatever_the_order(rand: random.Random) -> None:
+    """Each writer's stream stays in order, but the streams interleave at random: every replica
+    ends with the same map and the same versions."""
+    streams = {w: [(seq, op) for writer, seq, op in WRITES if writer == w] for w in (W1, W2, W3)}
+    core = StateCore(bytes(16))
+    while any(streams.values()):
+        writer = rand.choice([w for w, ops in streams.items() if ops])
+        seq, op = streams[writer].pop(0)
+        core.receive(writer, seq, [op], wall=0)
+    assert core.visible(0) == {"a": "w2-a", "c": "w3-c"}
+    assert core.entries["b"].deleted and core.entries["b"].writer == W2
+    assert core.applied == {W1: 2, W2: 2, W3: 2}
+
+
+def test_state_core_tombstones_and_local_stamps() -> None:
+    core = StateCore(W1)
+    core.receive(W2, 1, [op_delete("k", 200)], wall=0)
+    assert core.receive(W3, 1, [op_set("k", 150, "late and older")], wall=0) == []
+    assert core.lookup("k", 0) is None  # the tombstone held
+    # a remote write stamped far in the future: a local write still wins here, stamped past it
+    core.receive(W3, 2, [op_set("j", 10**18, "from a fast clock")], wall=0)
+    op, change = core.write("j", "mine", wall=5)
+    assert op[2] == 10**18 + 1 and change.kind is ChangeKind.SET and change.local
+    assert core.lookup("j", 5).value == "mine"  # type: ignore[union-attr]
+    _, removed = core.remove("absent", wall=6)
+    assert removed is None and core.entries["absent"].deleted
+
+
+def test_state_core_ttl_expires_by_wall_clock() -> None:
+    writer = StateCore(W1)
+    op, _ = writer.write("lease", "x", wall=10 * NS, ttl_ns=2 * NS)
+    assert op[4] == 12 * NS
+    assert writer.lookup("lease", 11 * NS) is not None
+    assert writer.lookup("lease", 12 * NS) is None  # absent from its time on, before any sweep
+    assert writer.next_expiry() == 12 * NS
+    [expired] = writer.expire(12 * NS)
+    assert expired.kind is ChangeKind.EXPIRED and writer.entries["lease"].deleted
+    assert writer.expire(13 * NS) == []
+    # a replica that gets the write after its time stores a tombstone and sees no change
+    late = StateCore(W2)
+    assert late.receive(W1, 1, [op], wall=13 * NS) == []
+    assert late.entries["lease"].deleted and late.visible(13 * NS) == {}
+
+
+def test_state_core_gap_is_held_and_a_delta_fills_it_with_no_duplicate() -> None:
+    source, replica = StateCore(W1), StateCore(W2)
+    ops = [source.write(f"k{i}", i, wall=i + 1)[0] for i in range(6)]
+    assert len(replica.receive(W1, 2, ops[:2], wall=0)) == 2
+    assert replica.receive(W1, 5, ops[3:5], wall=0) == []  # seq 3 was lost: held back
+    assert replica.missing() == {W1: 3}
+    snapshot = source.snapshot(replica.applied)
+    assert [entry[1] for entry in snapshot["entries"]] == [3, 4, 5, 6]  # only what it lacks
+    changes = replica.merge(snapshot, wall=0)
+    assert sorted(c.key for c in changes) == ["k2", "k3", "k4", "k5"]  # each change once
+    assert replica.applied[W1] == 6 and not replica.held and replica.missing() == {}
+    assert replica.receive(W1, 6, ops[3:6], wall=0) == []  # already applied: dropped
+    assert replica.stats["duplicates"] == 2 + 3  # the held message, replayed, and this one
+    assert replica.visible(0) == source.visible(0)
+
+
+def test_state_core_late_joiner_merges_snapshot_then_held_updates() -> None:
+    member, joiner = StateCore(W1), StateCore(W2)
+    for i in range(3):
+        member.write("x", i, wall=i + 1)
+    snapshot = member.snapshot({})
+    op, _ = member.write("x", "after the snapshot", wall=10)
+    joiner.receive(W1, 4, [op], wall=0)  # arrives while the snapshot is on its way: held
+    assert joiner.visible(0) == {} and joiner.missing() == {W1: 1}
+    changes = joiner.merge(snapshot, wall=0)
+    assert [c.value for c in changes] == [2, "after the snapshot"]
+    assert joiner.visible(0) == {"x": "after the snapshot"} and joiner.synced
+
+
+def test_state_core_skips_a_gap_nobody_can_fill() -> None:
+    core = StateCore(W2)
+    core.receive(W1, 1, [op_set("a", 1, 1)], wall=0)
+    core.receive(W1, 4, [op_set("b", 4, 4)], wall=0)  # 2 and 3 lost with their dead writer
+    assert [c.key for c in core.skip_gap(W1, wall=0)] == ["b"]
+    assert core.stats["lost"] == 2 and core.applied[W1] == 4
+
+
+def test_state_core_drops_and_counts_bad_input() -> None:
+    core = StateCore(W1)
+    assert core.receive(W2, 1, [["not", "an", "op"]], wall=0) == []
+    assert core.receive(W2, 1, [op_set("k", -1, "negative stamp")], wall=0) == []
+    assert core.receive(W2, 0, [op_set("k", 1, "seq 0")], wall=0) == []
+    assert core.receive(W1, 9, [op_set("k", 1, "our own id")], wall=0) == []
+    assert core.stats["dropped-malformed"] == 3 and core.stats["dropped-own"] == 1
+    for garbage in (None, [], {"writers": 1, "entries": []}, {"writers": [], "entries": [[1]]}):
+        with pytest.raises(ProtocolError):
+            core.merge(garbage, wall=0)
+    assert core.entries == {} and core.applied == {} and not core.synced
+    with pytest.raises(ConfigError):
+        StateCore(b"short")
+
+
+# -- the planner -----------------------------------------------------------------------------------
+
+M1, M2 = uuid.UUID(int=1), uuid.UUID(int=2)
+
+
+def test_state_planner_starts_alone_or_asks_a_member() -> None:
+    planner = SyncPlanner(join_wait=0.5, timeout=1.0)
+    planner.start(now=0.0)
+    assert planner.plan(0.1, synced=False, applied={}, missing={}) == state.Plan()
+    assert planner.plan(0.6, synced=False, applied={}, missing={}).alone
+    planner = SyncPlanner(join_wait=0.5, timeout=1.0)
+    planner.start(now=0.0)
+    planner.set_members({M1: "tcp://m1"})
+    assert planner.plan(0.0, synced=False, applied={}, missing={}).ask == M1
+    assert planner.plan(0.5, synced=False, applied={}, missing={}) == state.Plan()  # one at a time
+    assert planner.plan(1.0, synced=False, applied={}, missing={}).timed_out == M1
+    planner.set_members({M1: "tcp://m1", M2: "tcp://m2"})
+    assert planner.plan(1.5, synced=False, applied={}, missing={}).ask == M2  # M1 failed lately
+
+
+def test_state_planner_asks_whoever_has_the_gap_then_gives_up() -> None:
+    planner = SyncPlanner(grace=1.0, give_up=5.0)
+    planner.start(now=0.0)
+    planner.set_members({M1: "tcp://m1", M2: "tcp://m2"})
+    planner.digest_from(M2, {W3: 9}, applied={W3: 4}, now=0.0)
+    # a gap in W3's stream: M2's digest covers it, so M2 is asked first
+    assert planner.plan(0.0, synced=True, applied={W3: 4}, missing={W3: 5}).ask == M2
+    planner.succeeded(0.1)
+    # still missing (M2 did not have it after all): each other member once, then wait, then give up
+    assert planner.plan(0.2, synced=True, applied={W3: 4}, missing={W3: 5}).ask == M1
+    planner.succeeded(0.3)
+    assert planner.plan(0.4, synced=True, applied={W3: 4}, missing={W3: 5}) == state.Plan()
+    assert planner.plan(5.1, synced=True, applied={W3: 4}, missing={W3: 5}).give_up == (W3,)
+
+
+def test_state_planner_digest_ahead_for_a_heartbeat_means_ask() -> None:
+    planner = SyncPlanner(grace=1.0)
+    planner.start(now=0.0)
+    planner.set_members({M1: "tcp://m1", M2: "tcp://m2"})
+    planner.digest_from(M1, {W3: 7}, applied={W3: 6}, now=0.0)
+    assert planner.plan(0.5, synced=True, applied={W3: 6}, missing={}) == state.Plan()  # in flight?
+    assert planner.plan(0.6, synced=True, applied={W3: 7}, missing={}) == state.Plan()  # it came
+    planner.digest_from(M1, {W3: 8}, applied={W3: 7}, now=1.0)
+    assert planner.plan(2.1, synced=True, applied={W3: 7}, missing={}).ask == M1
+
+
+def test_state_wire_frames_decode_as_documented() -> None:
+    frame = state._updates_frame(codec.dumps("zmqkit.state.g"), codec.dumps(W1), 3, 12,
+                                 [state._encode_op(1, "k", 5, codec.dumps([1, 2]), None),
+                                  state._encode_op(2, "j", 6, b"\xf6", None)])
+    assert codec.decode(frame) == [1, Kind.PUBLISH, "zmqkit.state.g", W1, 3,
+                                   [1, 12, [[1, "k", 5, [1, 2], None], [2, "j", 6, None, None]]]]
+    assert frame.startswith(codec.publish_prefixes("zmqkit.state.g")[0])
+    assert all(state._array_head(n) == codec.dumps([0] * n)[: len(state._array_head(n))]
+               for n in (0, 23, 24, 255, 256, 65535, 65536))
+
+
+# -- replicas over the network ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_node(beacon_port: int) -> Iterator[Callable[[str], Node]]:
+    nodes: list[Node] = []
+
+    def make(name: str) -> Node:
+        node = Node(name, port=beacon_port, **FAST)
+        nodes.append(node)
+        return node.start()
+
+    yield make
+    for node in reversed(nodes):
+        node.close()
+
+
+def test_state_replicas_set_delete_ttl_and_watch_changes(make_node: Callable[[str], Node]) -> None:
+    a, b = make_node("a"), make_node("b")
+    with State(a, "inv", **REPLICA) as left:
+        left.wait_synced(timeout=5.0)
+        left.set("apples", 12)
+        left.set("pears", (1, 2))  # comes back as a list, on every node
+        with State(b, "inv", **REPLICA) as right:
+            right.wait_synced(timeout=5.0)
+            assert right.items() == {"apples": 12, "pears": [1, 2]} == left.items()
+            seen: list[Change] = []
+            right.on_change(seen.append)
+            left.set("lease", "me", ttl=1.5)
+            left.delete("pears")
+            assert right.wait_for("lease", timeout=3.0) == "me"
+            changes = [c for c in right.changes(idle_timeout=1.0) if c.key == "lease"]
+            assert [c.kind for c in changes] == [ChangeKind.EXPIRED]  # the SET came before
+            wait_until(lambda: "pears" not in right, 3.0, "pears deleted on the right")
+            assert right.items() == left.items() == {"apples": 12}
+            kinds = {(c.key, c.kind) for c in seen}
+            assert {("lease", ChangeKind.SET), ("pears", ChangeKind.DELETED),
+                    ("lease", ChangeKind.EXPIRED)} <= kinds
+            assert all(not c.local and c.writer == left.writer for c in seen)
+            assert right.stats()["merged"] >= 1 and left.stats()["served"] >= 1
+    with pytest.raises(ClosedError):
+        left.set("after", "close")
+
+
+def test_state_asyncio_front_end(make_node: Callable[[str], Node]) -> None:
+    a, b = make_node("a"), make_node("b")
+
+    async def main() -> tuple[Any, Change]:
+        async with State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right:
+            await left.wait_synced_async(timeout=5.0)
+            await right.wait_synced_async(timeout=5.0)
+            left.set("n", 1)
+            first = await right.wait_for_async("n", timeout=3.0)
+
+            async def first_change() -> Change:
+                async for change in right.achanges():
+                    return change
+                raise AssertionError("the changes ended")
+
+            listening = asyncio.ensure_future(first_change())
+            await asyncio.sleep(0.05)  # the iterator is listening now
+            left.set("n", 2)
+            return first, await asyncio.wait_for(listening, 5.0)
+
+    with pytest.raises(ConfigError):
+        State(a, "bad*")
+    first, change = asyncio.run(main())
+    assert first == 1 and (change.key, change.kind, change.value) == ("n", ChangeKind.SET, 2)
+
+
+def test_state_refuses_unencodable_values_and_bad_options(make_node: Callable[[str], Node]) -> None:
+    node = make_node("a")
+    with State(node, "inv", **REPLICA) as replica:
+        with pytest.raises(EncodeError):
+            replica.set("k", object())
+        with pytest.raises(EncodeError):
+            replica.set("k", Decimal("1.5"))  # cbor2 can encode it; a replica would refuse it
+        with pytest.raises(ConfigError):
+            replica.set("k", 1, ttl=-1)
+        with pytest.raises(ConfigError):
+            State(node, "inv")  # one replica of a group per node
+        assert replica.items() == {} and replica.stats().get("published", 0) == 0
+    with pytest.raises(ConfigError):
+        State(node, "inv", heartbeat=0)
+
+
+def test_state_sync_server_answers_bad_requests_and_keeps_serving(
+        make_node: Callable[[str], Node]) -> None:
+    node = make_node("a")
+    with State(node, "inv", **REPLICA) as replica, Socket(zmq.DEALER) as dealer:
+        replica.set("k", "v")
+        dealer.connect(replica.endpoint)
+
+        def ask(frame: bytes) -> list[Any]:
+            dealer.send(frame)
+            return codec.decode(dealer.recv(timeout=3.0))
+
+        assert ask(b"\xff garbage")[3] == "zmqkit.ProtocolError"
+        assert ask(codec.encode_request(1, "nope", [], {}))[3] == "zmqkit.MethodNotFound"
+        assert ask(codec.encode_request(2, state.SYNC_METHOD, ["other", []], {}))[3] == \
+            "zmqkit.BadArguments"
+        assert ask(codec.encode_reply(3, None))[:4] == [1, Kind.ERROR, 3, "zmqkit.ProtocolError"]
+        reply = ask(codec.encode_request(4, state.SYNC_METHOD, ["inv", []], {}))
+        assert reply[1] == Kind.REPLY and reply[2] == 4
+        [[writer, seq, code, key, _, value, expires]] = reply[3]["entries"]
+        assert (writer, seq, code, key, value, expires) == (replica.writer.bytes, 1, 1, "k", "v", None)
+        assert reply[3]["writers"] == [[replica.writer.bytes, 1]]
+        # it knows everything already: an empty delta
+        known = [[replica.writer.bytes, 1]]
+        assert ask(codec.encode_request(5, state.SYNC_METHOD, ["inv", known], {}))[3]["entries"] == []
+        assert replica.stats()["bad-requests"] == 2
+
+
+# -- three replicas, one SIGKILLed -----------------------------------------------------------------
+
+CHILD_SCRIPT = r"""
+import json, sys, time
+import zmqkit
+from patterns import state
+
+port, replica_options = int(sys.argv[1]), json.loads(sys.argv[2])
+with zmqkit.Node("child", port=port, interval=0.2, expiry=0.6) as node:
+    with state.State(node, "conv", **replica_options) as replica:
+        replica.wait_synced(timeout=10)
+        print("ready", node.uuid, flush=True)
+        for line in sys.stdin:
+            words = line.split()
+            if words[0] == "burst":
+                count, pause, prefix = int(words[1]), float(words[2]), words[3]
+                for i in range(count):
+                    replica.set(f"k{i % 20}", f"child-{i}")
+                    replica.set(f"{prefix}{i}", i)  # only the child writes these
+                    if i % 7 == 0:
+                        replica.delete(f"k{(i + 3) % 20}")
+                    if i % 10 == 0:
+                        replica.set("lease", "child", ttl=0.3)
+                        time.sleep(pause)
+                print("burst-done", flush=True)
+            elif words[0] == "items":
+                print("items", json.dumps(replica.items(), sort_keys=True), flush=True)
+"""
+
+
+class Child:
+    """A replica in a child process, driven over stdin/stdout; SIGKILLed or reaped on exit."""
+
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD_SCRIPT, str(port), json.dumps(REPLICA)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            bufsize=0,
+        )
+        self._buffer = b""
+
+    def expect(self, word: str, timeout: float = 10.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                head, _, rest = line.decode().partition(" ")
+                if head == word:
+                    return rest
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.proc.stdout], [], [], remaining)[0]:
+                raise AssertionError(f"child: no {word!r} in {timeout} s (exit {self.proc.poll()})")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                assert self.proc.stderr is not None
+                raise AssertionError(f"child exited: {self.proc.stderr.read().decode()[-2000:]}")
+            self._buffer += chunk
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    def items(self) -> dict[str, Any]:
+        self.send("items")
+        return json.loads(self.expect("items", 5.0))  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL: no goodbye, no flush, no close
+        self.proc.wait(5)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def write_burst(replica: State, name: str, count: int) -> None:
+    for i in range(count):
+        replica.set(f"k{i % 20}", f"{name}-{i}")
+        if i % 5 == 0:
+            replica.delete(f"k{(i + 11) % 20}")
+        if i % 10 == 0:
+            time.sleep(0.002)
+
+
+def after_burst(name: str, count: int) -> dict[str, str]:
+    """The ``k`` keys as ``write_burst(replica, name, count)`` leaves them, when its writes are
+    the newest (every one of the 20 keys is written at least once in 20 writes)."""
+    keys: dict[str, str] = {}
+    for i in range(count):
+        keys[f"k{i % 20}"] = f"{name}-{i}"
+        if i % 5 == 0:
+            keys.pop(f"k{(i + 11) % 20}", None)
+    return keys
+
+
+def only(prefix: str, items: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in items.items() if key.startswith(prefix)}
+
+
+def converged(replicas: list[Callable[[], dict[str, Any]]], timeout: float) -> dict[str, Any]:
+    """Wait until every replica shows the same map, twice in a row; return it."""
+    deadline = time.monotonic() + timeout
+    last: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        views = [items() for items in replicas]
+        if all(view == views[0] for view in views) and last == views:
+            return views[0]
+        last = views
+        time.sleep(0.2)
+    raise AssertionError(f"no convergence in {timeout} s: {last}")
+
+
+def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
+        make_node: Callable[[str], Node], beacon_port: int) -> None:
+    a, b = make_node("a"), make_node("b")
+    children: list[Child] = []
+    try:
+        with State(a, "conv", **REPLICA) as left, State(b, "conv", **REPLICA) as right:
+            left.wait_synced(timeout=5.0)
+            right.wait_synced(timeout=5.0)
+            child = Child(beacon_port)
+            children.append(child)
+            child.expect("ready")
+            # all three write the same 20 keys at once (the left from two threads)
+            child.send("burst 300 0.002 a")
+            writers = [threading.Thread(target=write_burst, args=(left, "left", 300)),
+                       threading.Thread(target=write_burst, args=(left, "left2", 200)),
+                       threading.Thread(target=write_burst, args=(right, "right", 300))]
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(10)
+            child.expect("burst-done")
+            first = converged([left.items, right.items, child.items], timeout=10.0)
+            assert "lease" not in first  # the child's TTL key expired on every node
+            assert only("a", first) == {f"a{i}": i for i in range(300)}
+            assert len(only("k", first)) > 0
+
+            # SIGKILL the child in the middle of a burst: its last writes may reach one replica
+            # and not the other; the digests must even that out
+            child.send("burst 5000 0.001 b")
+            wait_until(lambda: len(only("b", left.items())) > 50, 5.0, "the burst under way")
+            child.kill()
+            write_burst(right, "right-after", 100)
+            survivors = converged([left.items, right.items], timeout=10.0)
+            written = len(only("b", survivors))
+            assert 50 < written < 5000
+            # what arrived of the dead writer is a prefix of what it wrote: no gap anywhere
+            assert only("b", survivors) == {f"b{i}": i for i in range(written)}
+            assert only("k", survivors) == after_burst("right-after", 100)
+
+            # a new replica joins through a snapshot while the others keep writing
+            reborn = Child(beacon_port)
+            children.append(reborn)
+            writer = threading.Thread(target=write_burst, args=(left, "left-rejoin", 300))
+            writer.start()
+            reborn.expect("ready")
+            writer.join(10)
+            final = converged([left.items, right.items, reborn.items], timeout=10.0)
+            assert only("k", final) == after_burst("left-rejoin", 300)
+            assert only("b", final) == only("b", survivors)
+            assert only("a", final) == only("a", first)
+            assert left.stats()["served"] + right.stats()["served"] >= 3  # three joins
+    finally:
+        for child in children:
+            child.kill()
+
+
+# -- the documentation example ---------------------------------------------------------------------
+
+
+def test_state_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
+    import re
+
+    text = (ROOT / "docs" / "patterns" / "state.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", text, re.S)
+    promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == promised
