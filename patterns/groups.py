@@ -62,6 +62,7 @@ from zmqkit import (
 )
 from zmqkit.codec import Kind
 from zmqkit.errors import remote_error
+from zmqkit.security import SecurityError
 
 __all__ = [
     "GROUPS_HEADER",
@@ -87,6 +88,7 @@ TOPIC_PREFIX = "zmqkit.group."  # + group: the topic of the group's shouts
 WHISPER_METHOD = "zmqkit.groups.whisper"
 MAX_GROUP_BYTES = 64
 MAX_INBOX = 10_000
+MAX_GONE = 10_000  # UUIDs of peers seen going, so that a whisper to one fails at once
 DEFAULT_TIMEOUT = 5.0
 TICK = 0.5  # the longest the groups thread sleeps without looking at the clock
 UUID_BYTES = 16
@@ -191,6 +193,7 @@ class GroupsCore:
     def __init__(self, own_uuid: uuid_module.UUID) -> None:
         self.own_uuid = own_uuid
         self.peers: dict[uuid_module.UUID, _Tracked] = {}
+        self.gone: dict[uuid_module.UUID, None] = {}  # oldest first; a UUID never comes back
         self.stats: Counter[str] = Counter()
         self._pending: dict[int, _Pending] = {}
         self._call_ids = itertools.count(1)
@@ -207,6 +210,7 @@ class GroupsCore:
             return self.remove(peer.uuid, "closed") if known is not None else []
         if known is not None and peer.seq < known.seq:
             return []  # an older description, queued before a newer one was read
+        self.gone.pop(peer.uuid, None)  # its Groups closed and opened again
         groups, bad = parse_groups(peer.headers.get(GROUPS_HEADER))
         self.stats["dropped-bad-group"] += bad
         before = known.groups if known is not None else frozenset()
@@ -223,6 +227,9 @@ class GroupsCore:
         known = self.peers.pop(peer_uuid, None)
         if known is None:
             return []
+        self.gone[peer_uuid] = None
+        if len(self.gone) > MAX_GONE:
+            del self.gone[next(iter(self.gone))]
         for key in [key for key in self._last_seq if key[0] == peer_uuid.bytes]:
             del self._last_seq[key]
         leaves = [GroupEvent(GroupEventKind.LEAVE, known.name, peer_uuid, g)
@@ -504,7 +511,8 @@ class Groups:
                        timeout: float = DEFAULT_TIMEOUT) -> concurrent.futures.Future[None]:
         """Send ``body`` to one peer; return a future that settles when it acknowledges.
 
-        The future fails with ``PeerNotFound`` (no such peer in groups), ``Timeout`` (no
+        A peer not discovered yet is waited for, within ``timeout``. The future fails with
+        ``PeerNotFound`` (no such peer in groups in time, or it has gone), ``Timeout`` (no
         acknowledgement within ``timeout``), ``BrokenError`` (the peer went before it answered:
         it may or may not have the message) or ``ClosedError``.
 
@@ -527,7 +535,8 @@ class Groups:
         """Send ``body`` to one peer and wait until it has it.
 
         Raises:
-            PeerNotFound: no peer with that UUID takes part in groups.
+            PeerNotFound: no peer with that UUID took part in groups within ``timeout``, or it
+                has gone (at once: a node's UUID never comes back).
             Timeout: no acknowledgement within ``timeout`` (a dead peer not yet declared gone).
             BrokenError: the peer went before it acknowledged.
             BusyError: called from a callback (the groups thread cannot wait for itself).
@@ -676,6 +685,8 @@ class Groups:
         try:
             pub, sub, router = Socket(zmq.PUB), Socket(zmq.SUB), Socket(zmq.ROUTER)
             sockets += [pub, sub, router]
+            self.node.secure_server(pub)  # a node with keys serves only peers in its keyring
+            self.node.secure_server(router)
             self.pub_endpoint = pub.bind(self.node.host)
             self.endpoint = router.bind(self.node.host)
         except BaseException as exc:  # handed to start(), which raises it in the caller's thread
@@ -696,6 +707,10 @@ class Groups:
 
 
 
+# a whisper waiting for its peer to be discovered: (peer, args, deadline, future)
+_Parked = tuple[uuid_module.UUID, list[Any], Deadline, "concurrent.futures.Future[None]"]
+
+
 class _Engine:
     """The loop of the groups thread: it alone touches the sockets and the core."""
 
@@ -706,6 +721,8 @@ class _Engine:
         self.dealers: dict[uuid_module.UUID, Socket] = {}
         self.dealer_owner: dict[Any, uuid_module.UUID] = {}
         self.connected: dict[uuid_module.UUID, str] = {}
+        self.refused: dict[uuid_module.UUID, SecurityError] = {}  # peers whose keys we may not use
+        self.parked: list[_Parked] = []
         self.poller = zmq.Poller()
         for sock in (sub, router):
             self.poller.register(sock.raw, zmq.POLLIN)
@@ -741,16 +758,21 @@ class _Engine:
         for command in commands:  # whispers queued after the last look: fail them, do not hang
             with contextlib.suppress(ZmqkitError):
                 command(self)
+        for _, _, _, future in self.parked:
+            _settle(future, ClosedError("groups closed before the peer was found"))
         for waiter, _ in self.core.abandoned():
             _settle(waiter, ClosedError("groups closed before the whisper was sent"))
         for sock in [*self.dealers.values(), self.pub, self.sub, self.router]:
             sock.close()
 
     def next_wait(self) -> float:
-        deadline = self.core.next_deadline()
-        if deadline is None:
+        deadlines = [d.at for _, _, d, _ in self.parked]
+        pending = self.core.next_deadline()
+        if pending is not None:
+            deadlines.append(pending)
+        if not deadlines:
             return TICK
-        return min(TICK, max(0.0, deadline - time.monotonic()) + 0.001)
+        return min(TICK, max(0.0, min(deadlines) - time.monotonic()) + 0.001)
 
     # -- commands and events ---------------------------------------------------------------------
 
@@ -800,6 +822,9 @@ class _Engine:
             events += self.core.presence(presence.popleft())
         self.refresh_connections()
         self.emit(events)
+        parked, self.parked = self.parked, []
+        for whisper in parked:  # the peers they wait for may be here now
+            self.send_whisper(*whisper)
 
     def refresh_connections(self) -> None:
         """Connect to the shouts of every peer in groups; drop what belonged to peers gone."""
@@ -808,10 +833,14 @@ class _Engine:
             if wanted.get(peer_uuid) != endpoint:
                 self.sub.disconnect(endpoint)
                 del self.connected[peer_uuid]
-        for peer_uuid, endpoint in wanted.items():
-            if peer_uuid not in self.connected:
-                self.sub.connect(endpoint)
-                self.connected[peer_uuid] = endpoint
+        new = [u for u in wanted if u not in self.connected and u not in self.refused]
+        peers = {peer.uuid: peer for peer in self.groups.node.peers(role=ROLE)} if new else {}
+        for peer_uuid in new:
+            if peer_uuid not in peers:
+                continue  # gone again since the event: the next refresh drops it
+            if self.secured(self.sub, peers[peer_uuid]):
+                self.sub.connect(wanted[peer_uuid])
+                self.connected[peer_uuid] = wanted[peer_uuid]
         gone = [u for u in self.dealers if u not in self.core.peers]
         for peer_uuid in gone:
             self.drop_dealer(peer_uuid)
@@ -863,13 +892,22 @@ class _Engine:
             return
         tracked = self.core.peers.get(peer_uuid)
         if tracked is None:
-            _settle(future, PeerNotFound(f"no peer {peer_uuid} takes part in groups (beacon port "
-                                         f"{self.groups.node.port})"))
+            if peer_uuid in self.core.gone:
+                _settle(future, PeerNotFound(f"peer {peer_uuid} has gone"))
+            else:  # not discovered yet: wait for it, within the whisper's deadline
+                self.parked.append((peer_uuid, args, deadline, future))
             return
         dealer = self.dealers.get(peer_uuid)
         if dealer is None:
             # queues while the connection is made; the whisper's deadline bounds the wait
-            dealer = self.dealers[peer_uuid] = Socket(zmq.DEALER)
+            dealer = Socket(zmq.DEALER)
+            found = [p for p in self.groups.node.peers(role=ROLE) if p.uuid == peer_uuid]
+            if not found or not self.secured(dealer, found[0]):
+                dealer.close()
+                _settle(future, self.refused.get(peer_uuid) or PeerNotFound(
+                    f"peer {peer_uuid} has gone"))
+                return
+            self.dealers[peer_uuid] = dealer
             dealer.connect(tracked.whisper_endpoint)
             self.dealer_owner[dealer.raw] = peer_uuid
             self.poller.register(dealer.raw, zmq.POLLIN)
@@ -903,7 +941,27 @@ class _Engine:
             else:
                 _settle(waiter, remote_error(message[3], message[4], message[5]))
 
+    def secured(self, sock: Socket, peer: Peer) -> bool:
+        """Set ``sock``'s CURVE options for ``peer``; False (counted, warned once) when this node
+        may not talk to it."""
+        if peer.uuid in self.refused:
+            return False
+        try:
+            self.groups.node.secure_client(sock, peer)
+        except SecurityError as exc:
+            self.refused[peer.uuid] = exc
+            self.core.stats["refused-peers"] += 1
+            log.warning("groups: not talking to %s", exc)
+            return False
+        return True
+
     def settle_expired(self, now: float) -> None:
+        late = [whisper for whisper in self.parked if whisper[2].expired(now)]
+        if late:
+            self.parked = [whisper for whisper in self.parked if not whisper[2].expired(now)]
+        for peer_uuid, _, _, future in late:
+            _settle(future, PeerNotFound(f"no peer {peer_uuid} took part in groups in time "
+                                         f"(beacon port {self.groups.node.port})"))
         for waiter, peer_uuid in self.core.expired(now):
             tracked = self.core.peers.get(peer_uuid)
             name = tracked.name if tracked is not None else "?"

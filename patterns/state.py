@@ -68,12 +68,14 @@ from zmqkit import (
     Deadline,
     EncodeError,
     Node,
+    Peer,
     ProtocolError,
     Socket,
     Timeout,
     codec,
 )
 from zmqkit.codec import Kind
+from zmqkit.security import SecurityError
 
 __all__ = [
     "SYNC_METHOD",
@@ -997,6 +999,8 @@ class State:
         try:
             pub, sub, router = Socket(zmq.PUB), Socket(zmq.SUB), Socket(zmq.ROUTER)
             sockets += [pub, sub, router]
+            self.node.secure_server(pub)  # a node with keys serves only peers in its keyring
+            self.node.secure_server(router)
             self.pub_endpoint = pub.bind(self.node.host)
             self.endpoint = router.bind(self.node.host)
             for prefix in codec.publish_prefixes(topic(self.group)):
@@ -1032,6 +1036,8 @@ class _Engine:
         self.pub_seq = 0
         self.published_seq = 0
         self.connected: dict[uuid_module.UUID, str] = {}
+        self.member_peers: dict[uuid_module.UUID, Peer] = {}
+        self.refused: set[uuid_module.UUID] = set()  # members whose keys we may not talk to
         self.peers_version = -1
         self.next_digest = 0.0
         self.dealer: Socket | None = None
@@ -1093,16 +1099,26 @@ class _Engine:
             return
         self.peers_version = node.peers_version
         role, pub = sync_role(self.state.group), pub_role(self.state.group)
-        members = {peer.uuid: peer.endpoints[role] for peer in node.peers(role=role)}
-        wanted = {peer.uuid: peer.endpoints[pub] for peer in node.peers(role=pub)}
+        self.member_peers = {peer.uuid: peer for peer in node.peers(role=role)
+                             if pub in peer.endpoints}
+        wanted = {uuid: peer.endpoints[pub] for uuid, peer in self.member_peers.items()}
         for member, endpoint in list(self.connected.items()):
             if wanted.get(member) != endpoint:
                 self.sub.disconnect(endpoint)
                 del self.connected[member]
         for member, endpoint in wanted.items():
-            if member not in self.connected:
+            if member not in self.connected and member not in self.refused:
+                try:
+                    node.secure_client(self.sub, self.member_peers[member])
+                except SecurityError as exc:  # not a member we may talk to: skipped, counted
+                    self.refused.add(member)
+                    self.count("refused-members")
+                    log.warning("state %s: not syncing with %s", self.state.group, exc)
+                    continue
                 self.sub.connect(endpoint)
                 self.connected[member] = endpoint
+        members = {uuid: peer.endpoints[role] for uuid, peer in self.member_peers.items()
+                   if uuid not in self.refused}
         with self.state._lock:
             lost = self.planner.set_members(members)
         if lost is not None:
@@ -1171,6 +1187,7 @@ class _Engine:
         endpoint = self.planner.members[member]
         self.drop_dealer()
         self.dealer = Socket(zmq.DEALER)
+        self.state.node.secure_client(self.dealer, self.member_peers[member])  # checked already
         self.dealer.connect(endpoint)
         self.poller.register(self.dealer.raw, zmq.POLLIN)
         self.call_id = next(self.call_ids)

@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 
 from patterns import state
 from patterns.state import Change, ChangeKind, State, StateCore, SyncPlanner
-from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, Timeout, codec
+from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, codec
 from zmqkit.codec import Kind
+from zmqkit.security import Keypair, Keyring
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"interval": 0.2, "expiry": 0.6}
@@ -256,8 +257,13 @@ def test_state_replicas_set_delete_ttl_and_watch_changes(make_node: Callable[[st
             left.set("lease", "me", ttl=1.5)
             left.delete("pears")
             assert right.wait_for("lease", timeout=3.0) == "me"
-            changes = [c for c in right.changes(idle_timeout=1.0) if c.key == "lease"]
-            assert [c.kind for c in changes] == [ChangeKind.EXPIRED]  # the SET came before
+            lease_changes = []
+            for change in right.changes(idle_timeout=3.0):
+                if change.key == "lease":
+                    lease_changes.append(change.kind)
+                    break
+            assert lease_changes == [ChangeKind.EXPIRED]  # the SET came before we listened
+            assert "lease" not in left and "lease" not in right
             wait_until(lambda: "pears" not in right, 3.0, "pears deleted on the right")
             assert right.items() == left.items() == {"apples": 12}
             kinds = {(c.key, c.kind) for c in seen}
@@ -295,6 +301,53 @@ def test_state_asyncio_front_end(make_node: Callable[[str], Node]) -> None:
     assert first == 1 and (change.key, change.kind, change.value) == ("n", ChangeKind.SET, 2)
 
 
+def test_state_digests_spread_what_one_replica_alone_received(
+        make_node: Callable[[str], Node]) -> None:
+    """A write that reached only the left (its writer died before sending it to the right) gets
+    to the right through the left's digest; a gap that nobody can fill is given up after
+    ``give_up`` seconds, counted as lost, and the write after it spreads the same way."""
+    a, b = make_node("a"), make_node("b")
+    ghost = uuid.uuid4().bytes  # a writer that is no node: as if SIGKILLed after two sends
+
+    def inject(replica: State, seq: int, key: str) -> None:
+        """Hand ``replica`` a message of the ghost writer as if its SUB socket had received it."""
+        with replica._lock:
+            wall = time.time_ns()
+            replica._pending += replica._core.receive(ghost, seq, [op_set(key, wall, key)], wall)
+
+    with State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right:
+        left.wait_synced(timeout=5.0)
+        right.wait_synced(timeout=5.0)
+        inject(left, 1, "ghost1")
+        assert right.wait_for("ghost1", timeout=5.0) == "ghost1"
+        inject(right, 3, "ghost3")  # seq 2 never reached anyone
+        assert "ghost3" not in right  # held back behind the gap
+        assert left.wait_for("ghost3", timeout=10.0) == "ghost3"
+        assert right.items() == left.items() == {"ghost1": "ghost1", "ghost3": "ghost3"}
+        assert right.stats()["lost"] == 1 and "lost" not in left.stats()
+        assert right.stats()["syncs"] >= 2 and left.stats()["syncs"] >= 2
+
+
+def test_state_with_curve_replicates_only_within_the_keyring(beacon_port: int) -> None:
+    left_keys, right_keys, stranger_keys = (Keypair.generate() for _ in range(3))
+    ring = Keyring([left_keys.public, right_keys.public])
+    with Node("left", port=beacon_port, keys=left_keys, keyring=ring, **FAST) as a, \
+            Node("right", port=beacon_port, keys=right_keys, keyring=ring, **FAST) as b, \
+            Node("stranger", port=beacon_port, keys=stranger_keys,
+                 keyring=Keyring([stranger_keys.public]), **FAST) as c, \
+            State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right, \
+            State(c, "inv", **REPLICA) as stranger:
+        for replica in (left, right, stranger):
+            replica.wait_synced(timeout=5.0)
+        left.set("secret", 1)
+        stranger.set("intruder", 2)
+        assert right.wait_for("secret", timeout=5.0) == 1
+        time.sleep(0.5)  # a few heartbeats: the stranger's digests would have pulled it over
+        assert right.items() == left.items() == {"secret": 1}
+        assert stranger.items() == {"intruder": 2}
+        assert left.stats()["refused-members"] == 1 and stranger.stats()["refused-members"] == 2
+
+
 def test_state_refuses_unencodable_values_and_bad_options(make_node: Callable[[str], Node]) -> None:
     node = make_node("a")
     with State(node, "inv", **REPLICA) as replica:
@@ -330,11 +383,13 @@ def test_state_sync_server_answers_bad_requests_and_keeps_serving(
         reply = ask(codec.encode_request(4, state.SYNC_METHOD, ["inv", []], {}))
         assert reply[1] == Kind.REPLY and reply[2] == 4
         [[writer, seq, code, key, _, value, expires]] = reply[3]["entries"]
-        assert (writer, seq, code, key, value, expires) == (replica.writer.bytes, 1, 1, "k", "v", None)
+        assert writer == replica.writer.bytes
+        assert (seq, code, key, value, expires) == (1, state.OP_SET, "k", "v", None)
         assert reply[3]["writers"] == [[replica.writer.bytes, 1]]
         # it knows everything already: an empty delta
         known = [[replica.writer.bytes, 1]]
-        assert ask(codec.encode_request(5, state.SYNC_METHOD, ["inv", known], {}))[3]["entries"] == []
+        reply = ask(codec.encode_request(5, state.SYNC_METHOD, ["inv", known], {}))
+        assert reply[3]["entries"] == []
         assert replica.stats()["bad-requests"] == 2
 
 

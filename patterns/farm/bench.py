@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -53,8 +54,23 @@ def free_udp_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def measure(kind: str, workers: int, tasks: int, runs: int, slots: int, prefetch: int) -> list[float]:
-    """Tasks per second of each run, with ``workers`` worker processes."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process or of child ``pid``; 0 where /proc is missing."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
+            prefetch: int) -> tuple[list[float], float, float]:
+    """Tasks per second of each run, with ``workers`` worker processes; and the share of one
+    core that the submitter and the workers (together) used, over all runs."""
     port = free_udp_port()
     children = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), kind, str(slots),
                                   str(prefetch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -69,13 +85,18 @@ def measure(kind: str, workers: int, tasks: int, runs: int, slots: int, prefetch
                     raise RuntimeError(f"only {len(submitter.workers())} of {workers} workers came")
                 time.sleep(0.01)
             rates = []
+            mine, theirs = cpu_seconds(), sum(cpu_seconds(child.pid) for child in children)
+            began = time.perf_counter()
             for _ in range(runs):
                 start = time.perf_counter()
                 for x in range(tasks):
                     submitter.submit(x)
                 done = sum(1 for _ in submitter.as_completed(timeout=600))
                 rates.append(done / (time.perf_counter() - start))
-            return rates
+            wall = time.perf_counter() - began
+            mine = (cpu_seconds() - mine) / wall
+            theirs = (sum(cpu_seconds(child.pid) for child in children) - theirs) / wall
+            return rates, mine, theirs
     finally:
         for child in children:
             child.kill()
@@ -100,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.kinds:
         tasks = args.tasks or (20_000 if kind == "trivial" else 4_000)
         for workers in args.workers:
-            rates = measure(kind, workers, tasks, args.runs, args.slots, args.prefetch)
+            rates, mine, theirs = measure(kind, workers, tasks, args.runs, args.slots, args.prefetch)
             rows.append({"kind": kind, "workers": workers, "tasks": tasks, "slots": args.slots,
-                         "prefetch": args.prefetch, "median": statistics.median(rates), "runs": rates})
+                         "prefetch": args.prefetch, "median": statistics.median(rates), "runs": rates,
+                         "submitter_cpu": mine, "workers_cpu": theirs})
             if not args.json:
                 print(f"{kind:8} {workers} worker(s)  {statistics.median(rates):9,.0f} tasks/s  "
-                      f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; slots {args.slots}, "
-                      f"prefetch {args.prefetch}, {tasks} tasks)", flush=True)
+                      f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; cpu: submitter "
+                      f"{mine:.0%}, workers {theirs:.0%}; slots {args.slots}, prefetch "
+                      f"{args.prefetch}, {tasks} tasks)", flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

@@ -220,8 +220,9 @@ class AsyncClient:
     def _refresh(self) -> None:
         if self._routes.version == self.node.peers_version or self._closed:
             return
+        version = self.node.peers_version  # first: a change after this read is seen next time
         peers = self.node.peers(self.name)
-        added, removed = self._routes.sync(peers, self.node.peers_version)
+        added, removed = self._routes.sync(peers, version)
         self._refused = None
         for route in removed:
             self._readers.pop(route.uuid).cancel()

@@ -1,0 +1,400 @@
+"""Groups: the pure core (membership from beacons, whisper correlation, shout intake) without
+sockets, then nodes joining, leaving, shouting and whispering over real sockets, and a member in a
+child process SIGKILLed: the others must see it leave its groups and go, and whispers to it must
+fail within their deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import given
+from hypothesis import strategies as st
+
+from patterns import groups
+from patterns.groups import GroupEvent, GroupEventKind, Groups, GroupsCore
+from zmqkit import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    ConfigError,
+    EncodeError,
+    EventKind,
+    Node,
+    Peer,
+    PeerEvent,
+    PeerNotFound,
+    Socket,
+    Timeout,
+    codec,
+)
+from zmqkit.codec import Kind
+from zmqkit.security import Keypair, Keyring, SecurityError
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {"interval": 0.2, "expiry": 0.6}
+ME, P1, P2 = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
+Join, Leave, Gone = GroupEventKind.JOIN, GroupEventKind.LEAVE, GroupEventKind.GONE
+
+
+def peer(peer_uuid: uuid.UUID, name: str, seq: int, groups_header: str | None = None,
+         *, serves: bool = True) -> Peer:
+    endpoints = {"groups": "tcp://127.0.0.1:1", "groups-pub": "tcp://127.0.0.1:2"} if serves else {}
+    headers = {} if groups_header is None else {"groups": groups_header}
+    return Peer(name, peer_uuid, endpoints, headers, seq, "127.0.0.1", 0.0, 0.0)
+
+
+def kinds(events: list[GroupEvent]) -> list[tuple[GroupEventKind, str | None]]:
+    return [(event.kind, event.group) for event in events]
+
+
+# -- the core --------------------------------------------------------------------------------------
+
+
+def test_groups_core_membership_from_beacon_headers() -> None:
+    core = GroupsCore(ME)
+    assert kinds(core.update(peer(P1, "p1", 1, "ops,dev"))) == [(Join, "dev"), (Join, "ops")]
+    assert core.update(peer(P1, "p1", 1, "ops,dev")) == []  # the same beacon again
+    assert kinds(core.update(peer(P1, "p1", 2, "ops,qa"))) == [(Join, "qa"), (Leave, "dev")]
+    assert core.update(peer(P1, "p1", 1, "")) == []  # older than what we know: ignored
+    assert core.update(peer(ME, "me", 5, "ops")) == []  # ourselves
+    assert core.update(peer(P2, "p2", 1, "ops", serves=False)) == []  # no groups endpoint
+    assert kinds(core.update(peer(P2, "p2", 2, ",bad*,ops, x"))) == [(Join, "ops")]
+    assert core.stats["dropped-bad-group"] == 3
+    assert core.members("ops") == [groups.Member("p1", P1), groups.Member("p2", P2)]
+    assert list(core.groups()) == ["ops", "qa"]
+    gone = core.presence(PeerEvent(EventKind.EXPIRED, peer(P1, "p1", 2, "ops,qa")))
+    assert kinds(gone) == [(Leave, "ops"), (Leave, "qa"), (Gone, None)]
+    assert gone[-1].body == "expired"
+    closed = core.update(peer(P2, "p2", 3, "ops", serves=False))  # its Groups closed
+    assert kinds(closed) == [(Leave, "ops"), (Gone, None)] and closed[-1].body == "closed"
+    assert core.remove(P2, "left") == [] and core.groups() == {}
+
+
+@given(st.lists(st.text(min_size=1, max_size=10), max_size=8))
+def test_groups_header_round_trips_valid_names(names: list[str]) -> None:
+    valid = {name for name in names if groups._valid_group(name)}
+    header = groups.format_groups(valid)
+    assert groups.parse_groups(header) == (frozenset(valid), 0)
+    assert (header is None) == (not valid)
+
+
+def test_groups_core_whisper_deadlines_and_peers_gone() -> None:
+    core = GroupsCore(ME)
+    first = core.start_whisper(P1, deadline=10.0, waiter="w1")
+    second = core.start_whisper(P1, deadline=5.0, waiter="w2")
+    third = core.start_whisper(P2, deadline=20.0, waiter="w3")
+    assert len({first, second, third}) == 3 and core.next_deadline() == 5.0
+    assert core.answered(first) == "w1" and core.answered(first) is None  # a late second answer
+    assert core.expired(now=6.0) == [("w2", P1)] and core.expired(now=6.0) == []
+    assert core.abandoned([P2]) == [("w3", P2)] and core.next_deadline() is None
+
+
+def test_groups_core_shout_intake_counts_gaps_and_drops_what_is_not_for_us() -> None:
+    core = GroupsCore(ME)
+    sender = P1.bytes
+
+    def shout(group: str, seq: int, data: Any) -> GroupEvent | None:
+        message = codec.decode(codec.encode_publish("zmqkit.group." + group, sender, seq, data))
+        return core.take_shout(message, {"ops"})
+
+    event = shout("ops", 1, ["p1", {"x": 1}])
+    assert event == GroupEvent(GroupEventKind.SHOUT, "p1", P1, "ops", {"x": 1})
+    assert shout("ops", 4, ["p1", "after two lost"]) is not None and core.stats["gaps"] == 2
+    assert shout("dev", 1, ["p1", "not joined"]) is None
+    assert shout("ops", 5, "not [name, body]") is None
+    assert shout("ops", 6, [7, "name is not text"]) is None
+    batch = codec.decode(codec.encode_publish_batch("zmqkit.group.ops", sender, 7, [1]))
+    assert core.take_shout(batch, {"ops"}) is None
+    assert core.stats["dropped-malformed"] == 3 and core.stats["dropped-not-joined"] == 1
+    assert core.take_whisper([b"short", "p1", "hi"]) is None
+    assert core.take_whisper([P1.bytes, "p1", "hi"]) == GroupEvent(
+        GroupEventKind.WHISPER, "p1", P1, None, "hi")
+
+
+# -- nodes over the network ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_node(beacon_port: int) -> Iterator[Callable[[str], Node]]:
+    nodes: list[Node] = []
+
+    def make(name: str) -> Node:
+        node = Node(name, port=beacon_port, **FAST)
+        nodes.append(node)
+        return node.start()
+
+    yield make
+    for node in reversed(nodes):
+        node.close()
+
+
+def next_event(member: Groups, kind: GroupEventKind, timeout: float = 5.0) -> GroupEvent:
+    """The next event of ``kind``, skipping others (membership news of other tests' steps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = member.recv(max(0.0, deadline - time.monotonic()))
+        if event.kind is kind:
+            return event
+
+
+def shout_until_heard(sender: Groups, group: str, receiver: Groups, timeout: float = 5.0) -> None:
+    """Shout a warm-up until ``receiver`` hears one: its connection to ``sender`` is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sender.shout(group, "warm-up")
+        try:
+            next_event(receiver, GroupEventKind.SHOUT, 0.05)
+            return
+        except Timeout:
+            continue
+    raise AssertionError(f"{receiver!r} never heard {sender!r} on {group!r}")
+
+
+def test_groups_join_shout_whisper_leave(make_node: Callable[[str], Node]) -> None:
+    with Groups(make_node("a")) as a, Groups(make_node("b")) as b, Groups(make_node("c")) as c:
+        a.join("ops")
+        b.join("ops")
+        c.join("dev")
+        seen = next_event(c, Join)
+        assert (seen.peer, seen.uuid) in {("a", a.node.uuid), ("b", b.node.uuid)}
+        for member in (a, b):
+            while len(member.members("ops")) < 1 or not member.members("dev"):
+                next_event(member, Join)
+        assert a.members("ops") == [groups.Member("b", b.node.uuid)]
+        assert b.groups() == {"dev": [groups.Member("c", c.node.uuid)],
+                              "ops": [groups.Member("a", a.node.uuid)]}
+        assert a.joined == frozenset({"ops"})
+        shout_until_heard(a, "ops", b)
+        assert a.shout("ops", {"n": 1}) >= 2
+        shout = next_event(b, GroupEventKind.SHOUT)
+        assert (shout.peer, shout.uuid, shout.group) == ("a", a.node.uuid, "ops")
+        assert shout.body == {"n": 1}
+        c.whisper(b.node.uuid, ["to", "b"], timeout=5.0)
+        whisper = next_event(b, GroupEventKind.WHISPER)
+        assert (whisper.peer, whisper.uuid, whisper.body) == ("c", c.node.uuid, ["to", "b"])
+        b.leave("ops")
+        left = next_event(a, Leave)
+        assert (left.peer, left.group) == ("b", "ops")
+        a.shout("ops", "nobody hears this")
+        with pytest.raises(Timeout):
+            next_event(b, GroupEventKind.SHOUT, 0.3)
+        with pytest.raises(Timeout):
+            next_event(c, GroupEventKind.SHOUT, 0.1)  # never in ops
+        assert b.stats()["whispers"] == 1 and b.stats()["shouts"] >= 2
+
+
+def test_groups_asyncio_front_end_and_callbacks(make_node: Callable[[str], Node]) -> None:
+    a_node, b_node = make_node("a"), make_node("b")
+
+    async def main() -> tuple[GroupEvent, GroupEvent, list[GroupEvent]]:
+        async with Groups(a_node) as a, Groups(b_node) as b:
+            heard: list[GroupEvent] = []
+
+            def reply(event: GroupEvent) -> None:  # in the groups thread: must not wait
+                heard.append(event)
+                if event.kind is GroupEventKind.WHISPER and event.body == "ping":
+                    b.submit_whisper(event.uuid, "pong")
+
+            b.on_event(reply)
+            a.join("room")
+            joined = await next_async(b, Join)
+            await a.whisper_async(b_node.uuid, "ping", timeout=5.0)
+            pong = await next_async(a, GroupEventKind.WHISPER)
+            return joined, pong, heard
+
+    async def next_async(member: Groups, kind: GroupEventKind) -> GroupEvent:
+        async def first() -> GroupEvent:
+            async for event in member.aevents():
+                if event.kind is kind:
+                    return event
+            raise AssertionError("the events ended")
+
+        return await asyncio.wait_for(first(), 5.0)
+
+    joined, pong, heard = asyncio.run(main())
+    assert (joined.peer, joined.group) == ("a", "room")
+    assert (pong.peer, pong.body) == ("b", "pong")
+    assert [e.kind for e in heard] == [Join, GroupEventKind.WHISPER]
+
+
+def test_groups_whisper_failures_are_clear_errors(make_node: Callable[[str], Node]) -> None:
+    a_node = make_node("a")
+    with Groups(a_node) as a, Groups(make_node("b")) as b:
+        started = time.monotonic()
+        with pytest.raises(PeerNotFound):  # waited for, in case it is just not discovered yet
+            a.whisper(uuid.uuid4(), "to nobody", timeout=0.5)
+        assert 0.45 < time.monotonic() - started < 0.5 + 1.0
+        with pytest.raises(ConfigError):
+            a.whisper(a_node.uuid, "to myself")
+        with pytest.raises(EncodeError):
+            a.whisper(b.node.uuid, object())
+        with pytest.raises(ConfigError):
+            a.join("no,commas")
+        with pytest.raises(ConfigError):
+            Groups(a_node)  # one per node
+        failures: list[BaseException] = []
+
+        def whisper_from_callback(event: GroupEvent) -> None:
+            try:
+                b.whisper(event.uuid, "would wait for itself")
+            except BusyError as exc:
+                failures.append(exc)
+
+        b.on_event(whisper_from_callback)
+        a.join("x")
+        next_event(b, Join)
+        assert len(failures) == 1
+    with pytest.raises(ClosedError):
+        a.shout("x", "after close")
+    with pytest.raises(ClosedError):
+        a.whisper(uuid.uuid4(), "after close")
+
+
+def test_groups_with_curve_talk_only_within_the_keyring(beacon_port: int) -> None:
+    alice_keys, bob_keys = Keypair.generate(), Keypair.generate()
+    ring = Keyring([alice_keys.public, bob_keys.public])
+    with Node("alice", port=beacon_port, keys=alice_keys, keyring=ring, **FAST) as alice_node, \
+            Node("bob", port=beacon_port, keys=bob_keys, keyring=ring, **FAST) as bob_node, \
+            Node("mallory", port=beacon_port, **FAST) as mallory_node, \
+            Groups(alice_node) as alice, Groups(bob_node) as bob, Groups(mallory_node) as mallory:
+        for member in (alice, bob, mallory):
+            member.join("ops")
+        while len(alice.members("ops")) < 2:
+            next_event(alice, Join)
+        bob.whisper(alice_node.uuid, "encrypted", timeout=5.0)
+        assert next_event(alice, GroupEventKind.WHISPER).body == "encrypted"
+        with pytest.raises(SecurityError):  # a plain node, and we have keys
+            alice.whisper(mallory_node.uuid, "not for you", timeout=2.0)
+        with pytest.raises(SecurityError):  # the other way round, too
+            mallory.whisper(alice_node.uuid, "let me in", timeout=2.0)
+        shout_until_heard(alice, "ops", bob)
+        mallory.shout("ops", "spoofed")
+        with pytest.raises(Timeout):
+            next_event(alice, GroupEventKind.SHOUT, 0.3)
+        assert alice.stats()["refused-peers"] == 1
+
+
+def test_groups_whisper_endpoint_answers_bad_requests_and_keeps_serving(
+        make_node: Callable[[str], Node]) -> None:
+    with Groups(make_node("a")) as a, Socket(zmq.DEALER) as dealer:
+        dealer.connect(a.endpoint)
+
+        def ask(frame: bytes) -> list[Any]:
+            dealer.send(frame)
+            return codec.decode(dealer.recv(timeout=3.0))
+
+        assert ask(b"\x00 not cbor")[3] == "zmqkit.ProtocolError"
+        assert ask(codec.encode_request(1, "other", [], {}))[3] == "zmqkit.MethodNotFound"
+        bad_arguments = codec.encode_request(2, groups.WHISPER_METHOD, ["x"], {})
+        assert ask(bad_arguments)[3] == "zmqkit.BadArguments"
+        assert ask(codec.encode_publish("t", bytes(16), 1, None))[:3] == [1, Kind.ERROR, 0]
+        sender = uuid.uuid4()
+        reply = ask(codec.encode_request(3, groups.WHISPER_METHOD, [sender.bytes, "raw", "hi"], {}))
+        assert reply == [1, Kind.REPLY, 3, None]
+        event = a.recv(timeout=3.0)
+        assert (event.kind, event.peer, event.uuid, event.body) == (
+            GroupEventKind.WHISPER, "raw", sender, "hi")
+        assert a.stats()["bad-requests"] == 2
+
+
+# -- a member SIGKILLed ----------------------------------------------------------------------------
+
+CHILD_SCRIPT = r"""
+import sys
+import zmqkit
+from patterns import groups
+
+with zmqkit.Node("doomed", port=int(sys.argv[1]), interval=0.2, expiry=0.6) as node:
+    with groups.Groups(node) as member:
+        member.join("ops")
+        member.join("dev")
+        print("ready", node.uuid, flush=True)
+        for event in member.events(idle_timeout=60):
+            if event.kind is groups.GroupEventKind.WHISPER:
+                print("whisper", event.body, flush=True)
+"""
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"the child said nothing in {timeout} s (exit {proc.poll()})"
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(proc.stdout.fileno(), 1)
+        assert chunk, "the child exited"
+        line += chunk
+    return line.decode().strip()
+
+
+def test_groups_sigkilled_member_leaves_its_groups_and_is_gone(
+        make_node: Callable[[str], Node], beacon_port: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, str(beacon_port)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        with Groups(make_node("watcher")) as watcher:
+            head, _, child_uuid_text = read_line(proc, 10.0).partition(" ")
+            assert head == "ready"
+            child = uuid.UUID(child_uuid_text)
+            doomed = groups.Member("doomed", child)
+            deadline = time.monotonic() + 5.0
+            while {g for g, ms in watcher.groups().items() if doomed in ms} != {"dev", "ops"}:
+                assert time.monotonic() < deadline, "the child's groups never showed"
+                watcher.recv(max(0.0, deadline - time.monotonic()))
+            watcher.whisper(child, "are you there", timeout=5.0)
+            assert read_line(proc, 5.0) == "whisper are you there"
+
+            proc.kill()  # SIGKILL: no goodbye
+            proc.wait(5)
+            killed_at = time.monotonic()
+            # before expiry: a whisper is not acknowledged, and fails at its deadline
+            with pytest.raises((Timeout, BrokenError, PeerNotFound)):
+                watcher.whisper(child, "hello?", timeout=0.3)
+            assert time.monotonic() - killed_at < 0.3 + 1.0
+            events: list[GroupEvent] = []
+            while not events or events[-1].kind is not Gone:
+                events.append(watcher.recv(timeout=5.0))
+            assert time.monotonic() - killed_at < 0.6 + 2.0  # expiry, plus a loaded host's slack
+            mine = [(e.kind, e.group, e.body) for e in events
+                    if e.uuid == child and e.kind is not Join]  # JOINs left unread before the kill
+            assert mine == [(Leave, "dev", None), (Leave, "ops", None), (Gone, None, "expired")]
+            assert watcher.groups() == {}
+            with pytest.raises(PeerNotFound):  # after: at once, no waiting
+                watcher.whisper(child, "hello?", timeout=5.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+# -- the documentation example ---------------------------------------------------------------------
+
+
+def test_groups_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
+    import re
+
+    text = (ROOT / "docs" / "patterns" / "groups.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", text, re.S)
+    promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == promised
