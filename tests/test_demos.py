@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,3 +102,54 @@ def test_ctrl_c_stops_the_show_and_every_node_it_started_without_a_traceback() -
     while processes_using_port(port) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_using_port(port) == []
+
+
+def test_chat_nodes_run_headless_with_their_script_and_hear_each_other(tmp_path) -> None:
+    port = free_udp_port()
+    script = tmp_path / "lines.txt"
+    script.write_text("first scripted line\nsecond scripted line\n")
+    command = [sys.executable, "-m", "zmqkit", "demo", "chat", "--port", str(port),
+               "--duration", "5"]
+    alice = subprocess.Popen([*command, "--name", "alice", "--script", str(script)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    bob = subprocess.Popen([*command, "--name", "bob"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        alice_out, alice_err = alice.communicate(timeout=30)
+        bob_out, bob_err = bob.communicate(timeout=30)
+    finally:
+        for process in (alice, bob):
+            process.kill()
+            process.wait()
+    assert alice.returncode == 0 and bob.returncode == 0, alice_err + bob_err
+    assert "<alice> first scripted line" in bob_out
+    assert "<bob> hello from bob" in alice_out
+    assert "bob joined lobby" in alice_out
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_chat_line_typed_in_a_real_terminal_shows_on_the_other_node() -> None:
+    port = free_udp_port()
+    sessions = [f"zk-chat-{port}-a", f"zk-chat-{port}-b"]
+    command = f"{sys.executable} -m zmqkit demo chat --port {port} --duration 20 --name"
+    try:
+        for session, name in zip(sessions, ("carol", "dave")):
+            tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "20",
+                 "-c", os.getcwd(), f"{command} {name}")
+        deadline = time.monotonic() + 15
+        while "dave joined lobby" not in tmux("capture-pane", "-p", "-t", sessions[0]):
+            assert time.monotonic() < deadline, "carol never saw dave join"
+            time.sleep(0.1)
+        tmux("send-keys", "-t", sessions[0], "hi dave, from a terminal", "Enter")
+        while "<carol> hi dave, from a terminal" not in tmux("capture-pane", "-p", "-t", sessions[1]):
+            assert time.monotonic() < deadline, tmux("capture-pane", "-p", "-t", sessions[1])
+            time.sleep(0.1)
+    finally:
+        for session in sessions:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)

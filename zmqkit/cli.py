@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -284,6 +285,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.watch:
             return ticker.watch(options, name=args.name or "ticker-view", duration=args.duration)
         return ticker.publish(options, name=name, rate=args.rate, duration=args.duration)
+    if args.demo == "chat":
+        from demos import chat
+
+        return chat.run(options, name=args.name or f"chat-{os.getpid()}", duration=args.duration,
+                        script=args.script)
     raise UsageError(f"no demo called {args.demo!r}")
 
 
@@ -351,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", parents=[scope], help="run a demo node, or the whole show")
-    demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc", "ticker"],
-                      help="calc or ticker; none: the self-contained show")
+    demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc", "ticker", "chat"],
+                      help="calc, ticker or chat; none: the self-contained show")
     demo.add_argument("--name", metavar="NODE", help="the node's name (default: the demo's)")
     demo.add_argument("--duration", type=float, metavar="S",
                       help="end after S seconds (the show: default 60 at most)")
@@ -360,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ticker: ticks per second (default 20)")
     demo.add_argument("--watch", action="store_true",
                       help="ticker: show the ticks as a live table instead of publishing")
+    demo.add_argument("--script", metavar="FILE",
+                      help="chat: send these lines instead of reading the terminal")
     demo.set_defaults(run=cmd_demo)
     return parser
 
