@@ -30,6 +30,7 @@ from rich.table import Table
 
 import zmqkit
 from patterns import pubsub, rpc
+from patterns.groups import GroupEventKind, Groups
 
 from .common import Clock
 
@@ -99,6 +100,8 @@ class Show:
         self.logs = tempfile.TemporaryDirectory(prefix="zmqkit-show-")
         self.live: Live | None = None
         self.ticks_sub: pubsub.Subscriber | None = None
+        self.chat: Groups | None = None
+        self.chat_lines: list[str] = []
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class Show:
             calls.add_row(*row)
         ticks = ", ".join(f"{sym} {px:,.2f}" for sym, px in sorted(self.prices.items()))
         lines = [f"[bold]ticks[/] {self.ticks} received, {self.tick_gaps} missed  {ticks}"]
+        lines += [f"[bold]lobby[/] {line}" for line in self.chat_lines[-3:]]
         for act, (done, total) in self.progress.items():
             filled = int(30 * done / total) if total else 0
             lines.append(f"[bold]{act}[/] [green]{'█' * filled}[/]{'░' * (30 - filled)} {done}/{total}")
@@ -175,10 +179,24 @@ class Show:
                     pass
             else:
                 time.sleep(min(0.05, max(0.0, ends - time.monotonic())))
+            self.take_chat()
             if self.live is not None:
                 self.live.update(self.dashboard())
             if time.monotonic() > self.ends_at:
                 raise ShowFailed(f"the show ran past its {self.duration:g} s")
+
+    def take_chat(self) -> None:
+        """Show what the chat nodes said in the lobby."""
+        if self.chat is None:
+            return
+        while True:
+            try:
+                event = self.chat.recv(0)
+            except zmqkit.Timeout:
+                return
+            if event.kind is GroupEventKind.SHOUT:
+                self.chat_lines.append(f"<{event.peer}> {event.body}")
+                self.say(f"chat <{event.peer}> {event.body}")
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float) -> float:
         """Pump until ``check()`` holds; return how long it took."""
@@ -201,16 +219,20 @@ class Show:
     def discovery(self) -> None:
         act = self.act("discovery")
         started = time.monotonic()
+        self.chat = Groups(self.node).start()
+        self.chat.join("lobby")
         for name in ("calc", "calc-2"):
             self.spawn(name, "calc")
         self.spawn("ticker", "ticker", "--rate", "25")
-        wanted = {"calc", "calc-2", "ticker"}
+        for name in ("alice", "bob"):
+            self.spawn(name, "chat")
+        wanted = {"calc", "calc-2", "ticker", "alice", "bob"}
 
         def everyone_found() -> bool:
             found = {peer.name for peer in self.node.peers()}
             return wanted <= found
 
-        self.wait_until("finding calc, calc-2 and ticker", everyone_found, 20.0)
+        self.wait_until("finding " + ", ".join(sorted(wanted)), everyone_found, 20.0)
         act.latencies.append(time.monotonic() - started)
         act.count = len(self.node.peers())
         act.ok = True
@@ -265,6 +287,20 @@ class Show:
         if not act.ok:
             raise ShowFailed("no tick arrived from the ticker")
 
+    def chat_act(self) -> None:
+        act = self.act("chat")
+        started = time.monotonic()
+
+        def both_spoke() -> bool:
+            speakers = {line.split(">")[0][1:] for line in self.chat_lines}
+            return {"alice", "bob"} <= speakers and len(self.chat_lines) >= 4
+
+        self.wait_until("alice and bob chatting in the lobby", both_spoke, 15.0)
+        act.latencies.append(time.monotonic() - started)
+        act.count = len(self.chat_lines)
+        act.ok = True
+        act.result = f"{act.count} lines shouted in 'lobby' by alice and bob (groups pattern)"
+
     def leave_and_expire(self) -> None:
         act = self.act("leave and expire")
         started = time.monotonic()
@@ -286,7 +322,7 @@ class Show:
     # -- the whole show ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        acts = [self.discovery, self.calls_act, self.ticks_act, self.leave_and_expire]
+        acts = [self.discovery, self.calls_act, self.ticks_act, self.chat_act, self.leave_and_expire]
         with self.node:
             self.node.on_event(lambda event: self.events.append(f"{Clock.now()} {event}"))
             try:
@@ -305,6 +341,8 @@ class Show:
                 self.live = None
                 if self.ticks_sub is not None:
                     self.ticks_sub.close()
+                if self.chat is not None:
+                    self.chat.close()
                 self.stop_all()
 
     def summary(self) -> Table:

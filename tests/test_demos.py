@@ -72,7 +72,7 @@ def test_the_show_ends_by_itself_with_a_summary_and_leaves_nothing_running() -> 
     assert time.monotonic() - started < 60
     assert "Traceback" not in result.stderr + result.stdout
     assert "zmqkit show: summary" in result.stdout
-    for act in ("discovery", "rpc", "pub/sub", "leave and expire"):
+    for act in ("discovery", "rpc", "pub/sub", "chat", "leave and expire"):
         assert act in result.stdout
     assert "RemoteError ZeroDivisionError" in result.stdout
     assert "Timeout after 0.5 s" in result.stdout
