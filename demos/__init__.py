@@ -1,4 +1,4 @@
-"""Terminal demo nodes: run one per terminal (``zmqkit demo NAME``) or the whole show (``zmqkit demo``).
+"""Terminal demo nodes: one per terminal (``zmqkit demo NAME``), or the whole show (``zmqkit demo``).
 
 - ``show``   the self-contained show that ``make demo`` runs
 """

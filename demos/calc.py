@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.live import Live
@@ -20,6 +20,7 @@ from zmqkit import Node
 
 from .common import REFRESH, Clock, run_until
 
+T = TypeVar("T")
 Report = Callable[[str, tuple[Any, ...], str, float], None]
 
 
@@ -29,7 +30,7 @@ class Calculator:
     def __init__(self, report: Report = lambda method, args, result, seconds: None) -> None:
         self._report = report
 
-    def _done(self, method: str, args: tuple[Any, ...], started: float, result: Any) -> Any:
+    def _done(self, method: str, args: tuple[Any, ...], started: float, result: T) -> T:
         self._report(method, args, repr(result), time.perf_counter() - started)
         return result
 
@@ -88,8 +89,9 @@ def run(node_options: dict[str, Any], *, name: str = "calc", duration: float | N
 
     with Node(name, **node_options) as node:
         rpc.serve(node, Calculator(report))
-        console.print(f"{name} serving at {node.endpoints['rpc']} (beacon port {node.port})",
-                      highlight=False)
+        console.print(
+            f"{name} serving at {node.endpoints['rpc']} (beacon port {node.port})", highlight=False
+        )
         if console.is_terminal:
             with Live(table(), console=console, refresh_per_second=8) as live:
                 run_until(duration, lambda: time.sleep(REFRESH), every=lambda: live.update(table()))

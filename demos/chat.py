@@ -7,6 +7,7 @@ on stdin (or with ``--script FILE``) it sends scripted lines instead, so it can 
 
 from __future__ import annotations
 
+import contextlib
 import select
 import sys
 import time
@@ -45,8 +46,13 @@ def _typed_line(stream: TextIO) -> str | None:
     return line.rstrip("\n") if line else None
 
 
-def run(node_options: dict[str, Any], *, name: str = "chat", duration: float | None = None,
-        script: str | None = None) -> int:
+def run(
+    node_options: dict[str, Any],
+    *,
+    name: str = "chat",
+    duration: float | None = None,
+    script: str | None = None,
+) -> int:
     """Chat in the lobby until ``duration`` passes (None: until Ctrl-C)."""
     console = Console(highlight=False)
     interactive = script is None and sys.stdin.isatty()
@@ -68,8 +74,10 @@ def run(node_options: dict[str, Any], *, name: str = "chat", duration: float | N
 
     with Node(name, **node_options) as node, Groups(node) as chat:
         chat.join(GROUP)
-        console.print(f"{name} in {GROUP!r} (beacon port {node.port})"
-                      + (": type a line and press Enter" if interactive else ""))
+        console.print(
+            f"{name} in {GROUP!r} (beacon port {node.port})"
+            + (": type a line and press Enter" if interactive else "")
+        )
 
         waiting_for_company = scripted is not None
 
@@ -79,17 +87,20 @@ def run(node_options: dict[str, Any], *, name: str = "chat", duration: float | N
                 waiting_for_company = False  # someone to talk to, or tired of waiting
                 next_line_at = min(next_line_at, time.monotonic() + SETTLE)
             line = _typed_line(sys.stdin) if interactive else None
-            if scripted is not None and not waiting_for_company and time.monotonic() >= next_line_at:
+            if (
+                scripted is not None
+                and not waiting_for_company
+                and time.monotonic() >= next_line_at
+            ):
                 line = next(scripted, None)
                 next_line_at = time.monotonic() + SCRIPT_PAUSE
             if line:
                 chat.shout(GROUP, line)
-                console.print(f"{'' if console.is_terminal else Clock.now() + ' '}"
-                              f"[bold]<{name}>[/] {line}")
-            try:
+                console.print(
+                    f"{'' if console.is_terminal else Clock.now() + ' '}[bold]<{name}>[/] {line}"
+                )
+            with contextlib.suppress(Timeout):  # nothing said in this look: fine
                 show(chat.recv(0.05))
-            except Timeout:
-                pass
 
         run_until(duration, step)
     return 0

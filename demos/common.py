@@ -29,8 +29,9 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_until(duration: float | None, step: Callable[[], None],
-              every: Callable[[], None] | None = None) -> None:
+def run_until(
+    duration: float | None, step: Callable[[], None], every: Callable[[], None] | None = None
+) -> None:
     """Call ``step`` until ``duration`` seconds pass (None: until Ctrl-C), and ``every`` about
     8 times a second. Ctrl-C (or SIGTERM, after ``stop_on_sigterm``) ends the loop quietly."""
     ends_at = time.monotonic() + duration if duration is not None else float("inf")

@@ -108,8 +108,19 @@ class Show:
     def spawn(self, name: str, *demo_args: str) -> Child:
         """Start ``zmqkit demo ...`` as a process of its own, named ``name`` on the network."""
         log = open(os.path.join(self.logs.name, f"{name}.log"), "wb")  # noqa: SIM115 - Child closes it
-        command = [sys.executable, "-m", "zmqkit", "demo", *demo_args, "--name", name,
-                   "--port", str(self.port), "--duration", f"{self.duration + 15:g}"]
+        command = [
+            sys.executable,
+            "-m",
+            "zmqkit",
+            "demo",
+            *demo_args,
+            "--name",
+            name,
+            "--port",
+            str(self.port),
+            "--duration",
+            f"{self.duration + 15:g}",
+        ]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         child = self.children[name] = Child(name, process, log)
         self.say(f"started {name} (pid {process.pid})")
@@ -139,8 +150,12 @@ class Show:
             peers.add_column(column)
         now = time.monotonic()
         for peer in sorted(self.node.peers(), key=lambda p: p.name):
-            peers.add_row(peer.name, peer.uuid.hex[:8], ", ".join(sorted(peer.endpoints)),
-                          f"{peer.age(now):.1f}s")
+            peers.add_row(
+                peer.name,
+                peer.uuid.hex[:8],
+                ", ".join(sorted(peer.endpoints)),
+                f"{peer.age(now):.1f}s",
+            )
         calls = Table(title="calls", expand=True)
         for column in ("method", "args", "result", "ms"):
             calls.add_column(column)
@@ -151,14 +166,19 @@ class Show:
         lines += [f"[bold]lobby[/] {line}" for line in self.chat_lines[-3:]]
         for act, (done, total) in self.progress.items():
             filled = int(30 * done / total) if total else 0
-            lines.append(f"[bold]{act}[/] [green]{'█' * filled}[/]{'░' * (30 - filled)} {done}/{total}")
+            lines.append(
+                f"[bold]{act}[/] [green]{'█' * filled}[/]{'░' * (30 - filled)} {done}/{total}"
+            )
         top = Table.grid(expand=True)
         top.add_column(ratio=1)
         top.add_column(ratio=1)
         top.add_row(peers, calls)
         return Group(
-            Panel(f"[bold]zmqkit show[/] — beacon port {self.port} — act: [cyan]{self.current}[/] — "
-                  f"{max(0.0, self.ends_at - now):.0f} s left", style="blue"),
+            Panel(
+                f"[bold]zmqkit show[/] — beacon port {self.port} — act: [cyan]{self.current}[/] — "
+                f"{max(0.0, self.ends_at - now):.0f} s left",
+                style="blue",
+            ),
             top,
             Panel("\n".join(lines), title="pub/sub and patterns"),
             Panel("\n".join(self.events) or "-", title="events"),
@@ -241,8 +261,13 @@ class Show:
     def calls_act(self) -> None:
         act = self.act("rpc")
         with rpc.Client(self.node, "calc", timeout=5.0) as calc:
-            for method, args in (("add", (2, 3)), ("mul", (6, 7)), ("echo", ("hello",)),
-                                 ("add", (0.1, 0.2)), ("mul", (-1, 99))):
+            for method, args in (
+                ("add", (2, 3)),
+                ("mul", (6, 7)),
+                ("echo", ("hello",)),
+                ("add", (0.1, 0.2)),
+                ("mul", (-1, 99)),
+            ):
                 started = time.perf_counter()
                 result = calc.call_with(method, args)
                 self.record(act, method, args, repr(result), started)
@@ -266,7 +291,9 @@ class Show:
         act.ok = True
         act.result = f"{act.count} calls: values, a stream, a remote error, a timeout, a recovery"
 
-    def record(self, act: Act, method: str, args: tuple[Any, ...], result: str, started: float) -> None:
+    def record(
+        self, act: Act, method: str, args: tuple[Any, ...], result: str, started: float
+    ) -> None:
         took = time.perf_counter() - started
         act.count += 1
         act.latencies.append(took)
@@ -282,7 +309,9 @@ class Show:
         started = time.monotonic()
         self.pump(3.0)
         act.count = self.ticks - before
-        act.result = f"{act.count} ticks in {time.monotonic() - started:.1f} s, {self.tick_gaps} missed"
+        act.result = (
+            f"{act.count} ticks in {time.monotonic() - started:.1f} s, {self.tick_gaps} missed"
+        )
         act.ok = act.count > 0
         if not act.ok:
             raise ShowFailed("no tick arrived from the ticker")
@@ -310,10 +339,13 @@ class Show:
         self.say(f"calc-2 stopped cleanly (SIGTERM): seen gone {left * 1000:.0f} ms later")
         self.children["ticker"].kill()  # SIGKILL: no goodbye, so it must expire
         self.say("ticker killed (SIGKILL): waiting for it to expire")
-        expired = self.wait_until("the killed ticker expiring", lambda: not self.node.peers("ticker"),
-                                  EXPIRY + 3.0)
-        self.say(f"ticker declared gone {expired:.1f} s after the kill "
-                 f"({EXPIRY} s after its last beacon)")
+        expired = self.wait_until(
+            "the killed ticker expiring", lambda: not self.node.peers("ticker"), EXPIRY + 3.0
+        )
+        self.say(
+            f"ticker declared gone {expired:.1f} s after the kill "
+            f"({EXPIRY} s after its last beacon)"
+        )
         act.latencies += [left, expired]
         act.count = 2
         act.ok = True
@@ -322,13 +354,23 @@ class Show:
     # -- the whole show ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        acts = [self.discovery, self.calls_act, self.ticks_act, self.chat_act, self.leave_and_expire]
+        acts = [
+            self.discovery,
+            self.calls_act,
+            self.ticks_act,
+            self.chat_act,
+            self.leave_and_expire,
+        ]
         with self.node:
             self.node.on_event(lambda event: self.events.append(f"{Clock.now()} {event}"))
             try:
                 if self.console.is_terminal:
-                    with Live(self.dashboard(), console=self.console, refresh_per_second=8,
-                              transient=False) as self.live:
+                    with Live(
+                        self.dashboard(),
+                        console=self.console,
+                        refresh_per_second=8,
+                        transient=False,
+                    ) as self.live:
                         for act in acts:
                             act()
                         self.current = "done"
@@ -350,13 +392,19 @@ class Show:
         for column in ("act", "ok", "count", "median ms", "what happened"):
             table.add_column(column)
         for act in self.acts:
-            table.add_row(act.name, "[green]yes[/]" if act.ok else "[red]no[/]", str(act.count),
-                          act.median_ms(), act.result)
+            table.add_row(
+                act.name,
+                "[green]yes[/]" if act.ok else "[red]no[/]",
+                str(act.count),
+                act.median_ms(),
+                act.result,
+            )
         return table
 
 
-def run(console: Console | None = None, port: int | None = None,
-        duration: float | None = None) -> int:
+def run(
+    console: Console | None = None, port: int | None = None, duration: float | None = None
+) -> int:
     """Run the show; return the exit code: 0 when every act did what it promises."""
     console = console or Console()
     show = Show(console, port or random.randint(20000, 40000), duration or DEFAULT_DURATION)
@@ -374,5 +422,7 @@ def run(console: Console | None = None, port: int | None = None,
         signal.signal(signal.SIGINT, previous)
         show.logs.cleanup()
     console.print(show.summary())
-    console.print("[green]done[/]: every node said goodbye or was stopped; nothing is left running.")
+    console.print(
+        "[green]done[/]: every node said goodbye or was stopped; nothing is left running."
+    )
     return 0

@@ -25,15 +25,21 @@ SYMBOLS = ("ABC", "XYZ", "ZMQ", "PY", "CBOR")
 TOPIC = "ticks"
 
 
-def publish(node_options: dict[str, Any], *, name: str = "ticker", rate: float = 20.0,
-            duration: float | None = None) -> int:
+def publish(
+    node_options: dict[str, Any],
+    *,
+    name: str = "ticker",
+    rate: float = 20.0,
+    duration: float | None = None,
+) -> int:
     """Publish random-walk ticks at ``rate`` per second until ``duration`` passes."""
     console = Console()
     prices = {symbol: 100.0 + 10 * index for index, symbol in enumerate(SYMBOLS)}
     with Node(name, **node_options) as node:
         publisher = pubsub.Publisher(node)
-        console.print(f"{name} publishing {TOPIC!r} at {rate:g}/s from {publisher.endpoint}",
-                      highlight=False)
+        console.print(
+            f"{name} publishing {TOPIC!r} at {rate:g}/s from {publisher.endpoint}", highlight=False
+        )
         interval = 1.0 / rate if rate > 0 else 0.0
         next_at = time.monotonic()
 
@@ -41,8 +47,9 @@ def publish(node_options: dict[str, Any], *, name: str = "ticker", rate: float =
             nonlocal next_at
             symbol = random.choice(SYMBOLS)
             prices[symbol] = round(max(1.0, prices[symbol] * random.uniform(0.995, 1.005)), 2)
-            seq = publisher.publish(TOPIC, {"sym": symbol, "px": prices[symbol],
-                                            "qty": random.randint(1, 10) * 100})
+            seq = publisher.publish(
+                TOPIC, {"sym": symbol, "px": prices[symbol], "qty": random.randint(1, 10) * 100}
+            )
             if not console.is_terminal and seq % max(1, int(rate)) == 0:
                 console.print(f"{Clock.now()} published {seq} ticks", highlight=False)
             next_at += interval
@@ -52,8 +59,9 @@ def publish(node_options: dict[str, Any], *, name: str = "ticker", rate: float =
     return 0
 
 
-def watch(node_options: dict[str, Any], *, name: str = "ticker-view",
-          duration: float | None = None) -> int:
+def watch(
+    node_options: dict[str, Any], *, name: str = "ticker-view", duration: float | None = None
+) -> int:
     """Show the latest tick per symbol, the rate and the gaps, until ``duration`` passes."""
     console = Console()
     latest: dict[str, tuple[float, int, str, int]] = {}
@@ -78,13 +86,17 @@ def watch(node_options: dict[str, Any], *, name: str = "ticker-view",
                 return
             arrivals.append(time.monotonic())
             data = message.data if isinstance(message.data, dict) else {}
-            latest[str(data.get("sym", "?"))] = (float(data.get("px", 0.0)),
-                                                 int(data.get("qty", 0)), message.publisher,
-                                                 message.seq)
+            latest[str(data.get("sym", "?"))] = (
+                float(data.get("px", 0.0)),
+                int(data.get("qty", 0)),
+                message.publisher,
+                message.seq,
+            )
             if not console.is_terminal:
                 gap = f" (missed {message.gap})" if message.gap else ""
-                console.print(f"{Clock.now()} {message.publisher}#{message.seq}{gap} {data}",
-                              highlight=False)
+                console.print(
+                    f"{Clock.now()} {message.publisher}#{message.seq}{gap} {data}", highlight=False
+                )
 
         if console.is_terminal:
             with Live(table(), console=console, refresh_per_second=8) as live:

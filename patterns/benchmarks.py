@@ -55,7 +55,9 @@ class Result:
     note: str = ""
 
 
-def _spawn(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+def _spawn(
+    target: Callable[..., None], *args: Any
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
     """Start ``target(conn, *args)`` in a fresh process; return it and our end of its pipe."""
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
@@ -83,7 +85,7 @@ def _expect(conn: Connection, timeout: float = 30.0) -> Any:
 
 
 def raw_rpc_server(conn: Connection) -> None:
-    ctx = zmq.Context()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     rep = ctx.socket(zmq.REP)
     rep.linger = 0
     rep.rcvtimeo = STOP_POLL_MS
@@ -98,7 +100,7 @@ def raw_rpc_server(conn: Connection) -> None:
 
 
 def raw_rpc_client(port: int, calls: int) -> float:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     req = ctx.socket(zmq.REQ)
     req.linger = 0
     req.rcvtimeo = 5000
@@ -126,8 +128,10 @@ def zmqkit_rpc_server(conn: Connection, beacon_port: int) -> None:
 
 
 def zmqkit_rpc_client(beacon_port: int, calls: int) -> float:
-    with zmqkit.Node("bench-caller", port=beacon_port, announce=False) as node, \
-            rpc.Client(node, "bench-echo") as client:
+    with (
+        zmqkit.Node("bench-caller", port=beacon_port, announce=False) as node,
+        rpc.Client(node, "bench-echo") as client,
+    ):
         client.call("_echo", PAYLOAD)
         started = time.perf_counter()
         for _ in range(calls):
@@ -139,7 +143,7 @@ def zmqkit_rpc_client(beacon_port: int, calls: int) -> float:
 
 
 def raw_router_server(conn: Connection) -> None:
-    ctx = zmq.Context()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
     router.sndhwm = router.rcvhwm = 0
@@ -155,7 +159,7 @@ def raw_router_server(conn: Connection) -> None:
 
 
 def raw_dealer_client(port: int, calls: int, window: int) -> float:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
     dealer.sndhwm = dealer.rcvhwm = 0
@@ -181,7 +185,9 @@ def zmqkit_async_client(beacon_port: int, calls: int, window: int) -> float:
             async with rpc.AsyncClient(node, "bench-echo") as client:
                 await client.call("_echo", PAYLOAD)
                 started = time.perf_counter()
-                in_flight = deque(client.submit("_echo", PAYLOAD) for _ in range(min(window, calls)))
+                in_flight = deque(
+                    client.submit("_echo", PAYLOAD) for _ in range(min(window, calls))
+                )
                 for _ in range(window, calls):
                     await in_flight.popleft()
                     in_flight.append(client.submit("_echo", PAYLOAD))
@@ -196,7 +202,7 @@ def zmqkit_async_client(beacon_port: int, calls: int, window: int) -> float:
 
 
 def raw_publisher(conn: Connection, count: int, big: bool) -> None:
-    ctx = zmq.Context()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.linger = 1000
     pub.sndhwm = 0
@@ -214,7 +220,7 @@ def raw_publisher(conn: Connection, count: int, big: bool) -> None:
 
 
 def raw_subscriber(conn: Connection, count: int) -> tuple[float, int]:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = 0
@@ -227,7 +233,7 @@ def raw_subscriber(conn: Connection, count: int) -> tuple[float, int]:
     try:
         while received < count:
             frame = sub.recv(copy=False)
-            cbor2.loads(frame.buffer[len(RAW_TOPIC):])
+            cbor2.loads(frame.buffer[len(RAW_TOPIC) :])
             received += 1
             if received == 1:
                 started = time.perf_counter()
@@ -238,8 +244,9 @@ def raw_subscriber(conn: Connection, count: int) -> tuple[float, int]:
     return (received - 1) / elapsed if received > 1 else 0.0, count - received
 
 
-def zmqkit_publisher(conn: Connection, beacon_port: int, count: int, big: bool,
-                     batch: bool = False) -> None:
+def zmqkit_publisher(
+    conn: Connection, beacon_port: int, count: int, big: bool, batch: bool = False
+) -> None:
     with zmqkit.Node("bench-pub", port=beacon_port) as node:
         publisher = pubsub.Publisher(node, options=DEEP_QUEUE, batch=batch)
         conn.send("ready")
@@ -255,8 +262,10 @@ def zmqkit_publisher(conn: Connection, beacon_port: int, count: int, big: bool,
 
 
 def zmqkit_subscriber(conn: Connection, beacon_port: int, count: int) -> tuple[float, int]:
-    with zmqkit.Node("bench-sub", port=beacon_port, announce=False) as node, \
-            pubsub.Subscriber(node, TOPIC, options=DEEP_QUEUE) as subscriber:
+    with (
+        zmqkit.Node("bench-sub", port=beacon_port, announce=False) as node,
+        pubsub.Subscriber(node, TOPIC, options=DEEP_QUEUE) as subscriber,
+    ):
         _expect(conn)
         subscriber.wait_for_publishers(timeout=10.0)
         time.sleep(0.25)
@@ -287,10 +296,22 @@ class Sizes:
     idle_seconds: float
 
 
-FULL = Sizes(rpc_calls=20_000, async_calls=100_000, messages=200_000, big_messages=300,
-             discovery_nodes=20, idle_seconds=10.0)
-QUICK = Sizes(rpc_calls=300, async_calls=2_000, messages=2_000, big_messages=10,
-              discovery_nodes=5, idle_seconds=1.0)
+FULL = Sizes(
+    rpc_calls=20_000,
+    async_calls=100_000,
+    messages=200_000,
+    big_messages=300,
+    discovery_nodes=20,
+    idle_seconds=10.0,
+)
+QUICK = Sizes(
+    rpc_calls=300,
+    async_calls=2_000,
+    messages=2_000,
+    big_messages=10,
+    discovery_nodes=5,
+    idle_seconds=1.0,
+)
 
 
 def _rpc_round(sizes: Sizes, raw: bool) -> float:
@@ -383,8 +404,13 @@ def idle_node(conn: Connection, beacon_port: int, seconds: float) -> None:
 WORKLOADS = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery")
 
 
-def run(workloads: list[str], *, rounds: int = 3, quick: bool = False,
-        progress: Callable[[str], None] = lambda step: None) -> list[Result]:
+def run(
+    workloads: list[str],
+    *,
+    rounds: int = 3,
+    quick: bool = False,
+    progress: Callable[[str], None] = lambda step: None,
+) -> list[Result]:
     """Run ``workloads`` and return one Result per figure."""
     sizes = QUICK if quick else FULL
     results = []
@@ -392,10 +418,26 @@ def run(workloads: list[str], *, rounds: int = 3, quick: bool = False,
         if workload == "discovery":
             progress("discovery")
             mesh, idle = _discovery(sizes)
-            results.append(Result(f"discovery-{sizes.discovery_nodes}", 1.0, mesh, 1.0 / mesh if mesh else 0.0,
-                                  "s to full mesh", "raw = the 1 s target; ratio = target / ours"))
-            results.append(Result("idle-cpu", 1.0, idle, 1.0 / idle if idle else float("inf"),
-                                  "% of a core per node", "raw = the 1 % target; ratio = target / ours"))
+            results.append(
+                Result(
+                    f"discovery-{sizes.discovery_nodes}",
+                    1.0,
+                    mesh,
+                    1.0 / mesh if mesh else 0.0,
+                    "s to full mesh",
+                    "raw = the 1 s target; ratio = target / ours",
+                )
+            )
+            results.append(
+                Result(
+                    "idle-cpu",
+                    1.0,
+                    idle,
+                    1.0 / idle if idle else float("inf"),
+                    "% of a core per node",
+                    "raw = the 1 % target; ratio = target / ours",
+                )
+            )
             continue
         raw_figures: list[float] = []
         our_figures: list[float] = []
@@ -416,11 +458,26 @@ def run(workloads: list[str], *, rounds: int = 3, quick: bool = False,
                         figure = figure * BIG / (1 << 20)
                 (raw_figures if raw else our_figures).append(figure)
         raw_median, our_median = statistics.median(raw_figures), statistics.median(our_figures)
-        unit = {"rpc": "calls/s", "async-rpc": "calls/s", "pubsub": "msg/s", "pubsub-batched": "msg/s",
-                "large": "MiB/s"}[workload]
-        note = f"lost raw {lost[1]}, zmqkit {lost[0]}" if workload not in ("rpc", "async-rpc") else ""
-        results.append(Result(workload, raw_median, our_median,
-                              our_median / raw_median if raw_median else 0.0, unit, note))
+        unit = {
+            "rpc": "calls/s",
+            "async-rpc": "calls/s",
+            "pubsub": "msg/s",
+            "pubsub-batched": "msg/s",
+            "large": "MiB/s",
+        }[workload]
+        note = (
+            f"lost raw {lost[1]}, zmqkit {lost[0]}" if workload not in ("rpc", "async-rpc") else ""
+        )
+        results.append(
+            Result(
+                workload,
+                raw_median,
+                our_median,
+                our_median / raw_median if raw_median else 0.0,
+                unit,
+                note,
+            )
+        )
     return results
 
 

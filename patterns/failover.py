@@ -140,8 +140,11 @@ class Replicas:
         endpoint is lost with it.
         """
         wanted = {peer.uuid: peer for peer in peers if "rpc" in peer.endpoints}
-        removed = [replica for uuid, replica in self.replicas.items()
-                   if uuid not in wanted or wanted[uuid].endpoints["rpc"] != replica.endpoint]
+        removed = [
+            replica
+            for uuid, replica in self.replicas.items()
+            if uuid not in wanted or wanted[uuid].endpoints["rpc"] != replica.endpoint
+        ]
         for replica in removed:
             del self.replicas[replica.uuid]
             if replica.uuid == self.primary_uuid:
@@ -149,8 +152,9 @@ class Replicas:
         added = []
         for peer in wanted.values():
             if peer.uuid not in self.replicas:
-                replica = Replica(peer.uuid, peer.name, peer.endpoints["rpc"],
-                                  (self.order(peer), peer.uuid.bytes))
+                replica = Replica(
+                    peer.uuid, peer.name, peer.endpoints["rpc"], (self.order(peer), peer.uuid.bytes)
+                )
                 self.replicas[peer.uuid] = replica
                 added.append(replica)
         return added, removed
@@ -233,11 +237,13 @@ class FailoverCore:
     the calls in flight and ends each one exactly once.
     """
 
-    def __init__(self, name: str, *, order: Order = by_uuid,
-                 attempt_timeout: float | None = None) -> None:
+    def __init__(
+        self, name: str, *, order: Order = by_uuid, attempt_timeout: float | None = None
+    ) -> None:
         if attempt_timeout is not None and not 0 < attempt_timeout < 1e7:
-            raise ConfigError(f"attempt_timeout is a number of seconds > 0 or None, "
-                              f"not {attempt_timeout!r}")
+            raise ConfigError(
+                f"attempt_timeout is a number of seconds > 0 or None, not {attempt_timeout!r}"
+            )
         self.name = name
         self.replicas = Replicas(order)
         self.attempt_timeout = attempt_timeout
@@ -246,8 +252,16 @@ class FailoverCore:
         self.refusal: ZmqkitError | None = None  # why the last replica we could not use was refused
         self._ids = itertools.count(1)
 
-    def begin(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
-              idempotent: bool, timeout: float, now: float) -> Call:
+    def begin(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        *,
+        idempotent: bool,
+        timeout: float,
+        now: float,
+    ) -> Call:
         """Start a call.
 
         Raises:
@@ -325,8 +339,9 @@ class FailoverCore:
         self.stats["answered"] += 1
         return call
 
-    def sync(self, peers: Iterable[Peer],
-             now: float) -> tuple[list[Replica], list[Replica], list[Call]]:
+    def sync(
+        self, peers: Iterable[Peer], now: float
+    ) -> tuple[list[Replica], list[Replica], list[Call]]:
         """Take discovery's view of the replicas; return (added, removed, calls it changed)."""
         added, removed = self.replicas.sync(peers)
         gone = {replica.uuid for replica in removed}
@@ -374,10 +389,14 @@ class FailoverCore:
         call.attempt_deadline = math.inf
         if not call.idempotent:  # may_retry(sent=True) is False: it may have run already
             self.replicas.fail(replica, now)
-            self._finish(call, error=BrokenError(
-                f"{self.name}.{call.method}() was sent to {replica}, which {what} before "
-                "answering: it may or may not have run, and it was not sent again because the "
-                "call is not marked idempotent"))
+            self._finish(
+                call,
+                error=BrokenError(
+                    f"{self.name}.{call.method}() was sent to {replica}, which {what} before "
+                    "answering: it may or may not have run, and it was not sent again because the "
+                    "call is not marked idempotent"
+                ),
+            )
             return
         present = self.replicas.replicas.values()
         untried = [r for r in present if r.uuid not in call.sent_to and r.uuid not in call.tried]
@@ -398,25 +417,37 @@ class FailoverCore:
             assert call.replica is not None
             self.replicas.fail(call.replica, now)
             if not call.idempotent:
-                return Timeout(f"{self.name}.{call.method}() got no answer from {call.replica} in "
-                               f"{budget}: it may or may not have run, and it was not sent again "
-                               "because the call is not marked idempotent")
-            return Timeout(f"{self.name}.{call.method}() got no answer in {budget} from any of "
-                           f"{len(call.sent_to)} replica(s) it was sent to")
+                return Timeout(
+                    f"{self.name}.{call.method}() got no answer from {call.replica} in "
+                    f"{budget}: it may or may not have run, and it was not sent again "
+                    "because the call is not marked idempotent"
+                )
+            return Timeout(
+                f"{self.name}.{call.method}() got no answer in {budget} from any of "
+                f"{len(call.sent_to)} replica(s) it was sent to"
+            )
         if call.sent_to:
-            return Timeout(f"{self.name}.{call.method}() got no answer in {budget}; no replica "
-                           f"could take it again after {len(call.sent_to)} tried it")
+            return Timeout(
+                f"{self.name}.{call.method}() got no answer in {budget}; no replica "
+                f"could take it again after {len(call.sent_to)} tried it"
+            )
         if not self.replicas.replicas:
             if self.refusal is not None:
                 return self.refusal
             return PeerNotFound(f"no node called {self.name!r} serving RPC was found in {budget}")
-        return Timeout(f"{self.name}.{call.method}() could not reach any replica in {budget}; "
-                       "it was never sent, so it did not run")
+        return Timeout(
+            f"{self.name}.{call.method}() could not reach any replica in {budget}; "
+            "it was never sent, so it did not run"
+        )
 
     def _only_call_on(self, replica_uuid: uuid_module.UUID) -> Call | None:
-        in_flight = [call for call in self.calls.values()
-                     if call.phase is Phase.IN_FLIGHT and call.replica is not None
-                     and call.replica.uuid == replica_uuid]
+        in_flight = [
+            call
+            for call in self.calls.values()
+            if call.phase is Phase.IN_FLIGHT
+            and call.replica is not None
+            and call.replica.uuid == replica_uuid
+        ]
         return in_flight[0] if len(in_flight) == 1 else None
 
     def _finish(self, call: Call, *, result: Any = None, error: ZmqkitError | None = None) -> None:
@@ -449,8 +480,9 @@ class _Connections:
         peers = self.node.peers(self.core.name, role="rpc")
         self.version = version
         endpoints = {peer.uuid: peer.endpoints["rpc"] for peer in peers}
-        removed = [uuid for uuid, (endpoint, _) in self.sockets.items()
-                   if endpoints.get(uuid) != endpoint]
+        removed = [
+            uuid for uuid, (endpoint, _) in self.sockets.items() if endpoints.get(uuid) != endpoint
+        ]
         for node_uuid in removed:
             self.sockets.pop(node_uuid)[1].close()
         self.refused &= set(endpoints)
@@ -505,15 +537,23 @@ class FailoverClient:
             next replica (and the silent one stops being primary); None: only on failure.
     """
 
-    def __init__(self, node: Node, name: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 attempt_timeout: float | None = None, order: Order = by_uuid) -> None:
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float | None = None,
+        order: Order = by_uuid,
+    ) -> None:
         _check_name(name)
         self.node = node
         self.name = name
         self.timeout = timeout
         self._core = FailoverCore(name, order=order, attempt_timeout=attempt_timeout)
         self._connections = _Connections(
-            node, self._core, lambda: Socket(zmq.DEALER, options=CLIENT_OPTIONS))
+            node, self._core, lambda: Socket(zmq.DEALER, options=CLIENT_OPTIONS)
+        )
         self._owner = threading.get_ident()
         self._closed = False
         self._discovery = threading.Event()
@@ -552,8 +592,14 @@ class FailoverClient:
     def stats(self) -> dict[str, int]:
         return dict(self._core.stats)
 
-    def call(self, method: str, *args: Any, idempotent: bool = False,
-             timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        idempotent: bool = False,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Call ``method(*args, **kwargs)`` on the primary replica and return its result.
 
         Raises:
@@ -564,15 +610,26 @@ class FailoverClient:
         """
         return self.call_with(method, args, kwargs, idempotent=idempotent, timeout=timeout)
 
-    def call_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
-                  kwargs: dict[str, Any] | None = None, *, idempotent: bool = False,
-                  timeout: float | None = None) -> Any:
+    def call_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        idempotent: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
         self._check_usable()
         core = self._core
-        call = core.begin(method, args, kwargs or {}, idempotent=idempotent,
-                          timeout=self.timeout if timeout is None else timeout,
-                          now=time.monotonic())
+        call = core.begin(
+            method,
+            args,
+            kwargs or {},
+            idempotent=idempotent,
+            timeout=self.timeout if timeout is None else timeout,
+            now=time.monotonic(),
+        )
         try:
             while call.phase is not Phase.DONE:
                 if self._connections.stale():
@@ -631,8 +688,9 @@ class FailoverClient:
         elif asked:  # an idempotent call sent to several replicas: the first answer wins
             raws = {id(sockets[uuid][1].raw): uuid for uuid in asked}
             try:
-                readable, _, _ = zmq.select([sockets[uuid][1].raw for uuid in asked], [], [],
-                                            timeout)
+                readable, _, _ = zmq.select(
+                    [sockets[uuid][1].raw for uuid in asked], [], [], timeout
+                )
                 for raw in readable:
                     self._drain(raws[id(raw)], raw)
             except zmq.ZMQError as exc:
@@ -670,15 +728,23 @@ class AsyncFailoverClient:
     answers to calls; each call's own coroutine sends, retries and keeps its deadlines.
     """
 
-    def __init__(self, node: Node, name: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 attempt_timeout: float | None = None, order: Order = by_uuid) -> None:
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float | None = None,
+        order: Order = by_uuid,
+    ) -> None:
         _check_name(name)
         self.node = node
         self.name = name
         self.timeout = timeout
         self._core = FailoverCore(name, order=order, attempt_timeout=attempt_timeout)
         self._connections = _Connections(
-            node, self._core, lambda: AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS))
+            node, self._core, lambda: AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS)
+        )
         self._readers: dict[uuid_module.UUID, asyncio.Task[None]] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}  # by call id
         self._timers: list[tuple[float, int]] = []  # heap of (when, call id) to wake
@@ -739,20 +805,37 @@ class AsyncFailoverClient:
     def stats(self) -> dict[str, int]:
         return dict(self._core.stats)
 
-    async def call(self, method: str, *args: Any, idempotent: bool = False,
-                   timeout: float | None = None, **kwargs: Any) -> Any:
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        idempotent: bool = False,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Call ``method(*args, **kwargs)`` on the primary replica; see ``FailoverClient.call``."""
         return await self.call_with(method, args, kwargs, idempotent=idempotent, timeout=timeout)
 
-    async def call_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
-                        kwargs: dict[str, Any] | None = None, *, idempotent: bool = False,
-                        timeout: float | None = None) -> Any:
+    async def call_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        idempotent: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
         self._bind_loop()
         core = self._core
-        call = core.begin(method, args, kwargs or {}, idempotent=idempotent,
-                          timeout=self.timeout if timeout is None else timeout,
-                          now=time.monotonic())
+        call = core.begin(
+            method,
+            args,
+            kwargs or {},
+            idempotent=idempotent,
+            timeout=self.timeout if timeout is None else timeout,
+            now=time.monotonic(),
+        )
         try:
             while call.phase is not Phase.DONE:  # close() ends every call with ClosedError
                 if self._connections.stale():
@@ -901,5 +984,3 @@ class AsyncFailoverClient:
             call = self._core.receive(node_uuid, frame)
             if call is not None:
                 self._wake(call)
-
-

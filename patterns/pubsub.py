@@ -64,8 +64,10 @@ SETTLE = 0.05  # after connecting, time for the subscription to reach the publis
 WILDCARD = "*"
 _PUBLISH = int(Kind.PUBLISH)
 _decode = codec.decode_publish
-ALL_PUBLISH_PREFIXES = (bytes([0x86, codec.VERSION, Kind.PUBLISH]),
-                        bytes([0x86, codec.VERSION, Kind.PUBLISH_BATCH]))
+ALL_PUBLISH_PREFIXES = (
+    bytes([0x86, codec.VERSION, Kind.PUBLISH]),
+    bytes([0x86, codec.VERSION, Kind.PUBLISH_BATCH]),
+)
 
 
 def _check_topic(topic: object) -> None:
@@ -103,8 +105,9 @@ class Publisher:
     Sequence numbers, topics and gap counting are the same either way.
     """
 
-    def __init__(self, node: Node, *, options: SocketOptions | None = None,
-                 batch: bool = False) -> None:
+    def __init__(
+        self, node: Node, *, options: SocketOptions | None = None, batch: bool = False
+    ) -> None:
         if "pub" in node.endpoints:
             raise ConfigError(f"{node!r} already has a publisher; share it")
         self.node = node
@@ -182,7 +185,9 @@ class _Batcher:
         self._ready = threading.Event()
         self._endpoint = ""
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"zmqkit-pub:{node.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"zmqkit-pub:{node.name}", daemon=True
+        )
 
     def start(self) -> str:
         """Start the thread; return the endpoint it bound."""
@@ -246,7 +251,7 @@ class _Batcher:
                     frame = codec.encode_publish_from(topic, sender, first_seq, items[0])
                 else:
                     frame = codec.encode_publish_batch_from(topic, sender, first_seq, items)
-                raw.send(frame, copy=len(frame) < 65536)
+                raw.send(frame, 0, copy=len(frame) < 65536)
 
 
 class _Intake:
@@ -385,8 +390,12 @@ class Subscriber:
         return self._intake.gaps
 
     def stats(self) -> dict[str, int]:
-        return dict(self._intake.stats, received=self._intake.received, gaps=self._intake.gaps,
-                    publishers=len(self._connected))
+        return dict(
+            self._intake.stats,
+            received=self._intake.received,
+            gaps=self._intake.gaps,
+            publishers=len(self._connected),
+        )
 
     def subscribe(self, topic: str) -> None:
         """Also receive ``topic`` (exact) or a ``prefix*`` pattern."""
@@ -425,7 +434,9 @@ class Subscriber:
     def _own_peer(self) -> Peer:
         """This node as its peers see it, to connect to its own publisher like any other."""
         node = self.node
-        return Peer(node.name, node.uuid, dict(node.endpoints), dict(node.headers), 0, node.host, 0.0, 0.0)
+        return Peer(
+            node.name, node.uuid, dict(node.endpoints), dict(node.headers), 0, node.host, 0.0, 0.0
+        )
 
     def wait_for_publishers(self, count: int = 1, timeout: float = 5.0) -> int:
         """Connect to at least ``count`` publishers, waiting at most ``timeout`` seconds.
@@ -445,7 +456,9 @@ class Subscriber:
                 time.sleep(min(SETTLE, deadline.remaining()))  # the subscription travels to them
                 return len(self._connected)
             if deadline.expired():
-                raise PeerNotFound(f"{len(self._connected)} of {count} publishers found in {timeout:g} s")
+                raise PeerNotFound(
+                    f"{len(self._connected)} of {count} publishers found in {timeout:g} s"
+                )
             time.sleep(min(0.01, deadline.remaining()))
 
     def recv(self, timeout: float) -> Message:
@@ -523,13 +536,18 @@ class Subscriber:
 class _CallbackSubscription:
     """A named thread that owns a Subscriber and calls ``callback`` with each message."""
 
-    def __init__(self, node: Node, topics: tuple[str, ...], callback: Callable[[Message], Any]) -> None:
+    def __init__(
+        self, node: Node, topics: tuple[str, ...], callback: Callable[[Message], Any]
+    ) -> None:
         self.callback = callback
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(node, topics), name=f"zmqkit-sub:{','.join(topics)}", daemon=True
+            target=self._run,
+            args=(node, topics),
+            name=f"zmqkit-sub:{','.join(topics)}",
+            daemon=True,
         )
 
     def _run(self, node: Node, topics: tuple[str, ...]) -> None:
@@ -549,7 +567,9 @@ class _CallbackSubscription:
                 try:
                     self.callback(message)
                 except Exception:  # one bad message must not end the subscription; logged loudly
-                    log.exception("subscription callback %r failed on %s", self.callback, message.topic)
+                    log.exception(
+                        "subscription callback %r failed on %s", self.callback, message.topic
+                    )
 
     def start(self) -> _CallbackSubscription:
         """Start the thread and wait until it has subscribed.
@@ -570,8 +590,10 @@ class _CallbackSubscription:
             self._thread.join(timeout)
 
 
-def subscribe(node: Node, *topics: str, callback: Callable[[Message], Any]) -> _CallbackSubscription:
-    """Call ``callback(message)`` for each message on ``topics``, from a thread, until the node closes.
+def subscribe(
+    node: Node, *topics: str, callback: Callable[[Message], Any]
+) -> _CallbackSubscription:
+    """Call ``callback(message)`` for each message on ``topics``, from a thread, until node close.
 
     The callback runs in the subscription's own thread; returns the subscription (``close()``
     stops it early).

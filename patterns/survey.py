@@ -121,9 +121,11 @@ class SurveyResult:
         return (*self.answers, *self.failed, *self.missing)
 
     def __repr__(self) -> str:
-        return (f"<SurveyResult {self.method}: {len(self.answers)} answered, {len(self.failed)} "
-                f"failed, {len(self.missing)} missing; ended by {self.ending.value} "
-                f"in {self.elapsed:.3f} s>")
+        return (
+            f"<SurveyResult {self.method}: {len(self.answers)} answered, {len(self.failed)} "
+            f"failed, {len(self.missing)} missing; ended by {self.ending.value} "
+            f"in {self.elapsed:.3f} s>"
+        )
 
 
 class Status(enum.Enum):
@@ -159,9 +161,17 @@ class SurveyState:
         EncodeError: the arguments cannot travel on the wire.
     """
 
-    def __init__(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
-                 now: float, timeout: float, call_ids: Iterator[int],
-                 min_replies: int | None = None) -> None:
+    def __init__(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        *,
+        now: float,
+        timeout: float,
+        call_ids: Iterator[int],
+        min_replies: int | None = None,
+    ) -> None:
         if min_replies is not None and (type(min_replies) is not int or min_replies < 1):
             raise ConfigError(f"min_replies is a positive integer or None, not {min_replies!r}")
         if not isinstance(timeout, (int, float)) or not 0 <= timeout < 1e7:
@@ -234,8 +244,11 @@ class SurveyState:
             # the server could not read a request (protocol.md 6.3): this node has exactly one
             # call of ours outstanding on that connection, so it is that call's answer
             target = self.targets.get(node_uuid)
-        if target is None or target.responder.uuid != node_uuid \
-                or target.status is not Status.ASKED:
+        if (
+            target is None
+            or target.responder.uuid != node_uuid
+            or target.status is not Status.ASKED
+        ):
             self.stats["dropped-stale"] += 1
             return False
         if kind == Kind.REPLY:
@@ -315,8 +328,9 @@ def _searched(name: str | None) -> str:
 
 def _check_name(name: object) -> None:
     if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"a survey asks the nodes of a name (text), or of every name (None), "
-                          f"not {name!r}")
+        raise ConfigError(
+            f"a survey asks the nodes of a name (text), or of every name (None), not {name!r}"
+        )
 
 
 class _Connections:
@@ -385,15 +399,17 @@ class Surveyor:
     by ``close()``, ``with``, or when its node closes.
     """
 
-    def __init__(self, node: Node, name: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, node: Node, name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         _check_name(name)
         self.node = node
         self.name = name
         self.timeout = timeout
         self.stats: Counter[str] = Counter()
         self._connections = _Connections(
-            node, name, lambda: Socket(zmq.DEALER, options=SURVEY_OPTIONS))
+            node, name, lambda: Socket(zmq.DEALER, options=SURVEY_OPTIONS)
+        )
         self._ids = itertools.count(1)
         self._owner = threading.get_ident()
         self._closed = False
@@ -419,8 +435,14 @@ class Surveyor:
         self._connections.close()
         self.node.detach(self)
 
-    def ask(self, method: str, *args: Any, timeout: float | None = None,
-            min_replies: int | None = None, **kwargs: Any) -> SurveyResult:
+    def ask(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        min_replies: int | None = None,
+        **kwargs: Any,
+    ) -> SurveyResult:
         """Ask every node ``method(*args, **kwargs)``; gather until a quorum, everyone or timeout.
 
         Raises:
@@ -428,14 +450,26 @@ class Surveyor:
         """
         return self.ask_with(method, args, kwargs, timeout=timeout, min_replies=min_replies)
 
-    def ask_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
-                 kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
-                 min_replies: int | None = None) -> SurveyResult:
+    def ask_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        min_replies: int | None = None,
+    ) -> SurveyResult:
         """``ask`` with the arguments as values, for methods with a ``timeout`` parameter."""
         self._check_usable()
-        state = SurveyState(method, args, kwargs or {}, now=time.monotonic(),
-                            timeout=self.timeout if timeout is None else timeout,
-                            call_ids=self._ids, min_replies=min_replies)
+        state = SurveyState(
+            method,
+            args,
+            kwargs or {},
+            now=time.monotonic(),
+            timeout=self.timeout if timeout is None else timeout,
+            call_ids=self._ids,
+            min_replies=min_replies,
+        )
         connections = self._connections
         self._discovery.clear()
         connections.refresh(state)
@@ -502,15 +536,17 @@ class AsyncSurveyor:
     ``async with AsyncSurveyor(node, "sensor") as sensors: await sensors.ask("read")``.
     """
 
-    def __init__(self, node: Node, name: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, node: Node, name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         _check_name(name)
         self.node = node
         self.name = name
         self.timeout = timeout
         self.stats: Counter[str] = Counter()
         self._connections = _Connections(
-            node, name, lambda: AsyncSocket(zmq.DEALER, options=SURVEY_OPTIONS))
+            node, name, lambda: AsyncSocket(zmq.DEALER, options=SURVEY_OPTIONS)
+        )
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -542,21 +578,39 @@ class AsyncSurveyor:
     async def aclose(self) -> None:
         self.close()
 
-    async def ask(self, method: str, *args: Any, timeout: float | None = None,
-                  min_replies: int | None = None, **kwargs: Any) -> SurveyResult:
+    async def ask(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        min_replies: int | None = None,
+        **kwargs: Any,
+    ) -> SurveyResult:
         """Ask every node ``method(*args, **kwargs)``; see ``Surveyor.ask``."""
         return await self.ask_with(method, args, kwargs, timeout=timeout, min_replies=min_replies)
 
-    async def ask_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
-                       kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
-                       min_replies: int | None = None) -> SurveyResult:
+    async def ask_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        min_replies: int | None = None,
+    ) -> SurveyResult:
         """``ask`` with the arguments as values, for methods with a ``timeout`` parameter."""
         self._bind_loop()
         if self._busy:  # two surveys would read each other's answers off the shared sockets
             raise BusyError(f"{self!r} is running a survey already; make one surveyor per task")
-        state = SurveyState(method, args, kwargs or {}, now=time.monotonic(),
-                            timeout=self.timeout if timeout is None else timeout,
-                            call_ids=self._ids, min_replies=min_replies)
+        state = SurveyState(
+            method,
+            args,
+            kwargs or {},
+            now=time.monotonic(),
+            timeout=self.timeout if timeout is None else timeout,
+            call_ids=self._ids,
+            min_replies=min_replies,
+        )
         changed = self._changed
         assert changed is not None
         changed.clear()
@@ -593,8 +647,9 @@ class AsyncSurveyor:
         self.stats.update(state.stats)
         return state.result(time.monotonic(), searched=_searched(self.name))
 
-    async def _ask_one(self, state: SurveyState, node_uuid: uuid_module.UUID,
-                       sock: AsyncSocket) -> None:
+    async def _ask_one(
+        self, state: SurveyState, node_uuid: uuid_module.UUID, sock: AsyncSocket
+    ) -> None:
         """Send one node its request once it is connected, then read until it has answered."""
         frame = state.request(node_uuid)
         while not sock.send_nowait(frame):
@@ -633,8 +688,15 @@ class AsyncSurveyor:
 # -- one-shot surveys -----------------------------------------------------------------------------
 
 
-def ask(node: Node, name: str | None, method: str, *args: Any, timeout: float = DEFAULT_TIMEOUT,
-        min_replies: int | None = None, **kwargs: Any) -> SurveyResult:
+def ask(
+    node: Node,
+    name: str | None,
+    method: str,
+    *args: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    min_replies: int | None = None,
+    **kwargs: Any,
+) -> SurveyResult:
     """Ask every node called ``name`` (None: every node serving RPC) ``method(*args, **kwargs)``.
 
     Raises:
@@ -644,9 +706,15 @@ def ask(node: Node, name: str | None, method: str, *args: Any, timeout: float = 
         return surveyor.ask_with(method, args, kwargs, min_replies=min_replies)
 
 
-async def ask_async(node: Node, name: str | None, method: str, *args: Any,
-                    timeout: float = DEFAULT_TIMEOUT, min_replies: int | None = None,
-                    **kwargs: Any) -> SurveyResult:
+async def ask_async(
+    node: Node,
+    name: str | None,
+    method: str,
+    *args: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    min_replies: int | None = None,
+    **kwargs: Any,
+) -> SurveyResult:
     """``ask`` for asyncio code."""
     async with AsyncSurveyor(node, name, timeout=timeout) as surveyor:
         return await surveyor.ask_with(method, args, kwargs, min_replies=min_replies)

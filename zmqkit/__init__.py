@@ -40,13 +40,13 @@ from .sockets import AsyncSocket, Socket, SocketOptions
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_PORT",
     "AsyncSocket",
     "BadArguments",
     "BrokenError",
     "BusyError",
     "ClosedError",
     "ConfigError",
-    "DEFAULT_PORT",
     "Deadline",
     "EncodeError",
     "EventKind",

@@ -205,18 +205,25 @@ class Beacon:
     # -- the beacon thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Read, expire, announce, sleep until the next thing is due; until close."""
         next_announce = time.monotonic()
         announced_seq = -1
         while not self._stopping:
             now = time.monotonic()
+            # read what is waiting before expiring anyone: after this thread was starved of CPU,
+            # a peer's fresh beacon may be sitting in the buffer
+            read, received = self._receive(now)
+            if self.announce and any(event.kind is EventKind.JOINED for event in received):
+                next_announce = min(next_announce, now + random.uniform(0, ANSWER_DELAY))
+            expired = self.table.expire(now)
+            if read or expired:
+                # even without events: every beacon moves a peer's last_seen, and the snapshot
+                # must follow, or ages read from it go stale
+                self._publish(received + expired)
             if self.announce and (now >= next_announce or announced_seq != self._seq):
                 announced_seq = self._seq
                 self._send(BeaconKind.HELLO)
                 next_announce = now + self.interval
-            expired = self.table.expire(now)
-            if expired:
-                # publish before sleeping: the next wake may be a whole interval away
-                self._publish(expired)
             next_expiry = self.table.next_expiry() or now + self.interval
             wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
             readable, _, _ = select.select(
@@ -224,14 +231,6 @@ class Beacon:
             )
             if self._wake_reader in readable:
                 self._wake_reader.recv(4096)
-            if self._sock in readable:
-                received = self._receive(time.monotonic())
-                if any(event.kind is EventKind.JOINED for event in received) and self.announce:
-                    answer_at = time.monotonic() + random.uniform(0, ANSWER_DELAY)
-                    next_announce = min(next_announce, answer_at)
-                # even without events: every beacon moves a peer's last_seen, and the snapshot
-                # must follow, or ages read from it go stale
-                self._publish(received)
         if self.announce:
             self._send(BeaconKind.GOODBYE)
 
@@ -241,11 +240,14 @@ class Beacon:
         if events:
             self.on_events(events)
 
-    def _receive(self, now: float) -> list[PeerEvent]:
+    def _receive(self, now: float) -> tuple[bool, list[PeerEvent]]:
+        """Read the datagrams waiting (up to a batch); return whether any came, and the events."""
         events: list[PeerEvent] = []
+        read = False
         for _ in range(MAX_DATAGRAMS_PER_WAKE):
             try:
                 datagram, (address, _port) = self._sock.recvfrom(65536)
+                read = True
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP errors surfacing from an earlier send
@@ -259,7 +261,7 @@ class Beacon:
                 events += self.table.feed(datagram, address, now)
             except ProtocolError as exc:
                 self._drop("malformed", f"{len(datagram)} bytes from {address}: {exc}")
-        return events
+        return read, events
 
     def _accepts(self, address: str) -> bool:
         """Whether a datagram from ``address`` may be read: the scope's network or a seed."""
@@ -285,6 +287,6 @@ class Beacon:
         self.stats[f"dropped-{reason}"] += 1
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
-        log.log(level, "beacon %s dropped %s (later drops are logged at debug level)",
-                self.name, detail)
-
+        log.log(
+            level, "beacon %s dropped %s (later drops are logged at debug level)", self.name, detail
+        )

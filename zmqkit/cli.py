@@ -36,13 +36,27 @@ Command = Callable[[argparse.Namespace], int]
 def _scope_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("discovery")
-    group.add_argument("--scope", choices=["localhost", "subnet"], default="localhost",
-                       help="where beacons go (default: localhost, nothing leaves this host)")
+    group.add_argument(
+        "--scope",
+        choices=["localhost", "subnet"],
+        default="localhost",
+        help="where beacons go (default: localhost, nothing leaves this host)",
+    )
     group.add_argument("--interface", metavar="IF", help="the interface for --scope subnet")
-    group.add_argument("--seed", metavar="HOST[:PORT]", action="append", default=[],
-                       help="also send unicast beacons to HOST (repeatable)")
-    group.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
-                       help=f"the UDP beacon port (default {DEFAULT_PORT})")
+    group.add_argument(
+        "--seed",
+        metavar="HOST[:PORT]",
+        action="append",
+        default=[],
+        help="also send unicast beacons to HOST (repeatable)",
+    )
+    group.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="P",
+        help=f"the UDP beacon port (default {DEFAULT_PORT})",
+    )
     secure = common.add_argument_group("security (CURVE)")
     secure.add_argument("--keys", metavar="PATH", help="this node's keypair (from zmqkit keys new)")
     secure.add_argument("--keyring", metavar="DIR", help="a directory of *.pub keys to accept")
@@ -56,15 +70,27 @@ def make_node(args: argparse.Namespace, name: str, *, announce: bool) -> Node:
 
 def node_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Node keyword arguments that the discovery and security options give."""
-    return {"port": args.port, "scope": args.scope, "interface": args.interface,
-            "seeds": args.seed, "keys": args.keys, "keyring": args.keyring}
+    return {
+        "port": args.port,
+        "scope": args.scope,
+        "interface": args.interface,
+        "seeds": args.seed,
+        "keys": args.keys,
+        "keyring": args.keyring,
+    }
 
 
 def _peer_rows(peers: Sequence[Peer]) -> list[dict[str, object]]:
     now = time.monotonic()
     return [
-        {"name": p.name, "uuid": str(p.uuid), "endpoints": dict(p.endpoints),
-         "age": round(p.age(now), 3), "address": p.address, "headers": dict(p.headers)}
+        {
+            "name": p.name,
+            "uuid": str(p.uuid),
+            "endpoints": dict(p.endpoints),
+            "age": round(p.age(now), 3),
+            "address": p.address,
+            "headers": dict(p.headers),
+        }
         for p in sorted(peers, key=lambda p: (p.name, str(p.uuid)))
     ]
 
@@ -120,8 +146,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     from patterns import rpc
 
     console = Console()
-    with make_node(args, "zmqkit-cli", announce=False) as node, \
-            rpc.Client(node, args.name, timeout=args.timeout) as client:
+    with (
+        make_node(args, "zmqkit-cli", announce=False) as node,
+        rpc.Client(node, args.name, timeout=args.timeout) as client,
+    ):
         if args.list:
             methods = client.methods()
             if args.json:
@@ -162,8 +190,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     console = Console()
     received = 0
-    with make_node(args, "zmqkit-cli", announce=False) as node, \
-            pubsub.Subscriber(node, args.topic) as subscriber:
+    with (
+        make_node(args, "zmqkit-cli", announce=False) as node,
+        pubsub.Subscriber(node, args.topic) as subscriber,
+    ):
         deadline = Deadline.after(args.timeout) if args.timeout is not None else None
         try:
             while args.count is None or received < args.count:
@@ -171,13 +201,26 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 message = subscriber.recv(wait)
                 received += 1
                 if args.json:
-                    print(json.dumps({"topic": message.topic, "data": message.data,
-                                      "publisher": message.publisher, "seq": message.seq,
-                                      "gap": message.gap}, default=repr), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "topic": message.topic,
+                                "data": message.data,
+                                "publisher": message.publisher,
+                                "seq": message.seq,
+                                "gap": message.gap,
+                            },
+                            default=repr,
+                        ),
+                        flush=True,
+                    )
                 else:
                     gap = f" [red](missed {message.gap})[/]" if message.gap else ""
-                    console.print(f"[cyan]{message.topic}[/] [dim]{message.publisher}#{message.seq}[/]"
-                                  f"{gap} {message.data!r}", highlight=False)
+                    console.print(
+                        f"[cyan]{message.topic}[/] [dim]{message.publisher}#{message.seq}[/]"
+                        f"{gap} {message.data!r}",
+                        highlight=False,
+                    )
         except KeyboardInterrupt:
             pass
     return EXIT_OK
@@ -188,8 +231,10 @@ def cmd_hz(args: argparse.Namespace) -> int:
     from patterns import pubsub
 
     console = Console()
-    with make_node(args, "zmqkit-cli", announce=False) as node, \
-            pubsub.Subscriber(node, args.topic) as subscriber:
+    with (
+        make_node(args, "zmqkit-cli", announce=False) as node,
+        pubsub.Subscriber(node, args.topic) as subscriber,
+    ):
         ends_at = time.monotonic() + args.duration if args.duration else float("inf")
         total, window_count, window_start = 0, 0, time.monotonic()
         rate = 0.0
@@ -198,8 +243,12 @@ def cmd_hz(args: argparse.Namespace) -> int:
             table = Table(title=f"rate on {args.topic!r}")
             for column in ("msg/s", "received", "missed", "publishers"):
                 table.add_column(column, justify="right")
-            table.add_row(f"{rate:,.1f}", f"{total:,}", f"{subscriber.gaps:,}",
-                          str(subscriber.stats()["publishers"]))
+            table.add_row(
+                f"{rate:,.1f}",
+                f"{total:,}",
+                f"{subscriber.gaps:,}",
+                str(subscriber.stats()["publishers"]),
+            )
             return table
 
         live = Live(view(), console=console, refresh_per_second=4) if console.is_terminal else None
@@ -219,7 +268,10 @@ def cmd_hz(args: argparse.Namespace) -> int:
                     if live:
                         live.update(view())
                     else:
-                        print(f"{rate:.1f} msg/s, {total} received, {subscriber.gaps} missed", flush=True)
+                        print(
+                            f"{rate:.1f} msg/s, {total} received, {subscriber.gaps} missed",
+                            flush=True,
+                        )
         except KeyboardInterrupt:
             pass
         finally:
@@ -246,19 +298,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     workloads = list(benchmarks.WORKLOADS) if args.workload == "all" else [args.workload]
     console = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True, disable=args.json or not console.is_terminal) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=args.json or not console.is_terminal,
+    ) as bar:
         task = bar.add_task("starting", total=None)
-        results = benchmarks.run(workloads, rounds=args.rounds, quick=args.quick,
-                                 progress=lambda step: bar.update(task, description=step))
+        results = benchmarks.run(
+            workloads,
+            rounds=args.rounds,
+            quick=args.quick,
+            progress=lambda step: bar.update(task, description=step),
+        )
     if args.json:
         print(json.dumps(benchmarks.as_json(results)))
         return EXIT_OK
-    table = Table(title=f"zmqkit vs raw pyzmq, median of {args.rounds} rounds (ratio = zmqkit / raw)")
+    table = Table(
+        title=f"zmqkit vs raw pyzmq, median of {args.rounds} rounds (ratio = zmqkit / raw)"
+    )
     for column in ("workload", "raw pyzmq", "zmqkit", "ratio", "unit", "note"):
-        table.add_column(column, justify="right" if column in ("raw pyzmq", "zmqkit", "ratio") else "left")
+        table.add_column(
+            column, justify="right" if column in ("raw pyzmq", "zmqkit", "ratio") else "left"
+        )
     for r in results:
-        table.add_row(r.workload, f"{r.raw:,.1f}", f"{r.ours:,.1f}", f"{r.ratio:.2f}", r.unit, r.note)
+        table.add_row(
+            r.workload, f"{r.raw:,.1f}", f"{r.ours:,.1f}", f"{r.ratio:.2f}", r.unit, r.note
+        )
     Console().print(table)
     return EXIT_OK
 
@@ -271,8 +339,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.demo is None:
         from demos import show
 
-        return show.run(port=args.port if args.port != DEFAULT_PORT else None,
-                        duration=args.duration)
+        return show.run(
+            port=args.port if args.port != DEFAULT_PORT else None, duration=args.duration
+        )
     options = node_options(args)
     name = args.name or args.demo
     if args.demo == "calc":
@@ -288,8 +357,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.demo == "chat":
         from demos import chat
 
-        return chat.run(options, name=args.name or f"chat-{os.getpid()}", duration=args.duration,
-                        script=args.script)
+        return chat.run(
+            options,
+            name=args.name or f"chat-{os.getpid()}",
+            duration=args.duration,
+            script=args.script,
+        )
     raise UsageError(f"no demo called {args.demo!r}")
 
 
@@ -302,16 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
     peers = commands.add_parser("peers", parents=[scope], help="list discovered peers")
     peers.add_argument("--json", action="store_true", help="print a JSON list")
     peers.add_argument("--watch", action="store_true", help="a live table, until Ctrl-C")
-    peers.add_argument("--wait", type=float, default=1.5, metavar="S",
-                       help="seconds to listen before listing (default 1.5)")
+    peers.add_argument(
+        "--wait",
+        type=float,
+        default=1.5,
+        metavar="S",
+        help="seconds to listen before listing (default 1.5)",
+    )
     peers.set_defaults(run=cmd_peers)
 
     call = commands.add_parser("call", parents=[scope], help="call a method on a node by name")
     call.add_argument("name", metavar="NAME", help="the node (service) name")
     call.add_argument("method", metavar="METHOD", nargs="?", help="the method to call")
     call.add_argument("args", metavar="ARG", nargs="*", help="arguments, as JSON literals")
-    call.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                      help="seconds to wait for the node and its reply (default 5)")
+    call.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for the node and its reply (default 5)",
+    )
     call.add_argument("--json", action="store_true", help="print the result as JSON")
     call.add_argument("--list", action="store_true", help="list the node's methods instead")
     call.set_defaults(run=cmd_call)
@@ -320,18 +403,32 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("topic", metavar="TOPIC")
     pub.add_argument("data", metavar="DATA", help="a JSON literal (other text is sent as a string)")
     pub.add_argument("--count", type=int, default=1, metavar="N", help="how many times (default 1)")
-    pub.add_argument("--rate", type=float, default=10.0, metavar="HZ",
-                     help="messages per second (default 10; 0: as fast as possible)")
-    pub.add_argument("--wait", type=float, default=0.5, metavar="S",
-                     help="seconds to let subscribers connect before the first message (default 0.5)")
+    pub.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        metavar="HZ",
+        help="messages per second (default 10; 0: as fast as possible)",
+    )
+    pub.add_argument(
+        "--wait",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds to let subscribers connect before the first message (default 0.5)",
+    )
     pub.add_argument("--name", default="zmqkit-pub", help="this node's name (default zmqkit-pub)")
     pub.set_defaults(run=cmd_pub)
 
     echo = commands.add_parser("echo", parents=[scope], help="print messages on a topic")
     echo.add_argument("topic", metavar="TOPIC", help="a topic, or a prefix ending in *")
     echo.add_argument("--count", type=int, metavar="N", help="exit after N messages")
-    echo.add_argument("--timeout", type=float, metavar="S",
-                      help="exit 1 if the messages have not come within S seconds")
+    echo.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="exit 1 if the messages have not come within S seconds",
+    )
     echo.add_argument("--json", action="store_true", help="one JSON object per line")
     echo.set_defaults(run=cmd_echo)
 
@@ -347,27 +444,53 @@ def build_parser() -> argparse.ArgumentParser:
     new_keys.set_defaults(run=cmd_keys)
 
     bench = commands.add_parser("bench", help="measure each pattern against raw pyzmq")
-    bench.add_argument("workload", nargs="?", default="all",
-                       choices=["rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery",
-                                "all"])
+    bench.add_argument(
+        "workload",
+        nargs="?",
+        default="all",
+        choices=["rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery", "all"],
+    )
     bench.add_argument("--json", action="store_true", help="print a JSON list of results")
     bench.add_argument("--quick", action="store_true", help="tiny counts: checks that it works")
-    bench.add_argument("--rounds", type=int, default=3, metavar="R",
-                       help="rounds per workload, alternating raw and zmqkit (default 3)")
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="rounds per workload, alternating raw and zmqkit (default 3)",
+    )
     bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", parents=[scope], help="run a demo node, or the whole show")
-    demo.add_argument("demo", metavar="NAME", nargs="?", choices=["calc", "ticker", "chat"],
-                      help="calc, ticker or chat; none: the self-contained show")
+    demo.add_argument(
+        "demo",
+        metavar="NAME",
+        nargs="?",
+        choices=["calc", "ticker", "chat"],
+        help="calc, ticker or chat; none: the self-contained show",
+    )
     demo.add_argument("--name", metavar="NODE", help="the node's name (default: the demo's)")
-    demo.add_argument("--duration", type=float, metavar="S",
-                      help="end after S seconds (the show: default 60 at most)")
-    demo.add_argument("--rate", type=float, default=20.0, metavar="HZ",
-                      help="ticker: ticks per second (default 20)")
-    demo.add_argument("--watch", action="store_true",
-                      help="ticker: show the ticks as a live table instead of publishing")
-    demo.add_argument("--script", metavar="FILE",
-                      help="chat: send these lines instead of reading the terminal")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="end after S seconds (the show: default 60 at most)",
+    )
+    demo.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        metavar="HZ",
+        help="ticker: ticks per second (default 20)",
+    )
+    demo.add_argument(
+        "--watch",
+        action="store_true",
+        help="ticker: show the ticks as a live table instead of publishing",
+    )
+    demo.add_argument(
+        "--script", metavar="FILE", help="chat: send these lines instead of reading the terminal"
+    )
     demo.set_defaults(run=cmd_demo)
     return parser
 

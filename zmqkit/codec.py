@@ -168,8 +168,11 @@ def _load_exactly_one(data: bytes) -> Any:
     stream = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(
-            stream, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag,
-            max_depth=MAX_DEPTH, read_size=1,
+            stream,
+            semantic_decoders=_TAG_TABLE,
+            tag_hook=_refuse_tag,
+            max_depth=MAX_DEPTH,
+            read_size=1,
         ).decode()
     except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
         raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
@@ -252,9 +255,9 @@ def encode_publish_batch_from(
         array_head = b"\x99" + count.to_bytes(2, "big")
     else:
         array_head = b"\x9a" + count.to_bytes(4, "big")
-    return b"".join((
-        publish_prefixes(topic)[1], dumps(sender), dumps(first_seq), array_head, *encoded_items
-    ))
+    return b"".join(
+        (publish_prefixes(topic)[1], dumps(sender), dumps(first_seq), array_head, *encoded_items)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -341,7 +344,9 @@ def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
     if type(message) is not list or len(message) < 3:
         raise ProtocolError("a message must be an array of at least 3 items")
     if message[0] != VERSION or type(message[0]) is not int:
-        raise ProtocolError(f"unsupported protocol version {message[0]!r} (this side speaks {VERSION})")
+        raise ProtocolError(
+            f"unsupported protocol version {message[0]!r} (this side speaks {VERSION})"
+        )
     shape = _SHAPES.get(message[1]) if type(message[1]) is int else None
     if shape is None:
         raise ProtocolError(f"unknown message kind {message[1]!r}")
@@ -368,11 +373,15 @@ def decode_publish(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> li
     if type(message) is list and len(message) == 6:
         version, kind, topic, sender, seq, data = message
         if (
-            version == VERSION and type(version) is int
-            and (kind == 7 or (kind == 8 and type(data) is list and data)) and type(kind) is int
+            version == VERSION
+            and type(version) is int
+            and (kind == 7 or (kind == 8 and type(data) is list and data))
+            and type(kind) is int
             and type(topic) is str
-            and type(sender) is bytes and len(sender) == UUID_BYTES
-            and type(seq) is int and 0 <= seq < 1 << 64
+            and type(sender) is bytes
+            and len(sender) == UUID_BYTES
+            and type(seq) is int
+            and 0 <= seq < 1 << 64
         ):
             return message
     decode(frame, max_size)  # raises the precise error for anything malformed
@@ -401,7 +410,9 @@ def encode_beacon(
     body = dumps([int(kind), name, node_uuid.bytes, seq, dict(endpoints), dict(headers)])
     datagram = BEACON_MAGIC + bytes([BEACON_VERSION]) + body
     if len(datagram) > MAX_BEACON_SIZE:
-        raise EncodeError(f"beacon of {len(datagram)} bytes is over {MAX_BEACON_SIZE}: fewer headers")
+        raise EncodeError(
+            f"beacon of {len(datagram)} bytes is over {MAX_BEACON_SIZE}: fewer headers"
+        )
     return datagram
 
 

@@ -4,7 +4,7 @@
     ├── ProtocolError           bytes on the wire break the protocol (also ValueError)
     │   └── MessageTooLarge     a frame or datagram over the configured maximum
     ├── EncodeError             a value that the wire cannot carry (also TypeError)
-    ├── ConfigError             a bad option: unknown interface, bad seed, bad endpoint (also ValueError)
+    ├── ConfigError             a bad option: unknown interface, bad seed... (also ValueError)
     ├── Timeout                 a deadline passed (also the builtin TimeoutError)
     ├── PeerNotFound            no peer of that name was discovered in time (also LookupError)
     ├── RemoteError             the peer's handler raised; carries its type name, message, traceback

@@ -20,8 +20,17 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from typing import Protocol
 
-from .beacon import DEFAULT_PORT, LOOPBACK_BROADCAST, LOOPBACK_HOST, LOOPBACK_NETWORK, Beacon, Scope, Seed
-from .beacon import interface_addresses, parse_seed
+from .beacon import (
+    DEFAULT_PORT,
+    LOOPBACK_BROADCAST,
+    LOOPBACK_HOST,
+    LOOPBACK_NETWORK,
+    Beacon,
+    Scope,
+    Seed,
+    interface_addresses,
+    parse_seed,
+)
 from .codec import MAX_NAME_BYTES
 from .deadline import Deadline
 from .errors import ClosedError, ConfigError, PeerNotFound
@@ -115,6 +124,7 @@ class Node:
         self._attached: list[Closeable] = []
         self._listeners: list[Callable[[list[PeerEvent]], None]] = []
         self._changed = threading.Condition()
+        self._announcing = threading.Lock()  # parts in several threads advertise on one node
         self._state = "new"
         self._beacon = Beacon(
             name,
@@ -204,13 +214,15 @@ class Node:
             EncodeError: ``role`` or ``endpoint`` is not text, or the beacon would be too large;
                 what the node announces is then unchanged.
         """
-        self._beacon.advertise({**self.endpoints, role: endpoint}, self.headers)
-        self.endpoints[role] = endpoint
+        with self._announcing:
+            self._beacon.advertise({**self.endpoints, role: endpoint}, self.headers)
+            self.endpoints[role] = endpoint
 
     def withdraw(self, role: str) -> None:
         """Stop announcing ``role``."""
-        if self.endpoints.pop(role, None) is not None:
-            self._beacon.advertise(self.endpoints, self.headers)
+        with self._announcing:
+            if self.endpoints.pop(role, None) is not None:
+                self._beacon.advertise(self.endpoints, self.headers)
 
     def set_header(self, key: str, value: str | None) -> None:
         """Set (or with None, remove) one beacon header; peers see an UPDATED event.
@@ -219,12 +231,13 @@ class Node:
             EncodeError: ``key`` or ``value`` is not text, or the beacon would be too large;
                 the headers are then unchanged.
         """
-        headers = {k: v for k, v in self.headers.items() if k != key}
-        if value is not None:
-            headers[key] = value
-        self._beacon.advertise(self.endpoints, headers)
-        self.headers.clear()
-        self.headers.update(headers)
+        with self._announcing:
+            headers = {k: v for k, v in self.headers.items() if k != key}
+            if value is not None:
+                headers[key] = value
+            self._beacon.advertise(self.endpoints, headers)
+            self.headers.clear()
+            self.headers.update(headers)
 
     # -- security ----------------------------------------------------------------------------
 
@@ -257,7 +270,8 @@ class Node:
     def peers(self, name: str | None = None, *, role: str | None = None) -> list[Peer]:
         """The peers discovered so far: all, or those called ``name``, or serving ``role``."""
         return [
-            peer for peer in self._beacon.snapshot[1]
+            peer
+            for peer in self._beacon.snapshot[1]
             if (name is None or peer.name == name) and (role is None or role in peer.endpoints)
         ]
 
@@ -265,8 +279,9 @@ class Node:
         """Beacon counters: sent, received, and dropped-* by reason."""
         return dict(self._beacon.stats)
 
-    def wait_for(self, name: str, timeout: float = 5.0, *, count: int = 1,
-                 role: str | None = None) -> list[Peer]:
+    def wait_for(
+        self, name: str, timeout: float = 5.0, *, count: int = 1, role: str | None = None
+    ) -> list[Peer]:
         """Wait until ``count`` peers called ``name`` (and serving ``role``) are known; return them.
 
         Raises:
@@ -282,8 +297,9 @@ class Node:
                 self._changed.wait(deadline.remaining())
         return found
 
-    async def wait_for_async(self, name: str, timeout: float = 5.0, *, count: int = 1,
-                             role: str | None = None) -> list[Peer]:
+    async def wait_for_async(
+        self, name: str, timeout: float = 5.0, *, count: int = 1, role: str | None = None
+    ) -> list[Peer]:
         """``wait_for`` for asyncio code: waits without blocking the loop."""
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -300,13 +316,17 @@ class Node:
                 try:
                     await asyncio.wait_for(changed.wait(), deadline.remaining())
                 except asyncio.TimeoutError:
-                    raise PeerNotFound(self._not_found(name, role, count, len(found), timeout)) from None
+                    raise PeerNotFound(
+                        self._not_found(name, role, count, len(found), timeout)
+                    ) from None
                 changed.clear()
             return found
         finally:
             self._listeners.remove(on_events)
 
-    def _not_found(self, name: str, role: str | None, count: int, found: int, timeout: float) -> str:
+    def _not_found(
+        self, name: str, role: str | None, count: int, found: int, timeout: float
+    ) -> str:
         wanted = f"{count} peers called {name!r}" if count > 1 else f"a peer called {name!r}"
         wanted += f" serving {role!r}" if role else ""
         return f"{wanted} not found in {timeout:g} s (found {found}; beacon port {self.port})"
@@ -383,4 +403,3 @@ class Node:
                 listener(events)
             except Exception:  # a user's callback must not stop discovery
                 log.exception("presence event callback %r failed", listener)
-

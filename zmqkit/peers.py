@@ -99,8 +99,13 @@ class PeerTable:
             self._peers[node_uuid] = replace(known, last_seen=now, address=address)
             return []
         peer = replace(
-            known, name=name, endpoints=endpoints, headers=headers, seq=seq,
-            address=address, last_seen=now,
+            known,
+            name=name,
+            endpoints=endpoints,
+            headers=headers,
+            seq=seq,
+            address=address,
+            last_seen=now,
         )
         self._peers[node_uuid] = peer
         if endpoints == known.endpoints and headers == known.headers and name == known.name:

@@ -173,7 +173,7 @@ class Socket:
             self.raw.bind(format_endpoint(host, port or "*"))
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {format_endpoint(host, port or '*')}: {exc}") from exc
-        endpoint = self.raw.last_endpoint.decode()
+        endpoint = self.raw.getsockopt_string(zmq.LAST_ENDPOINT)
         self.endpoints.append(endpoint)
         return endpoint
 
@@ -272,7 +272,7 @@ class AsyncSocket(Socket):
         context: zmq.Context[Any] | None = None,
     ) -> None:
         super().__init__(kind, options=options, routing_id=routing_id, context=context)
-        self._fd: int = self.raw.getsockopt(zmq.FD)
+        self._fd = int(self.raw.getsockopt(zmq.FD))  # type: ignore[arg-type]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._parked: list[tuple[int, asyncio.Future[bool]]] = []
 

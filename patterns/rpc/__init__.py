@@ -21,4 +21,12 @@ from .handlers import blocking
 from .server import DEFAULT_WORKERS, Server, serve
 from .sync_client import Client
 
-__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_WORKERS", "AsyncClient", "Client", "Server", "blocking", "serve"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WORKERS",
+    "AsyncClient",
+    "Client",
+    "Server",
+    "blocking",
+    "serve",
+]

@@ -116,14 +116,26 @@ class AsyncClient:
 
     # -- calling -------------------------------------------------------------------------------
 
-    async def call(self, method: str, *args: Any, timeout: float | None = None,
-                   idempotent: bool = False, **kwargs: Any) -> Any:
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Call ``method(*args, **kwargs)`` on one node of the name and return its result."""
         return await self.call_with(method, args, kwargs, timeout=timeout, idempotent=idempotent)
 
-    async def call_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
-                        kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
-                        idempotent: bool = False) -> Any:
+    async def call_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
         deadline = Deadline.after(self.timeout if timeout is None else timeout)
         tried: set[Any] = set()
@@ -134,12 +146,15 @@ class AsyncClient:
                 return await future
             except PeerGone:
                 if not may_retry(idempotent=idempotent, sent=True):
-                    raise BrokenError(f"{self.name} node left during {method}(); not retried "
-                                      "because the call is not marked idempotent") from None
+                    raise BrokenError(
+                        f"{self.name} node left during {method}(); not retried "
+                        "because the call is not marked idempotent"
+                    ) from None
                 tried.add(route.uuid)
 
-    def submit(self, method: str, *args: Any, timeout: float | None = None,
-               **kwargs: Any) -> asyncio.Future[Any]:
+    def submit(
+        self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> asyncio.Future[Any]:
         """Send a call now and return a future of its result: the cheapest way to pipeline.
 
         Needs a node already known and connected (after a first ``await`` call); raises
@@ -154,17 +169,22 @@ class AsyncClient:
         call_id = next(self._ids)
         frame = codec.encode_request(call_id, method, args, kwargs)
         if not self._sockets[route.uuid].send_nowait(frame):
-            raise BusyError(f"the queue to {self.name!r} is full; await some results first") from None
+            raise BusyError(
+                f"the queue to {self.name!r} is full; await some results first"
+            ) from None
         self._track(call_id, future, route, self.timeout if timeout is None else timeout, method)
         return future
 
-    async def stream(self, method: str, *args: Any, timeout: float | None = None,
-                     **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream(
+        self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
         """Iterate the items a generator method yields; ``timeout`` is the wait between items."""
         self._bind_loop()  # a closed client or a foreign loop fails here, as call() does
         budget = self.timeout if timeout is None else timeout
         queue: asyncio.Queue[list[Any] | Exception] = asyncio.Queue()
-        route, call_id = await self._send(method, args, kwargs, Deadline.after(budget), set(), queue)
+        route, call_id = await self._send(
+            method, args, kwargs, Deadline.after(budget), set(), queue
+        )
         done = False
         try:
             while not done:
@@ -213,8 +233,11 @@ class AsyncClient:
         return loop
 
     def _unreachable_message(self) -> str:
-        hint = (" (a CURVE node admits only peers whose key is in its keyring: is this node's?)"
-                if self.node.security is not None else "")
+        hint = (
+            " (a CURVE node admits only peers whose key is in its keyring: is this node's?)"
+            if self.node.security is not None
+            else ""
+        )
         return f"could not connect to any {self.name!r} node before the deadline{hint}"
 
     def _refresh(self) -> None:
@@ -243,8 +266,15 @@ class AsyncClient:
             self._sockets[route.uuid] = sock
             self._readers[route.uuid] = asyncio.ensure_future(self._read(sock))
 
-    async def _send(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
-                    deadline: Deadline, tried: set[Any], waiter: Any) -> tuple[Route, int]:
+    async def _send(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        deadline: Deadline,
+        tried: set[Any],
+        waiter: Any,
+    ) -> tuple[Route, int]:
         """Send to the best node that takes it; try others while the request never left."""
         while True:
             self._refresh()
@@ -285,12 +315,14 @@ class AsyncClient:
         try:
             await self.node.wait_for_async(self.name, deadline.remaining(), role="rpc")
         except PeerNotFound:
-            raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
-                               f"{self.node.port})") from None
+            raise PeerNotFound(
+                f"no node called {self.name!r} serving RPC was found (beacon port {self.node.port})"
+            ) from None
         self._routes.version = -1  # a node serves the name: look at the peers again now
 
-    def _track(self, call_id: int, waiter: Any, route: Route, timeout: float | None,
-               method: str) -> None:
+    def _track(
+        self, call_id: int, waiter: Any, route: Route, timeout: float | None, method: str
+    ) -> None:
         """Remember a call until its reply; one heap of deadlines serves every call."""
         self._waiting[call_id] = (waiter, route, method)
         self._routes.started(route)
@@ -320,7 +352,9 @@ class AsyncClient:
             _, call_id, timeout = heapq.heappop(deadlines)
             entry = self._waiting.get(call_id)
             if entry is not None:
-                self._fail(call_id, Timeout(f"{self.name}.{entry[2]}() got no reply in {timeout:g} s"))
+                self._fail(
+                    call_id, Timeout(f"{self.name}.{entry[2]}() got no reply in {timeout:g} s")
+                )
         if deadlines:
             self._arm_sweeper(deadlines[0][0])
 

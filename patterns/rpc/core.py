@@ -1,7 +1,8 @@
 """The calling logic that the sync and asyncio clients share: no sockets, no clock of its own.
 
 ``Routes`` decides which node of a name gets the next call: the one with the fewest calls
-pending, the least recently used among equals (round robin), and nodes that failed recently only when nothing else is left.
+pending, the least recently used among equals (round robin), and nodes that failed recently
+only when nothing else is left.
 ``outcome`` turns a reply message into a value or a ``RemoteError``; ``may_retry`` states which
 calls may be sent again after a failure:
 
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from zmqkit import Peer, ProtocolError
-from zmqkit.errors import remote_error
 from zmqkit.codec import Kind
+from zmqkit.errors import remote_error
 
 __all__ = ["DEFAULT_TIMEOUT", "FAILURE_PENALTY", "Route", "Routes", "may_retry", "outcome"]
 
@@ -52,11 +53,14 @@ class Routes:
         """Bring the routes in line with ``peers``; return (added, removed)."""
         self.version = version
         wanted = {peer.uuid: peer.endpoints["rpc"] for peer in peers if "rpc" in peer.endpoints}
-        removed = [route for uuid, route in self.routes.items()
-                   if wanted.get(uuid) != route.endpoint]
+        removed = [
+            route for uuid, route in self.routes.items() if wanted.get(uuid) != route.endpoint
+        ]
         for route in removed:
             del self.routes[route.uuid]
-        added = [Route(uuid, endpoint) for uuid, endpoint in wanted.items() if uuid not in self.routes]
+        added = [
+            Route(uuid, endpoint) for uuid, endpoint in wanted.items() if uuid not in self.routes
+        ]
         for route in added:
             self.routes[route.uuid] = route
         return added, removed

@@ -37,7 +37,7 @@ class Mode(enum.Enum):
 
 
 def blocking(function: F) -> F:
-    """Mark a handler that may wait, so that it runs in the worker pool, not on the server thread."""
+    """Mark a handler that may wait: it then runs in the worker pool, not on the server thread."""
     function.__zmqkit_blocking__ = True  # type: ignore[attr-defined]
     return function
 
@@ -93,7 +93,7 @@ class Handler:
 def collect_handlers(
     target: object | Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
 ) -> dict[str, Handler]:
-    """The handlers of ``target``: an object's public methods, a name->function map, or functions."""
+    """The handlers of ``target``: an object's public methods, a name->function map, or a list."""
     if isinstance(target, Mapping):
         pairs = list(target.items())
     elif isinstance(target, (list, tuple)):

@@ -13,6 +13,7 @@ server thread waits in a plain blocking receive, which is as fast as a hand-writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import socket
@@ -83,7 +84,9 @@ class Server:
         self._stopping = False
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"zmqkit-rpc:{node.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"zmqkit-rpc:{node.name}", daemon=True
+        )
         self._pool: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -99,7 +102,9 @@ class Server:
         if modes & {Mode.BLOCKING, Mode.STREAM}:
             for index in range(self.workers):
                 worker = threading.Thread(
-                    target=self._work, name=f"zmqkit-rpc-worker:{self.node.name}:{index}", daemon=True
+                    target=self._work,
+                    name=f"zmqkit-rpc-worker:{self.node.name}:{index}",
+                    daemon=True,
                 )
                 worker.start()
                 self._pool.append(worker)
@@ -112,7 +117,9 @@ class Server:
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
             self.close()
-            raise ConfigError(f"RPC server for {self.node.name!r} failed to start") from self._startup_error
+            raise ConfigError(
+                f"RPC server for {self.node.name!r} failed to start"
+            ) from self._startup_error
         self.node.advertise("rpc", self.endpoint)
         return self
 
@@ -130,7 +137,9 @@ class Server:
         for worker in self._pool:
             worker.join(timeout)
             if worker.is_alive():
-                log.warning("%s is still running a handler after %s s; left behind", worker.name, timeout)
+                log.warning(
+                    "%s is still running a handler after %s s; left behind", worker.name, timeout
+                )
         if self._loop is not None and self._loop_thread is not None:
             self._loop.call_soon_threadsafe(self._stop_loop)
             self._loop_thread.join(timeout)
@@ -171,7 +180,7 @@ class Server:
         try:
             while not self._stopping:
                 if self._outstanding:
-                    ready = dict(poller.poll(TICK * 1000))
+                    ready = dict(poller.poll(int(TICK * 1000)))
                     if self._wake_reader in ready:
                         self._wake_reader.recv(4096)
                     self._flush(raw)
@@ -184,7 +193,8 @@ class Server:
                     identity = raw.recv(flags)
                 except zmq.Again:
                     continue
-                address, frame = (identity,), raw.recv()  # a ROUTER message has 2 frames at least
+                address: Address = (identity,)
+                frame = raw.recv()  # a ROUTER message has 2 frames at least
                 if not frame and raw.getsockopt(_RCVMORE):  # a REQ caller: identity, "", request
                     address, frame = (identity, b""), raw.recv()
                 if raw.getsockopt(_RCVMORE):
@@ -234,26 +244,45 @@ class Server:
         self.stats["calls"] += 1
         handler = self.handlers.get(method)
         if handler is None:
-            _reply(raw, address, self._describe(call_id) if method == DESCRIBE_METHOD
-                   else self._not_found(call_id, method))
+            _reply(
+                raw,
+                address,
+                self._describe(call_id)
+                if method == DESCRIBE_METHOD
+                else self._not_found(call_id, method),
+            )
         elif handler.mode is Mode.INLINE:
             _reply(raw, address, self._call(handler, call_id, args, kwargs))
         elif self._outstanding >= MAX_OUTSTANDING:
             self.stats["busy"] += 1
-            _reply(raw, address, _error(call_id, "zmqkit.BusyError",
-                                         f"{self.node.name} has {MAX_OUTSTANDING} calls waiting"))
+            _reply(
+                raw,
+                address,
+                _error(
+                    call_id,
+                    "zmqkit.BusyError",
+                    f"{self.node.name} has {MAX_OUTSTANDING} calls waiting",
+                ),
+            )
         else:
             self._outstanding += 1
             self._dispatch(handler, address, call_id, args, kwargs)
 
     def _dispatch(
-        self, handler: Handler, address: Address, call_id: int, args: list[Any], kwargs: dict[str, Any]
+        self,
+        handler: Handler,
+        address: Address,
+        call_id: int,
+        args: list[Any],
+        kwargs: dict[str, Any],
     ) -> None:
         cancelled = _NEVER_CANCELLED
         if handler.mode in (Mode.STREAM, Mode.ASYNC_STREAM):
             cancelled = self._streams[(address, call_id)] = threading.Event()
         if handler.mode is Mode.BLOCKING:
-            self._jobs.put(lambda: self._post(address, self._call(handler, call_id, args, kwargs), True))
+            self._jobs.put(
+                lambda: self._post(address, self._call(handler, call_id, args, kwargs), True)
+            )
         elif handler.mode is Mode.STREAM:
             self._jobs.put(lambda: self._stream(handler, address, call_id, args, kwargs, cancelled))
         else:
@@ -268,31 +297,50 @@ class Server:
     def _not_found(self, call_id: int, method: object) -> bytes:
         self.stats["errors"] += 1
         known = ", ".join(sorted(self.handlers))
-        return _error(call_id, "zmqkit.MethodNotFound",
-                      f"{self.node.name} has no method {method!r} (it has: {known})")
+        return _error(
+            call_id,
+            "zmqkit.MethodNotFound",
+            f"{self.node.name} has no method {method!r} (it has: {known})",
+        )
 
     # -- running handlers (any thread) ---------------------------------------------------------
 
-    def _call(self, handler: Handler, call_id: int, args: list[Any], kwargs: dict[str, Any]) -> bytes:
+    def _call(
+        self, handler: Handler, call_id: int, args: list[Any], kwargs: dict[str, Any]
+    ) -> bytes:
         try:
             return codec.encode_reply(call_id, handler.function(*args, **kwargs))
         except Exception as exc:  # the caller gets it as RemoteError; the server keeps serving
             return self._failure(handler, call_id, args, kwargs, exc)
 
     def _failure(
-        self, handler: Handler, call_id: int, args: list[Any], kwargs: dict[str, Any], exc: Exception
+        self,
+        handler: Handler,
+        call_id: int,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        exc: Exception,
     ) -> bytes:
         self.stats["errors"] += 1
         if isinstance(exc, TypeError) and not handler.arguments_fit(args, kwargs):
             signature = handler.describe()["signature"]
-            return _error(call_id, "zmqkit.BadArguments", f"{signature} cannot take these arguments: {exc}")
+            return _error(
+                call_id, "zmqkit.BadArguments", f"{signature} cannot take these arguments: {exc}"
+            )
         if isinstance(exc, EncodeError):
             return _error(call_id, "zmqkit.EncodeError", f"{handler.name} returned {exc}")
-        return _error(call_id, type(exc).__name__, str(exc), traceback.format_exc()[-MAX_TRACEBACK:])
+        return _error(
+            call_id, type(exc).__name__, str(exc), traceback.format_exc()[-MAX_TRACEBACK:]
+        )
 
     def _stream(
-        self, handler: Handler, address: Address, call_id: int, args: list[Any],
-        kwargs: dict[str, Any], cancelled: threading.Event,
+        self,
+        handler: Handler,
+        address: Address,
+        call_id: int,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        cancelled: threading.Event,
     ) -> None:
         key = (address, call_id)
         try:
@@ -311,8 +359,13 @@ class Server:
             self._streams.pop(key, None)
 
     async def _call_async(
-        self, handler: Handler, address: Address, call_id: int, args: list[Any],
-        kwargs: dict[str, Any], cancelled: threading.Event,
+        self,
+        handler: Handler,
+        address: Address,
+        call_id: int,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        cancelled: threading.Event,
     ) -> None:
         key = (address, call_id)
         try:
@@ -342,10 +395,8 @@ class Server:
     def _wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
-            try:
+            with contextlib.suppress(OSError):  # closed (stopping) or full (already awake)
                 self._wake_writer.send(b"\0")
-            except OSError:
-                pass  # closed (stopping) or full (already awake)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -362,7 +413,7 @@ def _reply(raw: zmq.Socket[Any], address: Address, frame: bytes) -> None:
     """Send ``frame`` back along ``address`` (plain int flags keep pyzmq fast)."""
     for part in address:
         raw.send(part, _SNDMORE)
-    raw.send(frame, copy=len(frame) < 65536)
+    raw.send(frame, 0, copy=len(frame) < 65536)
 
 
 def _error(call_id: int, type_name: str, message: str, remote_traceback: str = "") -> bytes:

@@ -27,9 +27,9 @@ from zmqkit import (
     Timeout,
     codec,
 )
+from zmqkit.codec import Kind
 from zmqkit.security import SecurityError
 from zmqkit.sockets import translate_zmq_error
-from zmqkit.codec import Kind
 
 from .core import DEFAULT_TIMEOUT, SLICE, Route, Routes, may_retry, outcome
 from .handlers import DESCRIBE_METHOD
@@ -41,7 +41,7 @@ _NOBLOCK = int(zmq.NOBLOCK)  # a send to a node not yet connected fails fast
 
 
 class PeerGone(Exception):
-    """The node a call went to left before it answered (internal: becomes a retry or BrokenError)."""
+    """The node a call went to left before it answered (becomes a retry or a BrokenError)."""
 
 
 class Client:
@@ -88,8 +88,14 @@ class Client:
 
     # -- calling -------------------------------------------------------------------------------
 
-    def call(self, method: str, *args: Any, timeout: float | None = None,
-             idempotent: bool = False, **kwargs: Any) -> Any:
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Call ``method(*args, **kwargs)`` on one node of the name and return its result.
 
         A generator method's items come back as a list. ``idempotent=True`` lets the call be
@@ -97,9 +103,15 @@ class Client:
         """
         return self.call_with(method, args, kwargs, timeout=timeout, idempotent=idempotent)
 
-    def call_with(self, method: str, args: tuple[Any, ...] | list[Any] = (),
-                  kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
-                  idempotent: bool = False) -> Any:
+    def call_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
         self._check_usable()
         deadline = Deadline.after(self.timeout if timeout is None else timeout)
@@ -108,22 +120,29 @@ class Client:
             route, sock, call_id = self._send(method, args, kwargs or {}, deadline, tried)
             try:
                 items = []
-                while (message := self._reply(sock, route, call_id, deadline))[1] == Kind.STREAM_ITEM:
+                while (message := self._reply(sock, route, call_id, deadline))[
+                    1
+                ] == Kind.STREAM_ITEM:
                     items.append(message[3])
                 self._routes.finished(route)
                 return items if message[1] == Kind.STREAM_END else outcome(message)
             except PeerGone:
                 self._routes.failed(route, time.monotonic())
                 if not may_retry(idempotent=idempotent, sent=True):
-                    raise BrokenError(f"{self.name} node left during {method}(); not retried "
-                                      "because the call is not marked idempotent") from None
+                    raise BrokenError(
+                        f"{self.name} node left during {method}(); not retried "
+                        "because the call is not marked idempotent"
+                    ) from None
                 tried.add(route.uuid)
             except Timeout:
                 self._routes.failed(route, time.monotonic())
-                raise Timeout(f"{self.name}.{method}() got no reply in {self._budget(timeout)} s") from None
+                raise Timeout(
+                    f"{self.name}.{method}() got no reply in {self._budget(timeout)} s"
+                ) from None
 
-    def stream(self, method: str, *args: Any, timeout: float | None = None,
-               **kwargs: Any) -> Iterator[Any]:
+    def stream(
+        self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
         """Iterate the items a generator method yields; ``timeout`` is the wait between items.
 
         Leaving the loop early (``break``) tells the node to stop producing.
@@ -138,7 +157,9 @@ class Client:
                     message = self._reply(sock, route, call_id, Deadline.after(budget))
                 except PeerGone:
                     done = failed = True
-                    raise BrokenError(f"{self.name} node left during the stream {method}()") from None
+                    raise BrokenError(
+                        f"{self.name} node left during the stream {method}()"
+                    ) from None
                 except Timeout:
                     failed = True
                     raise Timeout(f"{self.name}.{method}() sent no item in {budget} s") from None
@@ -151,7 +172,9 @@ class Client:
             else:
                 self._routes.finished(route)
             if not done and not sock.closed:
-                with contextlib.suppress(zmq.ZMQError):  # best effort: the node stops on its own too
+                with contextlib.suppress(
+                    zmq.ZMQError
+                ):  # best effort: the node stops on its own too
                     sock.raw.send(codec.encode_cancel(call_id), zmq.NOBLOCK)
 
     def methods(self, timeout: float | None = None) -> list[dict[str, str]]:
@@ -175,8 +198,11 @@ class Client:
         return self.timeout if timeout is None else timeout
 
     def _unreachable_message(self) -> str:
-        hint = (" (a CURVE node admits only peers whose key is in its keyring: is this node's?)"
-                if self.node.security is not None else "")
+        hint = (
+            " (a CURVE node admits only peers whose key is in its keyring: is this node's?)"
+            if self.node.security is not None
+            else ""
+        )
         return f"could not connect to any {self.name!r} node before the deadline{hint}"
 
     def _refresh(self) -> None:
@@ -200,8 +226,14 @@ class Client:
             sock.connect(route.endpoint)
             self._sockets[route.uuid] = sock
 
-    def _send(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
-              deadline: Deadline, tried: set[Any]) -> tuple[Route, Socket, int]:
+    def _send(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        deadline: Deadline,
+        tried: set[Any],
+    ) -> tuple[Route, Socket, int]:
         """Send the request to the best node that takes it; retry others while it never left."""
         while True:
             self._refresh()
@@ -233,7 +265,7 @@ class Client:
             pass
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, "sending a request") from exc
-        if sock.raw.poll(min(SLICE, deadline.remaining()) * 1000, zmq.POLLOUT):
+        if sock.raw.poll(int(min(SLICE, deadline.remaining()) * 1000), zmq.POLLOUT):
             sock.send(frame)
             return True
         return False
@@ -244,8 +276,9 @@ class Client:
         try:
             self.node.wait_for(self.name, deadline.remaining(), role="rpc")
         except PeerNotFound:
-            raise PeerNotFound(f"no node called {self.name!r} serving RPC was found (beacon port "
-                               f"{self.node.port})") from None
+            raise PeerNotFound(
+                f"no node called {self.name!r} serving RPC was found (beacon port {self.node.port})"
+            ) from None
         self._routes.version = -1  # a node serves the name: look at the peers again now
 
     def _reply(self, sock: Socket, route: Route, call_id: int, deadline: Deadline) -> list[Any]:
