@@ -89,6 +89,8 @@ WHISPER_METHOD = "zmqkit.groups.whisper"
 MAX_GROUP_BYTES = 64
 MAX_INBOX = 10_000
 MAX_GONE = 10_000  # UUIDs of peers seen going, so that a whisper to one fails at once
+BATCH_BYTES = 65_536  # shouts queued together leave as one PUBLISH_BATCH of at most this
+BATCH_COUNT = 1024  # ... or this many
 DEFAULT_TIMEOUT = 5.0
 TICK = 0.5  # the longest the groups thread sleeps without looking at the clock
 UUID_BYTES = 16
@@ -198,6 +200,7 @@ class GroupsCore:
         self._pending: dict[int, _Pending] = {}
         self._call_ids = itertools.count(1)
         self._last_seq: dict[tuple[bytes, str], int] = {}
+        self._uuids: dict[bytes, uuid_module.UUID] = {}
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -288,32 +291,41 @@ class GroupsCore:
             self.stats["dropped-bad-whisper"] += 1
             return None
         self.stats["whispers"] += 1
-        sender = uuid_module.UUID(bytes=args[0])
-        return GroupEvent(GroupEventKind.WHISPER, args[1], sender, None, args[2])
+        return GroupEvent(GroupEventKind.WHISPER, args[1], self._uuid(args[0]), None, args[2])
 
     # -- shouts ----------------------------------------------------------------------------------
 
-    def take_shout(self, message: list[Any], joined: Iterable[str]) -> GroupEvent | None:
-        """The SHOUT event of a decoded PUBLISH on a group topic, or None (dropped, counted)."""
-        if message[1] != Kind.PUBLISH:
-            self.stats["dropped-malformed"] += 1
-            return None
-        _, _, shout_topic, sender, seq, data = message
+    def take_shout(self, message: list[Any], joined: Iterable[str]) -> list[GroupEvent]:
+        """The SHOUT events of a decoded PUBLISH or PUBLISH_BATCH on a group topic; what is not
+        a shout, or is for a group left since, is dropped and counted."""
+        _, kind, shout_topic, sender, seq, data = message
+        items = data if kind == Kind.PUBLISH_BATCH else (data,)
         group = shout_topic[len(TOPIC_PREFIX):] if shout_topic.startswith(TOPIC_PREFIX) else ""
-        if type(data) is not list or len(data) != 2 or type(data[0]) is not str:
+        if kind not in (Kind.PUBLISH, Kind.PUBLISH_BATCH) or not all(
+                type(item) is list and len(item) == 2 and type(item[0]) is str for item in items):
             self.stats["dropped-malformed"] += 1
-            return None
+            return []
         if group not in joined:
-            self.stats["dropped-not-joined"] += 1  # left the group while it was on its way
-            return None
+            self.stats["dropped-not-joined"] += len(items)  # left the group while on their way
+            return []
         key = (sender, shout_topic)
         last = self._last_seq.get(key)
         if last is not None and seq > last + 1:
             self.stats["gaps"] += seq - last - 1
-        self._last_seq[key] = seq
-        self.stats["shouts"] += 1
-        sender_uuid = uuid_module.UUID(bytes=sender)
-        return GroupEvent(GroupEventKind.SHOUT, data[0], sender_uuid, group, data[1])
+        self._last_seq[key] = seq + len(items) - 1
+        self.stats["shouts"] += len(items)
+        sender_uuid = self._uuid(sender)
+        return [GroupEvent(GroupEventKind.SHOUT, item[0], sender_uuid, group, item[1])
+                for item in items]
+
+    def _uuid(self, raw: bytes) -> uuid_module.UUID:
+        """``UUID(bytes=raw)``, cached: building one costs more than the rest of a message."""
+        found = self._uuids.get(raw)
+        if found is None:
+            if len(self._uuids) >= MAX_GONE:
+                self._uuids.clear()
+            found = self._uuids[raw] = uuid_module.UUID(bytes=raw)
+        return found
 
 
 # -- the node's groups -----------------------------------------------------------------------------
@@ -346,7 +358,7 @@ class Groups:
         self._wakers: list[Callable[[], None]] = []
         self._listeners: list[Callable[[GroupEvent], None]] = []
         self._lock = threading.Lock()  # the outbox, the command queue and the shout numbering
-        self._outbox: list[bytes] = []
+        self._outbox: list[tuple[str, int, bytes]] = []  # (topic, seq, encoded [name, body])
         self._commands: deque[Callable[[_Engine], None]] = deque()
         self._presence: deque[PeerEvent] = deque()
         self._shout_seqs: dict[str, int] = {}
@@ -496,14 +508,12 @@ class Groups:
             EncodeError: ``body`` cannot travel on the wire.
         """
         _check_group(group)
-        shout_topic = _topic(group)
+        encoded = codec.dumps([self.node.name, body])
         with self._lock:
             self._check_running()
             seq = self._shout_seqs.get(group, 0) + 1
-            frame = codec.encode_publish(shout_topic, self.node.uuid.bytes, seq,
-                                         [self.node.name, body])
             self._shout_seqs[group] = seq
-            self._outbox.append(frame)
+            self._outbox.append((_topic(group), seq, encoded))
         self._wake()
         return seq
 
@@ -762,8 +772,11 @@ class _Engine:
             _settle(future, ClosedError("groups closed before the peer was found"))
         for waiter, _ in self.core.abandoned():
             _settle(waiter, ClosedError("groups closed before the whisper was sent"))
-        for sock in [*self.dealers.values(), self.pub, self.sub, self.router]:
-            sock.close()
+        try:
+            self.flush()  # shouts made just before the close still go out (PUB lingers 0.2 s)
+        finally:
+            for sock in [*self.dealers.values(), self.pub, self.sub, self.router]:
+                sock.close()
 
     def next_wait(self) -> float:
         deadlines = [d.at for _, _, d, _ in self.parked]
@@ -859,11 +872,29 @@ class _Engine:
                 self.sub.raw.unsubscribe(prefix)
 
     def flush(self) -> None:
+        """Send the shouts queued since the last look: those of one group that queued together
+        leave as one PUBLISH_BATCH (consecutive sequence numbers): how a busy sender keeps up."""
         groups = self.groups
         with groups._lock:
-            frames, groups._outbox = groups._outbox, []
-        for frame in frames:
-            self.pub.send(frame)
+            queued, groups._outbox = groups._outbox, []
+        sender = groups.node.uuid.bytes
+        start = 0
+        while start < len(queued):
+            batches: dict[str, tuple[int, list[bytes]]] = {}
+            size = 0
+            end = start
+            while end < len(queued) and end - start < BATCH_COUNT and size < BATCH_BYTES:
+                shout_topic, seq, encoded = queued[end]
+                batches.setdefault(shout_topic, (seq, []))[1].append(encoded)
+                size += len(encoded)
+                end += 1
+            for shout_topic, (first_seq, items) in batches.items():
+                if len(items) == 1:
+                    frame = codec.encode_publish_from(shout_topic, sender, first_seq, items[0])
+                else:
+                    frame = codec.encode_publish_batch_from(shout_topic, sender, first_seq, items)
+                self.pub.send(frame)
+            start = end
 
     def take_shouts(self) -> None:
         groups, raw = self.groups, self.sub.raw
@@ -878,9 +909,7 @@ class _Engine:
             except ProtocolError:
                 self.core.stats["dropped-malformed"] += 1
                 continue
-            event = self.core.take_shout(message, groups._joined)
-            if event is not None:
-                events.append(event)
+            events += self.core.take_shout(message, groups._joined)
         self.emit(events)
 
     # -- whispers --------------------------------------------------------------------------------

@@ -481,6 +481,8 @@ class SyncPlanner:
         self.members = dict(members)
         for gone in [m for m in self.digests if m not in self.members]:
             del self.digests[gone]
+        for writer in [w for w, claim in self._claims.items() if claim.member not in self.members]:
+            del self._claims[writer]  # it went with what it had: nobody else claimed it
         if self.inflight is not None and self.inflight[0] not in self.members:
             gone_member = self.inflight[0]
             self.inflight = None
@@ -603,24 +605,39 @@ def _array_head(length: int) -> bytes:
 
 
 def _encode_value(value: Any) -> tuple[bytes, Any]:
-    """The value as CBOR, and as every replica will read it back (tuples become lists).
+    """The value as CBOR, and a copy of it as every replica will read it back (tuples become
+    lists), so that the caller changing its object later changes nothing here.
 
     Raises:
         EncodeError: the wire cannot carry the value (or a receiver would refuse it).
     """
     data = codec.dumps(value)
-    if type(value) in _PLAIN:
+    kind = type(value)
+    if kind in _PLAIN:
         return data, value
+    # flat maps and lists of plain values (the common case) need a copy, not a decode
+    if kind is dict and all(type(k) is str and type(v) in _PLAIN for k, v in value.items()):
+        return data, dict(value)
+    if kind is list and all(type(v) in _PLAIN for v in value):
+        return data, list(value)
     try:
         return data, codec.loads(data)
     except ProtocolError as exc:
-        raise EncodeError(f"a replica would refuse this {type(value).__name__}: {exc}") from exc
+        raise EncodeError(f"a replica would refuse this {kind.__name__}: {exc}") from exc
+
+
+def _cbor_uint(number: int) -> bytes:
+    """A CBOR unsigned integer; stamps (about 2**60 ns) take the 9-byte form."""
+    if 1 << 32 <= number < 1 << 64:
+        return b"\x1b" + number.to_bytes(8, "big")
+    return codec.dumps(number)
 
 
 def _encode_op(code: int, key: str, stamp: int, value_cbor: bytes, expires_at: int | None) -> bytes:
     """``[code, key, stamp, value, expires_at]`` with the value already encoded."""
-    return b"".join([b"\x85", bytes([code]), codec.dumps(key), codec.dumps(stamp), value_cbor,
-                     codec.dumps(expires_at)])
+    return b"".join([b"\x85\x01" if code == OP_SET else b"\x85\x02", codec.dumps(key),
+                     _cbor_uint(stamp), value_cbor,
+                     b"\xf6" if expires_at is None else _cbor_uint(expires_at)])
 
 
 def _updates_frame(topic_cbor: bytes, sender_cbor: bytes, pub_seq: int, last_seq: int,
@@ -1076,10 +1093,13 @@ class _Engine:
                 self.take_sync_reply()
 
     def close(self) -> None:
-        if self.dealer is not None:
-            self.dealer.close()
-        for sock in (self.pub, self.sub, self.router):
-            sock.close()
+        try:
+            self.flush()  # writes made just before the close still go out (PUB lingers 0.2 s)
+        finally:
+            if self.dealer is not None:
+                self.dealer.close()
+            for sock in (self.pub, self.sub, self.router):
+                sock.close()
 
     def next_wait(self, now: float) -> float:
         with self.state._lock:

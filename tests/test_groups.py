@@ -7,7 +7,11 @@ fail within their deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -105,18 +109,24 @@ def test_groups_core_shout_intake_counts_gaps_and_drops_what_is_not_for_us() -> 
     core = GroupsCore(ME)
     sender = P1.bytes
 
-    def shout(group: str, seq: int, data: Any) -> GroupEvent | None:
+    def shout(group: str, seq: int, data: Any) -> list[GroupEvent]:
         message = codec.decode(codec.encode_publish("zmqkit.group." + group, sender, seq, data))
         return core.take_shout(message, {"ops"})
 
-    event = shout("ops", 1, ["p1", {"x": 1}])
-    assert event == GroupEvent(GroupEventKind.SHOUT, "p1", P1, "ops", {"x": 1})
-    assert shout("ops", 4, ["p1", "after two lost"]) is not None and core.stats["gaps"] == 2
-    assert shout("dev", 1, ["p1", "not joined"]) is None
-    assert shout("ops", 5, "not [name, body]") is None
-    assert shout("ops", 6, [7, "name is not text"]) is None
-    batch = codec.decode(codec.encode_publish_batch("zmqkit.group.ops", sender, 7, [1]))
-    assert core.take_shout(batch, {"ops"}) is None
+    assert shout("ops", 1, ["p1", {"x": 1}]) == [
+        GroupEvent(GroupEventKind.SHOUT, "p1", P1, "ops", {"x": 1})]
+    assert len(shout("ops", 4, ["p1", "after two lost"])) == 1 and core.stats["gaps"] == 2
+    assert shout("dev", 1, ["p1", "not joined"]) == []
+    assert shout("ops", 5, "not [name, body]") == []
+    assert shout("ops", 6, [7, "name is not text"]) == []
+    batch = codec.decode(codec.encode_publish_batch("zmqkit.group.ops", sender, 7, [["p1", 1],
+                                                                                     ["p1", 2]]))
+    assert [e.body for e in core.take_shout(batch, {"ops"})] == [1, 2]
+    bad_batch = codec.decode(codec.encode_publish_batch("zmqkit.group.ops", sender, 9, [1]))
+    assert core.take_shout(bad_batch, {"ops"}) == []
+    assert len(shout("ops", 10, ["p1", "next"])) == 1
+    # missed: 2 and 3 (lost), 5 and 6 (malformed, dropped), 9 (the bad batch)
+    assert core.stats["gaps"] == 5 and core.stats["shouts"] == 5
     assert core.stats["dropped-malformed"] == 3 and core.stats["dropped-not-joined"] == 1
     assert core.take_whisper([b"short", "p1", "hi"]) is None
     assert core.take_whisper([P1.bytes, "p1", "hi"]) == GroupEvent(
@@ -178,9 +188,13 @@ def test_groups_join_shout_whisper_leave(make_node: Callable[[str], Node]) -> No
         assert a.joined == frozenset({"ops"})
         shout_until_heard(a, "ops", b)
         assert a.shout("ops", {"n": 1}) >= 2
+        for n in range(2, 200):  # a burst: queued together, sent as batches, received in order
+            a.shout("ops", {"n": n})
         shout = next_event(b, GroupEventKind.SHOUT)
         assert (shout.peer, shout.uuid, shout.group) == ("a", a.node.uuid, "ops")
         assert shout.body == {"n": 1}
+        burst = [next_event(b, GroupEventKind.SHOUT).body["n"] for _ in range(2, 200)]
+        assert burst == list(range(2, 200)) and b.stats().get("gaps", 0) == 0
         c.whisper(b.node.uuid, ["to", "b"], timeout=5.0)
         whisper = next_event(b, GroupEventKind.WHISPER)
         assert (whisper.peer, whisper.uuid, whisper.body) == ("c", c.node.uuid, ["to", "b"])
@@ -383,12 +397,62 @@ def test_groups_sigkilled_member_leaves_its_groups_and_is_gone(
                 pipe.close()
 
 
+# -- the wire, as docs/patterns/groups-protocol.md tells it ----------------------------------------
+
+
+def doc_examples() -> list[tuple[bytes, Any]]:
+    """Each ``hex`` block of the fragment with the value of the ``diag`` block after it, read the
+    way tests/test_protocol_doc.py reads docs/protocol.md."""
+    text = (ROOT / "docs" / "patterns" / "groups-protocol.md").read_text()
+    blocks = re.findall(r"```(hex|diag)\n(.*?)```", text, re.S)
+    examples = []
+    for (kind, body), (next_kind, diag) in itertools.pairwise(blocks):
+        if kind == "hex":
+            assert next_kind == "diag", body
+            digits = "".join(re.sub(r"#.*", "", line) for line in body.splitlines())
+            as_json = re.sub(r"h'([0-9a-fA-F]*)'", lambda m: json.dumps({"$b": m.group(1)}), diag)
+            value = json.loads(as_json, object_hook=lambda o: bytes.fromhex(o["$b"])
+                               if set(o) == {"$b"} else o)
+            examples.append((bytes.fromhex(re.sub(r"\s", "", digits)), value))
+    return examples
+
+
+def test_groups_protocol_doc_examples_are_what_the_code_sends(beacon_port: int) -> None:
+    shout, batch, whisper, ack = doc_examples()
+    for frame, value in (shout, batch, whisper, ack):
+        assert codec.decode(frame) == value
+    alice = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    core = GroupsCore(ME)
+    [event] = core.take_shout(codec.decode(shout[0]), {"ops"})
+    assert (event.peer, event.uuid, event.group) == ("alice", alice, "ops")
+    assert event.body == "deploying v2"
+    assert [e.body for e in core.take_shout(codec.decode(batch[0]), {"ops"})] == [
+        {"step": 1}, {"step": 2}]
+    assert core.stats["gaps"] == 0
+    # what a real node sends: the same bytes, but for its own UUID and name
+    with Node("alice", port=beacon_port, **FAST) as node, Groups(node) as member, \
+            Socket(zmq.SUB) as sub:
+        sub.raw.subscribe(b"")
+        sub.connect(member.pub_endpoint)
+        sent = b""
+        deadline = time.monotonic() + 5.0
+        while not sent and time.monotonic() < deadline:  # until the SUB's connection is up
+            member.shout("ops", "deploying v2")
+            with contextlib.suppress(Timeout):
+                sent = sub.recv(timeout=0.05)
+        seq = codec.decode(sent)[4]
+        assert sent == codec.encode_publish("zmqkit.group.ops", node.uuid.bytes, seq,
+                                            ["alice", "deploying v2"])
+    assert shout[0] == codec.encode_publish("zmqkit.group.ops", alice.bytes, 1,
+                                            ["alice", "deploying v2"])
+    frame = codec.encode_request(7, groups.WHISPER_METHOD, [alice.bytes, "alice", "good luck"], {})
+    assert frame == whisper[0] and codec.encode_reply(7, None) == ack[0]
+
+
 # -- the documentation example ---------------------------------------------------------------------
 
 
 def test_groups_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
-    import re
-
     text = (ROOT / "docs" / "patterns" / "groups.md").read_text()
     [code] = re.findall(r"```python\n(.*?)```", text, re.S)
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]

@@ -10,9 +10,11 @@ process, SIGKILLs it mid-burst and starts a new one, which must rejoin through a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
+import re
 import select
 import subprocess
 import sys
@@ -213,6 +215,13 @@ def test_state_planner_digest_ahead_for_a_heartbeat_means_ask() -> None:
     assert planner.plan(0.6, synced=True, applied={W3: 7}, missing={}) == state.Plan()  # it came
     planner.digest_from(M1, {W3: 8}, applied={W3: 7}, now=1.0)
     assert planner.plan(2.1, synced=True, applied={W3: 7}, missing={}).ask == M1
+    planner.succeeded(2.2)
+    # a claim from a member that then dies is dropped with it: no waking up for it forever
+    planner.digest_from(M2, {W3: 9}, applied={W3: 8}, now=3.0)
+    assert planner.next_wake(3.0, synced=True, gaps=False) < 1.0
+    planner.set_members({M1: "tcp://m1"})
+    assert planner.next_wake(3.0, synced=True, gaps=False) > 60
+    assert planner.plan(9.0, synced=True, applied={W3: 8}, missing={}) == state.Plan()
 
 
 def test_state_wire_frames_decode_as_documented() -> None:
@@ -527,8 +536,11 @@ def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
             for writer in writers:
                 writer.join(10)
             child.expect("burst-done")
+            wait_until(lambda: all("lease" not in items() for items in
+                                   (left.items, right.items, child.items)),
+                       5.0, "the child's TTL key expired on every node")
             first = converged([left.items, right.items, child.items], timeout=10.0)
-            assert "lease" not in first  # the child's TTL key expired on every node
+            assert "lease" not in first
             assert only("a", first) == {f"a{i}": i for i in range(300)}
             assert len(only("k", first)) > 0
 
@@ -562,12 +574,58 @@ def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
             child.kill()
 
 
+# -- the wire, as docs/patterns/state-protocol.md tells it -----------------------------------------
+
+
+def doc_examples(name: str) -> list[tuple[bytes, Any]]:
+    """Each ``hex`` block of a protocol fragment with the value of the ``diag`` block after it,
+    read the way tests/test_protocol_doc.py reads docs/protocol.md."""
+    text = (ROOT / "docs" / "patterns" / name).read_text()
+    blocks = re.findall(r"```(hex|diag)\n(.*?)```", text, re.S)
+    examples = []
+    for (kind, body), (next_kind, diag) in itertools.pairwise(blocks):
+        if kind == "hex":
+            assert next_kind == "diag", body
+            digits = "".join(re.sub(r"#.*", "", line) for line in body.splitlines())
+            as_json = re.sub(r"h'([0-9a-fA-F]*)'", lambda m: json.dumps({"$b": m.group(1)}), diag)
+            value = json.loads(as_json, object_hook=lambda o: bytes.fromhex(o["$b"])
+                               if set(o) == {"$b"} else o)
+            examples.append((bytes.fromhex(re.sub(r"\s", "", digits)), value))
+    return examples
+
+
+def test_state_protocol_doc_examples_are_what_the_code_sends() -> None:
+    updates, digest, request, reply = doc_examples("state-protocol.md")
+    for frame, value in (updates, digest, request, reply):
+        assert codec.decode(frame) == value
+    writer, node_uuid = bytes(range(16)), bytes.fromhex("12345678" * 4)
+    stamp, ttl = 1_800_000_000_000_000_000, 30 * NS
+    ops = [state._encode_op(state.OP_SET, "apples", stamp, codec.dumps(12), stamp + ttl),
+           state._encode_op(state.OP_DELETE, "pears", stamp + 1, b"\xf6", None)]
+    assert updates[0] == state._updates_frame(codec.dumps("zmqkit.state.inv"),
+                                              codec.dumps(writer), 5, 3, ops)
+    assert digest[0] == codec.encode_publish(state.topic("inv"), writer, 6,
+                                             [state.DIGEST, node_uuid, [[writer, 3]]])
+    assert request[0] == codec.encode_request(1, state.SYNC_METHOD, ["inv", [[writer, 1]]], {})
+    core = StateCore(writer)
+    core.write("apples", 11, stamp - 5)  # write 1, which the asker has
+    core.write("apples", 12, stamp, ttl)
+    core.remove("pears", stamp + 1)
+    assert reply[0] == codec.encode_reply(1, core.snapshot({writer: 1}))
+    # and a replica takes the UPDATES example as the document says
+    replica = StateCore(bytes(16))
+    replica.merge({"writers": [[writer, 1]], "entries": []}, wall=stamp)
+    changes = replica.receive(writer, *codec.decode(updates[0])[5][1:], wall=stamp)
+    assert [(c.key, c.kind) for c in changes] == [("apples", ChangeKind.SET)]
+    assert replica.lookup("apples", stamp + ttl - 1) is not None
+    assert replica.lookup("apples", stamp + ttl) is None
+    assert replica.applied[writer] == 3
+
+
 # -- the documentation example ---------------------------------------------------------------------
 
 
 def test_state_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
-    import re
-
     text = (ROOT / "docs" / "patterns" / "state.md").read_text()
     [code] = re.findall(r"```python\n(.*?)```", text, re.S)
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
