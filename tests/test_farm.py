@@ -1,4 +1,4 @@
-"""The task farm: its pure core with a fake clock, then real workers, submitters and killed processes.
+"""The task farm: its pure core on a fake clock, then real workers, submitters, killed processes.
 
 The first half drives ``SubmitterCore`` and ``WorkerCore`` with plain calls and real frames, time
 passed in by hand: credit, reassignment, duplicates, reconciliation, bad input. The second half
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import re
 import select
 import subprocess
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 import zmq
 
@@ -35,6 +38,7 @@ from zmqkit import (
     ConfigError,
     EncodeError,
     Node,
+    ProtocolError,
     RemoteError,
     Socket,
     Timeout,
@@ -60,7 +64,7 @@ def dispatched(out: list[Dispatch | Cancel]) -> list[tuple[bytes, int]]:
     return [(item.worker, item.task_id) for item in out if isinstance(item, Dispatch)]
 
 
-# -- the wire ---------------------------------------------------------------------------------------
+# -- the wire --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("task_id", [1, 23, 24, 255, 256, 70_000, 2**32, 2**64 - 1])
@@ -81,19 +85,23 @@ def test_farm_worker_messages_are_read_or_refused() -> None:
     assert wire.read_from_worker(wire.encode_ready(1, 2, 7, [5, 6])) == wire.Ready(2, 7, [5, 6])
     assert wire.read_from_worker(wire.encode_leave(2)) == wire.Leave()
     assert wire.read_from_worker(codec.encode_reply(9, [81])) == wire.Result(9, [81], None)
-    error = wire.read_from_worker(codec.encode_error(9, "ValueError", "bad", "tb")).error
-    assert isinstance(error, RemoteError) and (error.type_name, error.message) == ("ValueError", "bad")
-    assert wire.read_from_worker(codec.encode_request(4, "add", [1, 2], {})) == wire.Stranger(4, "add")
+    result = wire.read_from_worker(codec.encode_error(9, "ValueError", "bad", "tb"))
+    assert isinstance(result, wire.Result)
+    error = result.error
+    assert isinstance(error, RemoteError)
+    assert (error.type_name, error.message) == ("ValueError", "bad")
+    stranger = codec.encode_request(4, "add", [1, 2], {})
+    assert wire.read_from_worker(stranger) == wire.Stranger(4, "add")
     for bad in (b"", b"\xff\x00", codec.encode_request(1, wire.READY_METHOD, [1, 2], {}),
                 codec.encode_request(1, wire.READY_METHOD, [1, -2, []], {}),
                 codec.encode_request(1, wire.READY_METHOD, [1, 2, ["x"]], {}),
                 codec.encode_cancel(3), codec.encode_publish("t", bytes(16), 1, 0)):
-        with pytest.raises(codec.ProtocolError):
+        with pytest.raises(ProtocolError):
             wire.read_from_worker(bad)
     for bad in (codec.encode_request(1, "zmqkit.farm.task", [0, 5], {}),
                 codec.encode_request(1, "zmqkit.farm.task", [5], {}),
                 codec.encode_request(1, "other", [1, 5], {}), codec.encode_reply(1, 2)):
-        with pytest.raises(codec.ProtocolError):
+        with pytest.raises(ProtocolError):
             wire.read_from_submitter(bad)
 
 
@@ -108,7 +116,7 @@ def test_farm_routing_id_carries_the_worker_node() -> None:
     assert wire.role_of("squares") == "farm:squares"
 
 
-# -- the submitter's core, with a fake clock --------------------------------------------------------
+# -- the submitter's core, with a fake clock -------------------------------------------------------
 
 
 def test_farm_core_sends_no_more_than_the_credit() -> None:
@@ -118,10 +126,13 @@ def test_farm_core_sends_no_more_than_the_credit() -> None:
     core.ready(A, 2, 0, [], now=0.0)
     assert dispatched(core.outgoing(0.0)) == [(A, ids[0]), (A, ids[1])]
     assert core.outgoing(0.1) == []  # both credits in transit
-    assert core.complete(A, ids[0], 0, None, now=0.2)
-    core.ready(A, 1, 2, [ids[1]], now=0.2)  # one slot free again
+    assert core.complete(A, ids[0], 0, None, now=0.2)  # a result gives its credit back
     assert dispatched(core.outgoing(0.2)) == [(A, ids[2])]
     assert core.outgoing(0.3) == []
+    core.ready(A, 0, 3, [ids[1], ids[2]], now=0.4)  # the same, restated
+    assert core.outgoing(0.4) == []
+    assert core.complete(A, ids[2], 4, None, now=0.5)  # counted as held by that READY
+    assert dispatched(core.outgoing(0.5)) == [(A, ids[3])]
 
 
 def test_farm_core_in_transit_tasks_count_against_a_stale_ready() -> None:
@@ -158,10 +169,9 @@ def test_farm_core_spreads_over_workers_and_a_slow_worker_gets_less() -> None:
         now, worker, task_id, payload = running.pop(0)
         cores[worker].finish("sub", task_id)
         assert core.take_frame(worker, codec.encode_reply(task_id, payload * 2), now) is None
-        core.take_frame(worker, cores[worker].ready_frame("sub", next(seqs)), now)
-        done[worker] += 1
+        done[worker] += 1  # no READY: the result gave the credit back
     results = {r.task_id: r for r in iter(core.take_next, None)}
-    assert {task_id: r.value for task_id, r in results.items()} == {t: i * 2 for t, i in ids.items()}
+    assert {t: r.value for t, r in results.items()} == {t: x * 2 for t, x in ids.items()}
     assert done[A] > 5 * done[B] > 0, done
     assert core.stats["duplicates"] == 0 and core.stats["reassigned"] == 0
 
@@ -221,6 +231,34 @@ def test_farm_core_timeout_reassigns_and_the_late_result_is_a_duplicate() -> Non
     assert result is not None and (result.value, result.worker) == (49, uuid.UUID(int=2))
 
 
+def test_farm_core_a_timed_out_task_keeps_using_its_worker_credit_until_answered() -> None:
+    """The slow worker still runs it: giving it a new task at once would overload it."""
+    core = SubmitterCore(task_timeout=1.0)
+    first, second = core.submit(1), core.submit(2)
+    core.ready(A, 1, 0, [], now=0.0)
+    assert dispatched(core.outgoing(0.0)) == [(A, first)]
+    core.expire(1.5)  # first goes back to the queue ...
+    assert core.outgoing(1.5) == []  # ... but A still holds it: no credit for anything
+    assert not core.workers()[0].in_flight
+    assert not core.complete(A, 99, "?", None, now=1.6)  # a stray result frees nothing
+    assert core.outgoing(1.6) == []
+    assert core.complete(A, first, 1, None, now=2.0)  # late, but first: kept, credit back
+    assert dispatched(core.outgoing(2.0)) == [(A, second)]
+    assert core.stats["duplicates"] == 0
+
+
+def test_farm_core_a_ready_without_the_timed_out_task_frees_its_credit() -> None:
+    core = SubmitterCore(task_timeout=1.0)
+    first, second = core.submit(1), core.submit(2)
+    core.ready(A, 1, 0, [], now=0.0)
+    core.outgoing(0.0)
+    core.expire(1.5)
+    core.ready(A, 1, 1, [], now=1.6)  # it dropped it (a cancel, or it lost it)
+    assert dispatched(core.outgoing(1.6)) == [(A, first)]
+    core.complete(A, first, 1, None, now=1.7)
+    assert dispatched(core.outgoing(1.7)) == [(A, second)]
+
+
 def test_farm_core_a_worker_holding_a_finished_task_is_told_to_drop_it() -> None:
     core = SubmitterCore(task_timeout=1.0)
     task_id = core.submit(7)
@@ -259,15 +297,17 @@ def test_farm_core_lost_task_is_found_by_the_next_ready() -> None:
     assert core.stats["lost"] == 1
 
 
-def test_farm_core_silent_worker_expires() -> None:
+def test_farm_core_silent_idle_worker_expires_a_busy_one_does_not() -> None:
+    """A slot thread says nothing while it runs a task: only an idle worker's silence counts."""
     core = SubmitterCore(worker_expiry=3.0)
     task_id = core.submit(1)
     core.ready(A, 1, 0, [], now=0.0)
-    core.outgoing(0.0)
-    core.ready(B, 1, 0, [], now=2.9)
-    core.expire(3.1)  # A: silent for 3.1 s; B heard 0.2 s ago
+    core.outgoing(0.0)  # A is busy from here on
+    core.ready(B, 0, 0, [], now=0.0)  # B is idle (and full)
+    core.expire(3.1)
     assert core.stats["worker-silent"] == 1
-    assert dispatched(core.outgoing(3.1)) == [(B, task_id)]
+    assert [w.node for w in core.workers()] == [uuid.UUID(int=1)]
+    assert core.complete(A, task_id, 1, None, now=10.0)
 
 
 def test_farm_core_leave_hands_back_without_counting_a_failure() -> None:
@@ -344,7 +384,7 @@ def test_farm_core_bad_options_are_config_errors() -> None:
             SubmitterCore(**options)  # type: ignore[arg-type]
 
 
-# -- the worker's ledger ----------------------------------------------------------------------------
+# -- the worker's ledger ---------------------------------------------------------------------------
 
 
 def test_farm_worker_core_states_credit_and_refuses_copies_and_overflow() -> None:
@@ -358,13 +398,14 @@ def test_farm_worker_core_states_credit_and_refuses_copies_and_overflow() -> Non
     assert ledger.ready("s") == (0, 4, [10, 11])
     assert ledger.finish("s", 10) and not ledger.finish("s", 10)
     assert ledger.ready("s") == (1, 4, [11])
-    ledger.connect("t")  # a second submitter is offered the same free slot
-    assert ledger.ready("t") == (1, 0, [])
-    assert ledger.disconnect("s") == [11]
+    ledger.connect("t")  # each submitter has its own credit at the worker
     assert ledger.ready("t") == (2, 0, [])
+    assert ledger.receive("t", 10, 1) and ledger.held == 2  # task ids are per submitter
+    assert ledger.disconnect("s") == [11]
+    assert ledger.held == 1 and ledger.ready("t") == (1, 1, [10])
 
 
-# -- real nodes -------------------------------------------------------------------------------------
+# -- real nodes ------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -389,8 +430,10 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
         time.sleep(0.01)
 
 
-def wait_workers(submitter: farm.Submitter, count: int, timeout: float = 5.0) -> None:
-    wait_until(lambda: len(submitter.workers()) >= count, timeout, f"{count} workers asked for work")
+def wait_workers(submitter: farm.Submitter, nodes: int, timeout: float = 5.0) -> None:
+    """Wait until slots of ``nodes`` worker nodes have asked for work."""
+    wait_until(lambda: len({w.node for w in submitter.workers()}) >= nodes, timeout,
+               f"{nodes} worker nodes asked for work")
 
 
 @contextlib.contextmanager
@@ -401,6 +444,14 @@ def took(at_most: float) -> Iterator[None]:
     finally:
         elapsed = time.monotonic() - start
         assert elapsed <= at_most, f"took {elapsed:.2f} s, more than {at_most} s"
+
+
+def napping(seconds: float) -> Callable[[Any], Any]:
+    def nap(x: Any) -> Any:
+        time.sleep(seconds)
+        return x
+
+    return nap
 
 
 def square(x: int) -> int:
@@ -456,7 +507,8 @@ class WorkerProcess:
 
 
 @contextlib.contextmanager
-def worker_processes(port: int, name: str, *specs: tuple[float, int]) -> Iterator[list[WorkerProcess]]:
+def worker_processes(port: int, name: str,
+                     *specs: tuple[float, int]) -> Iterator[list[WorkerProcess]]:
     """Child workers, one per (delay, slots); always killed and reaped."""
     children: list[WorkerProcess] = []
     try:
@@ -490,8 +542,8 @@ def test_farm_many_tasks_over_two_worker_processes_complete_exactly_once(
 
 def test_farm_slow_worker_gets_fewer_tasks(make_node: MakeNode) -> None:
     boss, quick, slow = make_node("boss"), make_node("quick"), make_node("slow")
-    farm.serve_worker(quick, lambda x: time.sleep(0.002) or x, farm="naps")
-    farm.serve_worker(slow, lambda x: time.sleep(0.1) or x, farm="naps")
+    farm.serve_worker(quick, napping(0.002), farm="naps")
+    farm.serve_worker(slow, napping(0.1), farm="naps")
     with farm.Submitter(boss, "naps") as naps:
         wait_workers(naps, 2)
         for x in range(60):
@@ -522,9 +574,49 @@ def test_farm_sigkilled_worker_process_loses_no_task(make_node: MakeNode, beacon
         assert killed and victim.proc.returncode == -9
         assert sorted(seen) == ids and set(seen.values()) == {1}  # none lost, none twice
         stats = squares.stats()
-        assert stats["worker-lost"] == 1 and stats["reassigned"] >= 1, dict(stats)
+        assert stats["worker-lost"] == 2 and stats["reassigned"] >= 1, dict(stats)  # its 2 slots
         assert stats["duplicates"] == squares.duplicates == 0
-        assert [w.node for w in squares.workers()] == [survivor.uuid]
+        assert [w.node for w in squares.workers()] == [survivor.uuid] * 2
+
+
+SUBMITTER_SCRIPT = r"""
+import sys
+import zmqkit
+from patterns import farm
+
+with zmqkit.Node("boss", port=int(sys.argv[1]), interval=0.2, expiry=0.6) as node:
+    with farm.Submitter(node, "jobs") as jobs:
+        ids = [jobs.submit(x) for x in range(10_000)]
+        print("first", jobs.result(ids[0], timeout=10), flush=True)
+        sys.stdin.read()  # the parent kills us mid-run
+"""
+
+
+def test_farm_sigkilled_submitter_process_does_not_stall_its_workers(
+    make_node: MakeNode, beacon_port: int,
+) -> None:
+    worker_node, new_boss = make_node("worker"), make_node("new-boss")
+    worker = farm.serve_worker(worker_node, napping(0.01), farm="jobs", prefetch=2)
+    child = subprocess.Popen([sys.executable, "-c", SUBMITTER_SCRIPT, str(beacon_port)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert child.stdout is not None
+        assert select.select([child.stdout], [], [], 10)[0], "the child submitter never started"
+        assert child.stdout.readline() == b"first 0\n"
+        child.kill()
+        child.wait(5)
+        wait_until(lambda: worker.stats["submitters-lost"] == 1, 5, "the worker drops it")
+        with farm.Submitter(new_boss, "jobs") as jobs, took(3):
+            assert jobs.result(jobs.submit(42), timeout=3) == 42
+        assert worker.stats["done"] >= 2
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(5)
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_farm_result_times_out_when_no_worker_exists(make_node: MakeNode) -> None:
@@ -658,23 +750,27 @@ def test_farm_timed_out_task_goes_to_another_worker_and_the_late_result_is_a_dup
         assert stats["timed-out"] == 1 and stats["completed"] == 1, stats
 
 
-def test_farm_worker_close_hands_its_tasks_back_at_once(make_node: MakeNode) -> None:
+def test_farm_worker_close_finishes_the_running_task_and_hands_back_the_rest(
+    make_node: MakeNode,
+) -> None:
     boss, first, second = make_node("boss"), make_node("first"), make_node("second")
     entered, release = threading.Event(), threading.Event()
 
     def stuck(x: int) -> str:
         entered.set()
-        release.wait(1)
+        release.wait(0.5)
         return "first"
 
-    leaving = farm.serve_worker(first, stuck, farm="jobs")
+    leaving = farm.serve_worker(first, stuck, farm="jobs", prefetch=1)  # holds two tasks
     with farm.Submitter(boss, "jobs") as jobs:  # task_timeout 60 s, expiry 5 s: neither helps
-        task_id = jobs.submit(1)
+        running, queued = jobs.submit(1), jobs.submit(2)
         assert entered.wait(5)
+        wait_until(lambda: jobs.workers()[0].in_flight == 2, 5, "the first worker holds both")
         farm.serve_worker(second, lambda x: "second", farm="jobs")
         with took(3):
             leaving.close()
-            assert jobs.result(task_id, timeout=3) == "second"
+            assert jobs.result(running, timeout=3) == "first"
+            assert jobs.result(queued, timeout=3) == "second"
         assert jobs.stats()["left"] == 1 and jobs.duplicates == 0
 
 
@@ -715,9 +811,14 @@ def test_farm_misuse_is_refused_clearly(make_node: MakeNode) -> None:
     boss = make_node("boss")
     with pytest.raises(ClosedError):
         farm.Submitter(boss, "squares").submit(1)  # not started
-    with farm.Submitter(boss, "squares"):
-        with pytest.raises(ConfigError):
-            farm.Submitter(boss, "squares").start()  # one submitter per farm per node
+    unstarted = Node("unstarted", port=boss.port)
+    try:
+        with pytest.raises(ClosedError):  # no beacon: no worker could find it
+            farm.Submitter(unstarted, "squares").start()
+    finally:
+        unstarted.close()
+    with farm.Submitter(boss, "squares"), pytest.raises(ConfigError):
+        farm.Submitter(boss, "squares").start()  # one submitter per farm per node
     for bad in ({"slots": 0}, {"slots": 1.5}, {"prefetch": -1}, {"farm": ""}, {"farm": "x" * 65}):
         with pytest.raises(ConfigError):
             farm.Worker(boss, square, **bad)  # type: ignore[arg-type]
@@ -727,7 +828,129 @@ def test_farm_misuse_is_refused_clearly(make_node: MakeNode) -> None:
         farm.Submitter(boss, "squares", task_timeout=-1)
 
 
-# -- the documentation ------------------------------------------------------------------------------
+# -- the wire, as docs/patterns/farm-protocol.md tells it ------------------------------------------
+
+PROTOCOL_DOC = ROOT / "docs" / "patterns" / "farm-protocol.md"
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def doc_examples() -> list[tuple[bytes, Any]]:
+    """Each ``hex`` block of the protocol section and the value of the ``diag`` block after it."""
+    blocks = [(info.strip(), body) for info, body in FENCE.findall(PROTOCOL_DOC.read_text())]
+    examples = []
+    for (info, body), (next_info, diag) in itertools.pairwise(blocks):
+        if info == "hex":
+            assert next_info == "diag", body
+            digits = "".join(re.sub(r"#.*", "", line) for line in body.splitlines())
+            examples.append((bytes.fromhex(re.sub(r"\s", "", digits)), json.loads(diag)))
+    return examples
+
+
+def test_farm_protocol_doc_examples_are_what_the_code_sends() -> None:
+    examples = dict((bytes(data), value) for data, value in doc_examples())
+    assert len(examples) == 7
+    for data, value in examples.items():
+        assert cbor2.loads(data) == value and cbor2.dumps(value) == data
+        assert codec.decode(data) == value  # a valid envelope of docs/protocol.md
+    sent = [wire.encode_ready(1, 2, 0, []), wire.encode_ready(2, 0, 9, [3, 4]),
+            wire.encode_leave(3), wire.TaskFrame(3, 7).encode(9), codec.encode_reply(3, 49),
+            codec.encode_error(4, "ValueError", "no square for -1", ""), codec.encode_cancel(3)]
+    assert set(sent) == set(examples)
+    routing_id = "57 12345678123456781234567812345678 00000001"
+    assert routing_id in PROTOCOL_DOC.read_text()
+    node = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert wire.worker_routing_id(node, 1) == bytes.fromhex(routing_id.replace(" ", ""))
+
+
+def test_farm_submitter_serves_a_worker_built_from_the_protocol_doc(make_node: MakeNode) -> None:
+    """A foreign worker: pyzmq and cbor2, and what the document says, nothing else."""
+    boss, helper = make_node("boss"), make_node("helper")
+    context: zmq.Context[Any] = zmq.Context.instance()
+    with farm.Submitter(boss, "hand") as hand:
+        foreign = context.socket(zmq.DEALER)
+        foreign.linger = 0
+        foreign.routing_id = b"W" + helper.uuid.bytes + (7).to_bytes(4, "big")
+        try:
+            foreign.connect(boss.endpoints["farm:hand"])
+            foreign.send(cbor2.dumps([1, 1, 1, "zmqkit.farm.ready", [1, 0, []], {}]))
+            wait_until(lambda: hand.workers(), 5, "the foreign worker is known")
+            first, second = hand.submit("a"), hand.submit("b")
+
+            def next_task() -> list[Any]:
+                assert foreign.poll(5000), "no task came"
+                message: list[Any] = cbor2.loads(foreign.recv())
+                assert message[:4] == [1, 1, message[2], "zmqkit.farm.task"]
+                return message
+
+            task = next_task()
+            assert task[2] == first and task[4] == [1, "a"]  # dispatch 1, payload "a"
+            assert not foreign.poll(200), "a second task with no credit for it"
+            foreign.send(cbor2.dumps([1, 2, first, "A"]))  # the result returns the credit
+            task = next_task()
+            assert task[2] == second and task[4] == [2, "b"]
+            foreign.send(cbor2.dumps([1, 3, second, "KeyError", "'b'", ""]))
+            assert hand.result(first, timeout=5) == "A"
+            with pytest.raises(RemoteError, match="KeyError"):
+                hand.result(second, timeout=5)
+            third = hand.submit("c")
+            assert next_task()[2] == third
+            foreign.send(cbor2.dumps([1, 1, 2, "zmqkit.farm.leave", [], {}]))  # leaves holding it
+            farm.serve_worker(helper, str.upper, farm="hand")
+            assert hand.result(third, timeout=5) == "C"
+            assert hand.stats()["left"] == 1
+        finally:
+            foreign.close()
+
+
+def test_farm_worker_serves_a_submitter_built_from_the_protocol_doc(make_node: MakeNode) -> None:
+    """A hand-made submitter drives a real worker through refusal and cancel (an async handler,
+    whose loop reads while tasks run, so that the order of events is certain)."""
+    boss, worker = make_node("boss"), make_node("worker")
+    release = threading.Event()
+
+    async def handler(x: str) -> str:
+        while x == "hold" and not release.is_set():
+            await asyncio.sleep(0.005)
+        return f"done {x}"
+
+    farm.serve_worker(worker, handler, farm="hand", prefetch=1)  # takes 2: one runs, one waits
+    with Socket(zmq.ROUTER) as router:
+        boss.advertise("farm:hand", router.bind(boss.host))
+
+        def recv() -> tuple[bytes, list[Any]]:
+            routing_id, frame = router.recv_multipart(timeout=5)
+            return routing_id, cbor2.loads(frame)
+
+        def task(routing_id: bytes, task_id: int, dispatch: int, payload: str) -> None:
+            router.send_multipart([routing_id, cbor2.dumps(
+                [1, 1, task_id, "zmqkit.farm.task", [dispatch, payload], {}])])
+
+        routing_id, ready = recv()
+        assert ready[:4] == [1, 1, ready[2], "zmqkit.farm.ready"] and ready[4] == [2, 0, []]
+        assert wire.worker_node(routing_id) == worker.uuid
+        task(routing_id, 10, 1, "hold")
+        task(routing_id, 11, 2, "queued")
+        task(routing_id, 12, 3, "one too many")  # over its credit: refused, and said at once
+        while (message := recv()[1])[4][1] != 3:
+            pass
+        assert message[3] == "zmqkit.farm.ready" and message[4] == [0, 3, [10, 11]]
+        router.send_multipart([routing_id, cbor2.dumps([1, 6, 11])])  # CANCEL the waiting one
+        task(routing_id, 13, 4, "refused too")  # its READY shows that the CANCEL was read
+        while (message := recv()[1])[4][1] != 4:
+            pass
+        assert message[4] == [0, 4, [10, 11]]
+        release.set()
+        answers = []
+        while (message := recv()[1])[3:5] != ["zmqkit.farm.ready", [2, 4, []]]:  # all free
+            answers.append(message)
+        assert [m for m in answers if m[1] != Kind.REQUEST] == [[1, Kind.REPLY, 10, "done hold"]]
+        time.sleep(0.2)
+        while router.poll(0):
+            assert recv()[1][1] == Kind.REQUEST  # READYs only: the cancelled task never ran
+        boss.withdraw("farm:hand")
+
+
+# -- the documentation -----------------------------------------------------------------------------
 
 
 def test_farm_doc_example_runs_and_prints_what_it_promises(tmp_path: Path) -> None:

@@ -142,8 +142,11 @@ class Broadcaster:
 class SpoofedBeacon:
     """Hand-made HELLOs every 0.1 s from a thread (joined on exit): advertises anything."""
 
-    def __init__(self, port: int, name: str, endpoints: dict[str, str]) -> None:
-        self.datagram = codec.encode_beacon(BeaconKind.HELLO, name, uuid.uuid4(), 1, endpoints, {})
+    def __init__(self, port: int, name: str, endpoints: dict[str, str],
+                 headers: dict[str, str] | None = None) -> None:
+        self.uuid = uuid.uuid4()
+        self.datagram = codec.encode_beacon(BeaconKind.HELLO, name, self.uuid, 1, endpoints,
+                                            headers or {})
         self.broadcaster = Broadcaster(port)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spoofed-beacon", daemon=True)
@@ -163,6 +166,10 @@ class SpoofedBeacon:
             self._stop.wait(0.1)
 
 
+def loud(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "zmqkit.beacon"]
+
+
 def dropped(stats: dict[str, int]) -> int:
     return sum(count for key, count in stats.items() if key.startswith("dropped"))
 
@@ -178,7 +185,8 @@ cbor_values = st.recursive(
     | st.dictionaries(st.text(max_size=8) | st.integers(-5, 5), children, max_size=4),
     max_leaves=15,
 )
-junk = st.none() | st.booleans() | st.floats() | st.binary(max_size=20) | st.lists(st.integers(), max_size=3)
+junk = (st.none() | st.booleans() | st.floats() | st.binary(max_size=20)
+        | st.lists(st.integers(), max_size=3))
 
 
 def near_miss(kind: int) -> st.SearchStrategy[list[Any]]:
@@ -215,14 +223,16 @@ beacon_bodies = st.one_of(
         st.text(min_size=1, max_size=70) | junk,
         st.binary(min_size=15, max_size=17) | junk,
         st.integers(-2, 2**64) | junk,
-        st.dictionaries(st.text(max_size=5), st.text(max_size=30) | st.integers(), max_size=3) | junk,
-        st.dictionaries(st.text(max_size=5) | st.integers(), st.text(max_size=5), max_size=3) | junk,
+        st.dictionaries(st.text(max_size=5), st.text(max_size=30) | st.integers(), max_size=3)
+        | junk,
+        st.dictionaries(st.text(max_size=5) | st.integers(), st.text(max_size=5), max_size=3)
+        | junk,
     ).map(list),
 )
 beacon_datagrams = st.one_of(
     st.binary(max_size=1500),
     st.tuples(st.sampled_from([b"ZKB\x01", b"ZKB\x01", b"ZKB\x02", b"ZKX\x01", b""]),
-              beacon_bodies.map(cbor2.dumps), st.binary(max_size=2)).map(lambda t: t[0] + t[1] + t[2]),
+              beacon_bodies.map(cbor2.dumps), st.binary(max_size=2)).map(b"".join),
 )
 
 
@@ -241,7 +251,8 @@ def test_fuzz_beacon_port_random_datagrams_and_wrong_shapes_are_dropped_and_coun
     make_node: MakeNode, beacon_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="zmqkit.beacon")
-    watcher, peer = make_node("watcher"), make_node("peer")
+    watcher = make_node("watcher")
+    make_node("peer")
     wait_until(lambda: watcher.peers("peer"), 3, "the peer discovered")
     before = watcher.stats().get("dropped-malformed", 0)
     bad = Counter[str]()
@@ -258,8 +269,7 @@ def test_fuzz_beacon_port_random_datagrams_and_wrong_shapes_are_dropped_and_coun
                f"{bad['invalid']} malformed datagrams counted")
     assert watcher.stats()["dropped-malformed"] - before == bad["invalid"]
     assert bad["invalid"] >= 250
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "zmqkit.beacon"]
-    assert len(warnings) <= 2, "more than one loud drop per node"  # (watcher and peer)
+    assert len(loud(caplog)) <= 2, "more than one loud drop per node"  # (watcher and peer)
     # discovery goes on: the old peer is still fresh, a newcomer is seen at once
     assert watcher.peers("peer")
     make_node("newcomer")
@@ -272,7 +282,8 @@ def beacon(kind: int, name: Any, node_uuid: Any, seq: Any, endpoints: Any, heade
     return b"ZKB\x01" + cbor2.dumps([kind, name, node_uuid, seq, endpoints, headers])
 
 
-GOOD_BEACON = codec.encode_beacon(BeaconKind.HELLO, "fake", uuid.uuid4(), 1, {"rpc": "tcp://x:1"}, {})
+GOOD_BEACON = codec.encode_beacon(BeaconKind.HELLO, "fake", uuid.uuid4(), 1, {"rpc": "tcp://x:1"},
+                                  {})
 HOSTILE_DATAGRAMS = {
     "empty": b"",
     "magic only": b"ZKB",
@@ -317,6 +328,7 @@ def test_hostile_beacon_datagrams_are_dropped_counted_and_never_unpickled(
         for _ in range(3):
             for datagram in datagrams.values():
                 udp.send(datagram)
+                time.sleep(0.002)  # a 60 kB datagram fills the socket buffer fast: no kernel drops
         udp.send(pickle.dumps(Touch(Path("/nonexistent/also-never"))))
         expected = udp.sent
     wait_until(lambda: watcher.stats().get("dropped-malformed", 0) >= expected, 3, "all counted")
@@ -343,8 +355,8 @@ def test_hostile_beacon_flood_of_thousands_does_not_stop_discovery(
             started.set()
             for index in range(flood_size):
                 udp.send(garbage[index % len(garbage)])
-                if index % 500 == 0:
-                    time.sleep(0.001)  # a flood that lasts a while, not one burst
+                if index % 100 == 99:
+                    time.sleep(0.01)  # about 10,000 a second for 2 s, not one burst
 
     flooder = threading.Thread(target=flood, name="beacon-flood")
     flooder.start()
@@ -357,9 +369,11 @@ def test_hostile_beacon_flood_of_thousands_does_not_stop_discovery(
         flooding = flooder.is_alive()
     finally:
         flooder.join(30)
+    time.sleep(0.2)  # what is still in the socket buffer is read and counted
     stats = watcher.stats()
-    assert stats["dropped-malformed"] >= flood_size // 4, stats  # most arrived and were counted
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "zmqkit.beacon"]
+    # what the beacon thread cannot read in time the kernel drops: memory stays bounded
+    assert stats["dropped-malformed"] >= flood_size // 2, stats
+    warnings = loud(caplog)
     assert len(warnings) <= 2, f"{len(warnings)} loud log lines for {flood_size} bad datagrams"
     make_node("after-the-flood")
     wait_until(lambda: watcher.peers("after-the-flood"), 1.0, "discovery after a flood")
@@ -390,7 +404,10 @@ def test_hostile_beacon_flood_of_fake_peers_expires_and_real_peers_stay(
     figures("beacon fake peers", datagrams=fakes, listed_at_most=most, left_after_expiry=0)
 
 
-# -- an RPC server's ROUTER ---------------------------------------------------------------------------
+# -- an RPC server's ROUTER ------------------------------------------------------------------------
+
+
+ANSWERED = ("protocol-error", "none", "answer")  # the Prober's counts of frames by expectation
 
 
 def expected_answer(frame: bytes) -> str:
@@ -407,7 +424,7 @@ def expected_answer(frame: bytes) -> str:
 class Prober:
     """A raw DEALER that sends one frame at a time and checks what the server answers."""
 
-    def __init__(self, server: rpc.Server) -> None:
+    def __init__(self, server: Any) -> None:
         self.server = server
         self.sock = Socket(zmq.DEALER)
         self.sock.connect(server.endpoint)
@@ -428,6 +445,7 @@ class Prober:
             assert reply[1] == Kind.ERROR and reply[3] == "zmqkit.ProtocolError", reply
         else:
             assert reply[2] == codec.decode(frame)[2]
+            self.counts["replied" if reply[1] == Kind.REPLY else reply[3]] += 1
 
     def check_still_serving(self) -> None:
         self.sock.send(codec.encode_request(2**64 - 1, "add", [20, 22], {}))
@@ -459,7 +477,9 @@ def test_fuzz_rpc_random_bytes_get_protocol_errors_and_are_counted(
     figures("rpc random frames", frames=sum(prober.counts.values()), **prober.counts)
 
 
-def test_fuzz_rpc_valid_cbor_of_the_wrong_shape(server: rpc.Server, prober: Prober, me: Node) -> None:
+def test_fuzz_rpc_valid_cbor_of_the_wrong_shape(
+    server: rpc.Server, prober: Prober, me: Node
+) -> None:
     before = server.stats["bad-requests"]
 
     @settings(FUZZ, max_examples=500)
@@ -531,8 +551,8 @@ def test_hostile_rpc_flood_while_correct_calls_keep_being_answered(
 ) -> None:
     rng = random.Random(77)
     garbage = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))) for _ in range(300)]
-    garbage += [cbor2.dumps(v) for v in ({"a": 1}, [1], [1, 1, 1], [1, 9, 9], [2, 1, 1, "add", [], {}],
-                                         [1, 2, 5, 3], [1, 7, "t", b"x" * 16, 1, None])]
+    garbage += [cbor2.dumps(v) for v in ({"a": 1}, [1], [1, 1, 1], [1, 9, 9], [1, 2, 5, 3],
+                                         [2, 1, 1, "add", [], {}], [1, 7, "t", b"x" * 16, 1, None])]
     garbage = [frame for frame in garbage if expected_answer(frame) == "protocol-error"]
     senders, per_sender = 4, 5000
     before = server.stats["bad-requests"]
@@ -554,7 +574,8 @@ def test_hostile_rpc_flood_while_correct_calls_keep_being_answered(
             finished.wait(30)
             dealer.close()
 
-    threads = [threading.Thread(target=flood, args=(n,), name=f"rpc-flood-{n}") for n in range(senders)]
+    threads = [threading.Thread(target=flood, args=(n,), name=f"rpc-flood-{n}")
+               for n in range(senders)]
     latencies: list[float] = []
     with rpc.Client(me, "calc", timeout=2.0) as client:
         assert client.add(0, 0) == 0
@@ -605,29 +626,56 @@ def test_hostile_rpc_nothing_is_unpickled_or_evaluated(
 
 @pytest.mark.xfail(strict=True, reason="residual DoS (docs/security.md): a CBOR map of integer "
                    "keys that share one hash costs quadratic time to decode; cbor2 builds the dict")
-def test_hostile_rpc_colliding_map_keys_decode_in_linear_time() -> None:
-    def frame(count: int) -> bytes:
-        collide = (1 << 61) - 1  # Python hashes int k*(2**61-1) to 0 for every k
-        pairs = b"".join(cbor2.dumps(k * collide) + b"\x00" for k in range(1, count + 1))
-        return b"\x86\x01\x01\x01\x64echo\x81\xba" + struct.pack(">I", count) + pairs + b"\xa0"
+def test_hostile_rpc_colliding_map_keys_decode_as_fast_as_other_keys() -> None:
+    def frame(keys: list[int]) -> bytes:
+        pairs = b"".join(cbor2.dumps(key) + b"\x00" for key in keys)
+        return b"\x86\x01\x01\x01\x64echo\x81\xba" + struct.pack(">I", len(keys)) + pairs + b"\xa0"
 
-    def cost(count: int) -> float:
-        data = frame(count)
+    def cost(data: bytes) -> float:
         best = float("inf")
-        for _ in range(3):
+        for _ in range(2):
             start = time.perf_counter()
             with contextlib.suppress(ProtocolError):
                 codec.decode(data)
             best = min(best, time.perf_counter() - start)
         return best
 
-    small, large = cost(3000), cost(6000)
-    figures("rpc colliding keys", keys=6000, frame_bytes=len(frame(6000)),
-            decode_ms=int(large * 1000), ratio_for_double_x100=int(large / small * 100))
-    assert large / small < 3.0  # linear would be about 2; quadratic is about 4
+    count, collide = 5000, (1 << 61) - 1  # Python hashes every k * (2**61 - 1) to 0
+    plain = cost(frame([k * (collide - 2) for k in range(1, count + 1)]))  # same sizes, spread
+    colliding = cost(frame([k * collide for k in range(1, count + 1)]))
+    figures("rpc colliding keys", keys=count, frame_bytes=len(frame([collide] * count)),
+            decode_ms=int(colliding * 1000), plain_keys_ms=int(plain * 1000))
+    assert colliding < 10 * plain + 0.01  # linear: about 1; quadratic: about 25 at this size
 
 
-# -- a subscriber -------------------------------------------------------------------------------------
+class Big:
+    def big(self, size: int) -> bytes:
+        return b"x" * size
+
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+
+def test_hostile_rpc_client_recovers_after_a_reply_over_the_maximum_size(
+    make_node: MakeNode,
+) -> None:
+    rpc.serve(make_node("big"), Big())
+    caller = make_node("caller")
+    wait_until(lambda: any("rpc" in p.endpoints for p in caller.peers("big")), 5, "big serving")
+    with rpc.Client(caller, "big", timeout=1.0) as client:
+        assert client.add(1, 2) == 3
+        with pytest.raises(Exception):  # noqa: B017 (any clear error would do; a hang would not)
+            client.big(DEFAULT_MAX_MESSAGE_SIZE + 1)
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(client.add(1, 2))
+            except Timeout:
+                outcomes.append("timeout")
+        assert outcomes[-1] == 3, outcomes
+
+
+# -- a subscriber ---------------------------------------------------------------------------------
 
 
 TOPIC = "ticks"
@@ -652,7 +700,7 @@ class HostilePublisher:
         self.sock = Socket(zmq.PUB)
         self.endpoint = self.sock.bind("127.0.0.1")
         self.beacon = SpoofedBeacon(port, "evil", {"pub": self.endpoint})
-        self.sender = uuid.uuid4().bytes
+        self.sender = self.beacon.uuid.bytes  # its publications name it as their sender
         self.fates = Counter[str]()
 
     def __enter__(self) -> HostilePublisher:
@@ -739,7 +787,7 @@ def test_hostile_subscriber_flood_oversize_and_pickles(
         cbor2.dumps([1, 7, TOPIC, sender, 2**64, "seq too big"]),
         cbor2.dumps([1, 8, TOPIC, sender, 1, []]),  # an empty batch
         cbor2.dumps([1, 8, TOPIC, sender, 1, "not a list"]),
-        cbor2.dumps([1, 7, TOPIC, sender, 1]),  # an item short
+        PREFIXES[0] + b"\x50" + sender + b"\x01",  # the data item missing
         cbor2.dumps([1, 7, TOPIC, sender, 1, cbor2.CBORTag(28, payload)]),
         PREFIXES[1] + b"\x50" + sender + b"\x01\x9b" + b"\xff" * 8,  # a batch of 2**64 items
         PREFIXES[0] + b"\x50" + sender + b"\x01" + b"\x81" * 5000,  # nesting beyond 64
@@ -761,16 +809,176 @@ def test_hostile_subscriber_flood_oversize_and_pickles(
     assert [m.data for m in messages if m.publisher == "ticker"] == list(range(1, good_sent + 1))
     assert [m.data for m in messages if m.publisher == "evil"] == [payload]
     assert subscriber.stats()["dropped-malformed"] >= flood  # (and the fuzz warm-up: none)
-    # a frame over the maximum: libzmq drops that connection, the subscriber reconnects
+    # a frame over the maximum: libzmq drops that connection (and, as the receiving side found
+    # the fault, does not reconnect it: the offender is cut off); the others flow on
     evil.sock.raw.send(PREFIXES[0] + b"\0" * DEFAULT_MAX_MESSAGE_SIZE, copy=True)
-    publisher.publish(TOPIC, "still flowing")
-    assert subscriber.recv(2.0).data == "still flowing"
-    deadline = time.monotonic() + 5
-    while True:  # the evil publisher is reconnected too: a subscriber is not cut off for good
-        evil.sock.send(codec.encode_publish(TOPIC, sender, 11, "back"))
-        with contextlib.suppress(Timeout):
-            if subscriber.recv(0.1).data == "back":
-                break
-        assert time.monotonic() < deadline, "the subscriber never reconnected to evil"
+    for index in range(3):
+        publisher.publish(TOPIC, f"still flowing {index}")
+        assert subscriber.recv(2.0).data == f"still flowing {index}"
     figures("subscriber flood", frames=flood + 2, oversize=1, good=good_sent,
             dropped=subscriber.stats()["dropped-malformed"])
+
+
+# -- the control messages of replicated state and groups -------------------------------------------
+
+
+def reserved_requests(method: str) -> st.SearchStrategy[bytes]:
+    """REQUESTs for a pattern's reserved method whose args are right or wrong at random."""
+    writer = st.binary(min_size=16, max_size=16)
+    args = st.one_of(
+        st.lists(cbor_values, max_size=4),
+        st.tuples(st.sampled_from(["inventory", "other"]) | junk,
+                  st.lists(st.tuples(writer | junk, st.integers(-1, 2**64) | junk).map(list),
+                           max_size=3) | junk).map(list),
+        st.tuples(writer | junk, st.text(max_size=8) | junk, cbor_values).map(list),
+    )
+    return st.tuples(st.integers(1, 2**64 - 1), st.sampled_from([method, method, "nope"]),
+                     args).map(lambda t: cbor2.dumps([1, 1, t[0], t[1], t[2], {}]))
+
+
+def test_fuzz_state_sync_router_and_update_stream_keep_the_replica_right(
+    make_node: MakeNode, beacon_port: int, pickle_bomb: tuple[bytes, Path]
+) -> None:
+    from patterns import state
+
+    payload, _ = pickle_bomb
+    group, topic = "inventory", "zmqkit.state.inventory"
+    hostile_pub, hostile_router = Socket(zmq.PUB), Socket(zmq.ROUTER)  # the router never answers
+    try:
+        endpoints = {state.pub_role(group): hostile_pub.bind("127.0.0.1"),
+                     state.sync_role(group): hostile_router.bind("127.0.0.1")}
+        with state.State(make_node("a"), group, heartbeat=0.2) as a, \
+                SpoofedBeacon(beacon_port, "evil", endpoints), \
+                state.State(make_node("b"), group, heartbeat=0.2) as b:
+            a.wait_synced(5)
+            b.wait_synced(5)
+            a.set("apples", 12)
+            b.wait_for("apples", timeout=3, value=12)
+            # the sync ROUTER: every kind of bad request gets its error, the good one its answer
+            prober = Prober(a)
+            try:
+
+                @settings(FUZZ, max_examples=400)
+                @given(st.binary(max_size=300) | wrong_shapes | reserved_requests(state.SYNC_METHOD))
+                def fuzz(frame: bytes) -> None:
+                    prober.probe(frame)
+
+                fuzz()
+                prober.sock.send(cbor2.dumps([1, 1, 7, state.SYNC_METHOD, [group, []], {}]))
+                reply = codec.decode(prober.sock.recv(2.0))
+                assert reply[1] == Kind.REPLY and "apples" in [e[3] for e in reply[3]["entries"]]
+            finally:
+                prober.close()
+            assert a.stats()["bad-requests"] == prober.counts["protocol-error"]
+            # the update stream: garbage on the group's topic from a "member" (a spoofed beacon)
+            until_connected = time.monotonic() + 5
+            while a.stats().get("dropped-malformed", 0) == 0:  # its SUB has connected to evil
+                hostile_pub.send(codec.encode_publish(topic, uuid.uuid4().bytes, 1, "warm"))
+                time.sleep(0.02)
+                assert time.monotonic() < until_connected, "the replica never heard evil"
+            before = a.stats()["dropped-malformed"]
+            writer = uuid.uuid4().bytes
+            garbage = [
+                codec.encode_publish(topic, writer, 1, payload),  # a pickle as the data
+                codec.encode_publish(topic, writer, 1, [1, 1, [[1, "k", 1, payload]]]),  # 4 items
+                codec.encode_publish(topic, writer, 1, [1, 0, [[1, "k", 1, 2, None]]]),  # seq 0
+                codec.encode_publish(topic, writer, 1, [1, 1, [[3, "k", 1, 2, None]]]),  # op 3
+                codec.encode_publish(topic, writer, 1, [1, 1, [[1, 5, 1, 2, None]]]),  # key 5
+                codec.encode_publish(topic, writer, 1, [1, 1, []]),  # no ops
+                codec.encode_publish(topic, writer, 1, [2, b"short", []]),  # a bad digest
+                codec.encode_publish(topic, writer, 1, [2, writer, [[writer, -1]]]),
+                codec.encode_publish(topic, writer, 1, [9]),
+                codec.encode_publish_batch(topic, writer, 1, [[1, 1, [[1, "k", 1, 2, None]]]]),
+                codec.publish_prefixes(topic)[0] + b"\xff\x00garbage",
+            ]
+            rounds = 200
+            for index in range(rounds):
+                for frame in garbage:
+                    hostile_pub.send(frame)
+                b.set(f"b-{index}", index)
+            b.wait_for(f"b-{rounds - 1}", timeout=3)
+            a.wait_for(f"b-{rounds - 1}", timeout=5, value=rounds - 1)
+            expected = {"apples": 12, **{f"b-{n}": n for n in range(rounds)}}
+            assert a.items() == expected == b.items()  # no garbage write got in, none was lost
+            wait_until(lambda: a.stats()["dropped-malformed"] - before >= rounds * len(garbage),
+                       3, "every bad update counted")  # (evil's stream is not ordered with b's)
+            assert a.stats()["dropped-malformed"] - before == rounds * len(garbage)
+    finally:
+        hostile_pub.close()
+        hostile_router.close()
+    figures("state control messages", sync_frames=sum(prober.counts[k] for k in ANSWERED),
+            update_frames=rounds * len(garbage), **prober.counts)
+
+
+def test_fuzz_groups_whispers_and_shouts_keep_the_node_right(
+    make_node: MakeNode, beacon_port: int, pickle_bomb: tuple[bytes, Path]
+) -> None:
+    from patterns import groups
+
+    payload, _ = pickle_bomb
+    topic = groups.TOPIC_PREFIX + "ops"
+    hostile_pub, hostile_router = Socket(zmq.PUB), Socket(zmq.ROUTER)
+    try:
+        endpoints = {groups.PUB_ROLE: hostile_pub.bind("127.0.0.1"),
+                     groups.ROLE: hostile_router.bind("127.0.0.1")}
+        with groups.Groups(make_node("alice")) as alice, groups.Groups(make_node("bob")) as bob, \
+                SpoofedBeacon(beacon_port, "evil", endpoints, {groups.GROUPS_HEADER: "ops"}) as evil:
+            alice.join("ops")
+            bob.join("ops")
+            wait_until(lambda: {m.name for m in alice.members("ops")} >= {"bob", "evil"}, 3,
+                       "bob and evil in ops")
+            # whispers: each request gets its answer; only well-formed whispers reach the inbox
+            prober = Prober(alice)
+            try:
+
+                @settings(FUZZ, max_examples=400)
+                @given(st.binary(max_size=300) | wrong_shapes
+                       | reserved_requests(groups.WHISPER_METHOD))
+                def fuzz(frame: bytes) -> None:
+                    prober.probe(frame)
+
+                fuzz()
+                prober.sock.send(cbor2.dumps([1, 1, 9, groups.WHISPER_METHOD,
+                                              [evil.uuid.bytes, "evil", payload], {}]))
+                assert codec.decode(prober.sock.recv(2.0)) == [1, Kind.REPLY, 9, None]
+            finally:
+                prober.close()
+            whispers = [e for e in alice.events(0.3) if e.kind is groups.GroupEventKind.WHISPER]
+            assert len(whispers) == prober.counts["replied"] + 1
+            assert whispers[-1].body == payload  # a pickle is delivered as the bytes it is
+            assert alice.stats()["bad-requests"] == prober.counts["protocol-error"]
+            # shouts: garbage on the group's topic from evil; bob's shouts all arrive, in order
+            deadline = time.monotonic() + 5
+            while not any(e.kind is groups.GroupEventKind.SHOUT and e.peer == "bob"
+                          for e in alice.events(0.05)):
+                bob.shout("ops", "warm")
+                assert time.monotonic() < deadline, "no shout from bob"
+            while True:
+                hostile_pub.send(codec.encode_publish(topic, evil.uuid.bytes, 1, ["evil", "warm"]))
+                if any(e.peer == "evil" for e in alice.events(0.05)):
+                    break
+                assert time.monotonic() < deadline, "no shout from evil"
+            list(alice.events(0.3))
+            before = alice.stats().get("dropped-malformed", 0)
+            sender = evil.uuid.bytes
+            garbage = [
+                codec.encode_publish(topic, sender, 2, payload),  # not [name, body]
+                codec.encode_publish(topic, sender, 2, [5, "name not text"]),
+                codec.encode_publish(topic, sender, 2, ["one item"]),
+                codec.encode_publish_batch(topic, sender, 2, [["ok", 1], "not a shout"]),
+                codec.publish_prefixes(topic)[0] + b"\xff\x00garbage",
+                codec.publish_prefixes(topic)[1] + b"\x50" + sender + b"\x01\x9b" + b"\xff" * 8,
+            ]
+            rounds = 300
+            for index in range(rounds):
+                for frame in garbage:
+                    hostile_pub.send(frame)
+                bob.shout("ops", index)
+            shouts = [e.body for e in alice.events(0.5) if e.kind is groups.GroupEventKind.SHOUT]
+            assert [body for body in shouts if body != "warm"] == list(range(rounds))
+            assert alice.stats()["dropped-malformed"] - before == rounds * len(garbage)
+    finally:
+        hostile_pub.close()
+        hostile_router.close()
+    figures("groups control messages", whisper_frames=sum(prober.counts[k] for k in ANSWERED),
+            shout_frames=rounds * len(garbage), **prober.counts)

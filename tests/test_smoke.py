@@ -35,11 +35,3 @@ def test_help_lists_the_subcommands() -> None:
 
 def test_usage_error_exits_2() -> None:
     assert run_cli("no-such-command").returncode == 2
-
-
-@pytest.mark.slow
-def test_demo_ends_by_itself_with_exit_0() -> None:
-    result = run_cli("demo")
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "zmqkit show: summary" in result.stdout

@@ -32,13 +32,12 @@ from .core import (
     TaskResult,
     WorkerInfo,
 )
-from .submitter import BATCH, DEFAULT_WAIT, TICK, waiting_message
+from .submitter import BATCH, DEFAULT_WAIT, TICK, drain, waiting_message
 
 __all__ = ["AsyncSubmitter"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 
 
 class AsyncSubmitter:
@@ -87,6 +86,8 @@ class AsyncSubmitter:
         loop = asyncio.get_running_loop()
         if self._state != "new":
             raise ClosedError(f"{self!r} cannot start twice")
+        if not self.node.running:  # unannounced, no worker could ever find it
+            raise ClosedError(f"{self.node!r} is not running; start it first")
         if self.role in self.node.endpoints:
             raise ConfigError(f"{self.node!r} already submits to farm {self.farm!r}; share it")
         self.node.attach(self)
@@ -212,19 +213,8 @@ class AsyncSubmitter:
         sock, core = self._sock, self._core
         raw = sock.raw
         while True:
-            incoming: list[tuple[bytes, bytes]] = []
-            for _ in range(BATCH):
-                try:
-                    key = raw.recv(_NOBLOCK)
-                except zmq.Again:
-                    break
-                frame = raw.recv()
-                if raw.getsockopt(_RCVMORE):
-                    while raw.getsockopt(_RCVMORE):
-                        raw.recv()
-                    core.stats["dropped-multipart"] += 1
-                    continue
-                incoming.append((key, frame))
+            incoming, multipart = drain(raw)
+            core.stats["dropped-multipart"] += multipart
             now = time.monotonic()
             outgoing = [(key, answer) for key, frame in incoming
                         if (answer := core.take_frame(key, frame, now)) is not None]

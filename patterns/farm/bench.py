@@ -11,6 +11,7 @@ submitted at once until the last result is in; the figure is the median of ``run
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 from zmqkit import Node
 
+from .async_submitter import AsyncSubmitter
 from .submitter import Submitter
 
 WORKER = r"""
@@ -67,8 +69,44 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_sync(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
+    with Submitter(node, "bench") as submitter:
+        deadline = time.monotonic() + 10
+        while len({w.node for w in submitter.workers()}) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(submitter.workers())} of {workers} workers came")
+            time.sleep(0.01)
+        rates = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            for x in range(tasks):
+                submitter.submit(x)
+            done = sum(1 for _ in submitter.as_completed(timeout=600))
+            rates.append(done / (time.perf_counter() - start))
+        return rates
+
+
+async def run_async(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
+    async with AsyncSubmitter(node, "bench") as submitter:
+        deadline = time.monotonic() + 10
+        while len({w.node for w in submitter.workers()}) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(submitter.workers())} of {workers} workers came")
+            await asyncio.sleep(0.01)
+        rates = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            for x in range(tasks):
+                submitter.submit(x)
+            done = 0
+            async for _ in submitter.as_completed(timeout=600):
+                done += 1
+            rates.append(done / (time.perf_counter() - start))
+        return rates
+
+
 def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
-            prefetch: int) -> tuple[list[float], float, float]:
+            prefetch: int, use_asyncio: bool = False) -> tuple[list[float], float, float]:
     """Tasks per second of each run, with ``workers`` worker processes; and the share of one
     core that the submitter and the workers (together) used, over all runs."""
     port = free_udp_port()
@@ -78,21 +116,13 @@ def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline().startswith(b"ready")
-        with Node("bench-submitter", port=port) as node, Submitter(node, "bench") as submitter:
-            deadline = time.monotonic() + 10
-            while len(submitter.workers()) < workers:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(submitter.workers())} of {workers} workers came")
-                time.sleep(0.01)
-            rates = []
+        with Node("bench-submitter", port=port) as node:
             mine, theirs = cpu_seconds(), sum(cpu_seconds(child.pid) for child in children)
             began = time.perf_counter()
-            for _ in range(runs):
-                start = time.perf_counter()
-                for x in range(tasks):
-                    submitter.submit(x)
-                done = sum(1 for _ in submitter.as_completed(timeout=600))
-                rates.append(done / (time.perf_counter() - start))
+            if use_asyncio:
+                rates = asyncio.run(run_async(node, workers, tasks, runs))
+            else:
+                rates = run_sync(node, workers, tasks, runs)
             wall = time.perf_counter() - began
             mine = (cpu_seconds() - mine) / wall
             theirs = (sum(cpu_seconds(child.pid) for child in children) - theirs) / wall
@@ -108,25 +138,33 @@ def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m patterns.farm.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--kinds", nargs="+", default=["trivial", "cpu-1ms"], choices=["trivial", "cpu-1ms"])
+    parser = argparse.ArgumentParser(prog="python -m patterns.farm.bench",
+                                     description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--kinds", nargs="+", default=["trivial", "cpu-1ms"],
+                        choices=["trivial", "cpu-1ms"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
-    parser.add_argument("--tasks", type=int, default=0, help="tasks per run (default: 20000 trivial, 4000 cpu)")
+    parser.add_argument("--tasks", type=int, default=0,
+                        help="tasks per run (default: 20000 trivial, 4000 cpu-1ms)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--asyncio", action="store_true", help="AsyncSubmitter, not Submitter")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     for kind in args.kinds:
         tasks = args.tasks or (20_000 if kind == "trivial" else 4_000)
         for workers in args.workers:
-            rates, mine, theirs = measure(kind, workers, tasks, args.runs, args.slots, args.prefetch)
+            rates, mine, theirs = measure(kind, workers, tasks, args.runs, args.slots,
+                                          args.prefetch, args.asyncio)
             rows.append({"kind": kind, "workers": workers, "tasks": tasks, "slots": args.slots,
-                         "prefetch": args.prefetch, "median": statistics.median(rates), "runs": rates,
-                         "submitter_cpu": mine, "workers_cpu": theirs})
+                         "prefetch": args.prefetch, "median": statistics.median(rates),
+                         "runs": rates, "submitter_cpu": mine, "workers_cpu": theirs,
+                         "submitter": "AsyncSubmitter" if args.asyncio else "Submitter"})
             if not args.json:
-                print(f"{kind:8} {workers} worker(s)  {statistics.median(rates):9,.0f} tasks/s  "
+                front = "async" if args.asyncio else "sync"
+                median = statistics.median(rates)
+                print(f"{kind:8} {front:5} {workers} worker(s)  {median:9,.0f} tasks/s  "
                       f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; cpu: submitter "
                       f"{mine:.0%}, workers {theirs:.0%}; slots {args.slots}, prefetch "
                       f"{args.prefetch}, {tasks} tasks)", flush=True)

@@ -5,15 +5,18 @@ much credit each has, what each holds, results kept until taken. ``WorkerCore`` 
 ledger: what it holds from each submitter and the READY it owes each. Both take and give bytes
 (``take_frame``/``frames_out``) as well as plain calls, so tests wire them together in memory.
 
-Credit, the one rule that makes a slow worker get less: a worker says how many more tasks it
-takes (``free``) and the last dispatch it received; the submitter subtracts what it sent since
-(in transit) and never sends more. Every READY is a full statement, not a delta, so a lost
-message or a forgotten worker heals with the next one (workers send one at least every second).
+Credit, the one rule that makes a slow worker get less: a worker's READY says how many more
+tasks it takes from this submitter (``free``) and the last dispatch it received; the submitter
+subtracts what it sent since (in transit) and never sends more. Each result gives back the
+credit its task used, so a busy worker need not send a READY per task. A READY is a full
+statement, not a delta: a lost message, or a worker the submitter forgot, heals with the next
+one (an idle worker restates itself every second).
 
-At-least-once: a task whose worker left, went silent, timed out or lost it (a READY that
-acknowledges its dispatch but does not list it) goes back to the front of the queue, at most
-``max_attempts`` times; then it fails with ``BrokenError``. The first result for a task wins;
-later ones are counted as duplicates, and workers still holding a finished task get a CANCEL.
+At-least-once: a task whose worker left, was declared gone by discovery, timed out or lost it
+(a READY that acknowledges its dispatch but does not list it) goes back to the front of the
+queue. After ``max_attempts`` losses that may be the task's fault (node gone, timed out) it fails
+with ``BrokenError``. The first result for a task wins; later ones are counted as duplicates,
+and a worker still holding a finished task gets a CANCEL.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ __all__ = [
 
 DEFAULT_TASK_TIMEOUT = 60.0  # a task held this long by one worker is given to another
 DEFAULT_MAX_ATTEMPTS = 3  # losses (worker gone, timed out) before a task fails
-DEFAULT_WORKER_EXPIRY = 5.0  # a worker unheard this long is gone (it sends READY every second)
+DEFAULT_WORKER_EXPIRY = 5.0  # an idle worker unheard this long is gone (it restates every 1 s)
 DEFAULT_MAX_PENDING = 100_000  # tasks queued, running or done-but-not-taken, before BusyError
 MAX_CREDIT = 1000  # a worker claiming more free slots than this gets this many
 STATS = (  # the submitter's counters, all present from the start
@@ -118,7 +121,10 @@ class _Worker:
     free: int = 0
     acknowledged: int = 0  # the highest dispatch number it said it received
     assigned: dict[int, int] = field(default_factory=dict)  # task id -> dispatch number
-    in_transit: int = 0  # assigned with a dispatch number above ``acknowledged``
+    # tasks taken back from it (timed out, or done elsewhere) that it may still hold: they use
+    # its credit until its result or a READY without them frees it
+    superseded: dict[int, int] = field(default_factory=dict)
+    in_transit: int = 0  # assigned or superseded with a dispatch number above ``acknowledged``
     seen: bool = False  # discovery has listed its node (only then can discovery lose it)
     cancelled: set[int] = field(default_factory=set)  # CANCELs sent, not yet out of ``held``
     last_used: int = 0
@@ -231,11 +237,14 @@ class SubmitterCore:
         acknowledged = max(last_dispatch, worker.acknowledged)
         held_ids = set(held)
         for task_id, number in list(worker.assigned.items()):
-            if number <= acknowledged and task_id not in held_ids:
-                self._reclaim(worker, task_id, "lost")  # it arrived, then vanished without a result
+            if number <= acknowledged and task_id not in held_ids:  # arrived, then vanished
+                self._reclaim(worker, task_id, "lost", failure=False, still_held=False)
+        worker.superseded = {task_id: number for task_id, number in worker.superseded.items()
+                             if number > acknowledged or task_id in held_ids}
         worker.acknowledged = acknowledged
         worker.free = min(free, MAX_CREDIT)
-        worker.in_transit = sum(1 for number in worker.assigned.values() if number > acknowledged)
+        worker.in_transit = sum(1 for tasks in (worker.assigned, worker.superseded)
+                                for number in tasks.values() if number > acknowledged)
         worker.cancelled &= held_ids
         for task_id in held_ids - worker.cancelled:
             if self._is_done(task_id):
@@ -254,19 +263,19 @@ class SubmitterCore:
         worker = self._workers.get(key)
         if worker is not None:
             worker.last_heard = now
+            self._release(worker, task_id)  # the result gives back the credit its task used
         task = self._tasks.pop(task_id, None)
         if task is None:
             self.stats["duplicates" if self._is_done(task_id) else "stray"] += 1
             return False
-        if task.worker is not None:
-            owner = self._workers.get(task.worker)
-            if owner is not None:
-                self._unassign(owner, task_id)
-            if task.worker != key:  # it was given to another worker since: that one may skip it
-                self._cancels.append(Cancel(task.worker, task_id))
+        if task.worker is not None and task.worker != key:
+            owner = self._workers[task.worker]  # given to another worker since: it may skip it
+            owner.superseded[task_id] = owner.assigned.pop(task_id)
+            self._cancels.append(Cancel(owner.key, task_id))
         if worker is not None:
             worker.completed += 1
-        self._finish(TaskResult(task_id, value, error, wire.worker_node(key)))
+        node = worker.node if worker is not None else wire.worker_node(key)
+        self._finish(TaskResult(task_id, value, error, node))
         return True
 
     def discovered(self, present: set[uuid_module.UUID]) -> None:
@@ -281,16 +290,21 @@ class SubmitterCore:
                 self._forget(worker, "worker-lost", failure=True)
 
     def expire(self, now: float) -> None:
-        """Reclaim tasks held past ``task_timeout`` and forget workers silent past ``worker_expiry``."""
+        """Reclaim tasks held past ``task_timeout``; forget idle workers silent too long.
+
+        A worker that holds tasks may say nothing while it runs them (a slot thread sends no
+        READY mid-task): discovery, or the task timeout, tells when it is gone.
+        """
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             _, number, task_id = heapq.heappop(timeouts)
             task = self._tasks.get(task_id)
             if task is not None and task.dispatch == number and task.worker is not None:
-                self._reclaim(self._workers[task.worker], task_id, "timed-out")
-        for worker in list(self._workers.values()):
-            if now - worker.last_heard > self.worker_expiry:
-                self._forget(worker, "worker-silent", failure=True)
+                self._reclaim(self._workers[task.worker], task_id, "timed-out", still_held=True)
+        for worker in list(self._workers.values()):  # a busy worker may be silent: its tasks
+            if (not worker.assigned and not worker.superseded  # time out, or discovery tells
+                    and now - worker.last_heard > self.worker_expiry):
+                self._forget(worker, "worker-silent", failure=False)
 
     def outgoing(self, now: float) -> list[Dispatch | Cancel]:
         """What to send now: the cancels owed, then as many tasks as the workers' credit allows."""
@@ -365,9 +379,8 @@ class SubmitterCore:
         """The worker with the most credit left; the least recently used among equals."""
         best: _Worker | None = None
         for worker in self._workers.values():
-            if worker.available > 0 and (
-                best is None or (worker.available, -worker.last_used) > (best.available, -best.last_used)
-            ):
+            if worker.available > 0 and (best is None or (worker.available, -worker.last_used)
+                                         > (best.available, -best.last_used)):
                 best = worker
         return best
 
@@ -375,17 +388,30 @@ class SubmitterCore:
         task = self._tasks.get(task_id)
         return task is not None and task.worker is None
 
-    def _unassign(self, worker: _Worker, task_id: int) -> None:
+    def _release(self, worker: _Worker, task_id: int) -> None:
+        """``worker`` answered ``task_id``: the credit the task used is free again."""
         number = worker.assigned.pop(task_id, None)
-        if number is not None and number > worker.acknowledged:
-            worker.in_transit -= 1
+        if number is None:
+            number = worker.superseded.pop(task_id, None)
+        if number is None:
+            return  # not one it was counted for (a READY since said it did not hold it)
+        if number > worker.acknowledged:
+            worker.in_transit -= 1  # its READY has not counted it yet
+        else:
+            worker.free += 1  # its READY counted it as held
 
-    def _reclaim(self, worker: _Worker, task_id: int, reason: str, failure: bool = True) -> None:
-        """Take ``task_id`` back from ``worker``: to the front of the queue, or failed for good."""
-        self._unassign(worker, task_id)
-        task = self._tasks.get(task_id)
-        if task is None or task.worker != worker.key:
-            return
+    def _reclaim(self, worker: _Worker, task_id: int, reason: str, *, failure: bool = True,
+                 still_held: bool = False) -> None:
+        """Take ``task_id`` back from ``worker``: to the front of the queue, or failed for good.
+
+        ``still_held``: the worker may still hold it (timed out): it keeps using its credit.
+        """
+        number = worker.assigned.pop(task_id)
+        if still_held:
+            worker.superseded[task_id] = number
+        elif number > worker.acknowledged:
+            worker.in_transit -= 1
+        task = self._tasks[task_id]
         task.worker = None
         self.stats[reason] += 1
         task.failures += failure
@@ -403,7 +429,7 @@ class SubmitterCore:
         del self._workers[worker.key]
         self.stats[reason] += 1
         for task_id in list(worker.assigned):
-            self._reclaim(worker, task_id, "reclaimed", failure)
+            self._reclaim(worker, task_id, "reclaimed", failure=failure)
 
     def _finish(self, result: TaskResult) -> None:
         task_id = result.task_id
@@ -423,8 +449,8 @@ class SubmitterCore:
 
     def _prune_timeouts(self) -> None:
         tasks = self._tasks
-        self._timeouts = [entry for entry in self._timeouts
-                          if (task := tasks.get(entry[2])) is not None and task.dispatch == entry[1]]
+        self._timeouts = [(at, number, task_id) for at, number, task_id in self._timeouts
+                          if (task := tasks.get(task_id)) is not None and task.dispatch == number]
         heapq.heapify(self._timeouts)
 
 
@@ -432,9 +458,9 @@ class WorkerCore:
     """A worker's ledger: the tasks it holds from each submitter, and the READY it owes each.
 
     ``capacity`` is the number of tasks it takes at once (slots plus prefetch). Submitters are
-    any hashable keys. With several submitters, each is offered the same free slots, so the
-    worker may briefly hold more than ``capacity``; it refuses beyond ``capacity`` per submitter
-    (the submitter sees those as lost and gives them to others).
+    any hashable keys. Each submitter may have up to ``capacity`` tasks at the worker, run in the
+    order they came; a task beyond that is refused (the submitter sees it lost, and gives it
+    to another worker).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -471,7 +497,7 @@ class WorkerCore:
         if task_id in held:
             self.stats["dropped-copy"] += 1
             return False
-        if self._total >= self.capacity * len(self._held):
+        if len(held) >= self.capacity:
             self.stats["dropped-over-capacity"] += 1
             return False
         held[task_id] = None
@@ -489,8 +515,9 @@ class WorkerCore:
 
     def ready(self, submitter: Hashable) -> tuple[int, int, list[int]]:
         """(free, last_dispatch, held) for the READY owed to ``submitter``."""
-        return (max(0, self.capacity - self._total), self._last_dispatch.get(submitter, 0),
-                list(self._held.get(submitter, ())))
+        held = self._held.get(submitter, {})
+        last_dispatch = self._last_dispatch.get(submitter, 0)
+        return max(0, self.capacity - len(held)), last_dispatch, list(held)
 
     def ready_frame(self, submitter: Hashable, seq: int) -> bytes:
         return wire.encode_ready(seq, *self.ready(submitter))

@@ -14,7 +14,6 @@ called from any thread.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -26,7 +25,6 @@ import zmq
 from zmqkit import ClosedError, ConfigError, Deadline, Node, Socket, Timeout
 
 from . import wire
-from .wakeup import Wakeup
 from .core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_PENDING,
@@ -36,6 +34,7 @@ from .core import (
     TaskResult,
     WorkerInfo,
 )
+from .wakeup import Wakeup
 
 __all__ = ["DEFAULT_WAIT", "Submitter"]
 
@@ -43,11 +42,14 @@ log = logging.getLogger("zmqkit.farm")
 
 DEFAULT_WAIT = 30.0  # how long result() and as_completed() wait unless told
 TICK = 0.1  # seconds between looks at discovery, task deadlines and the stop flag
+TICK_MS = 100
 BATCH = 1000  # frames taken before the submitter sends what they earned
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def waiting_message(core: SubmitterCore, what: str, timeout: float) -> str:
@@ -67,9 +69,10 @@ class Submitter:
         node: a running node; the submitter advertises its endpoint there as role ``farm:NAME``.
         farm: the farm's name; workers started with the same name find this submitter.
         task_timeout: seconds one worker may hold a task before it is given to another one.
-        max_attempts: how many workers may lose a task (leave, fall silent, time out) before
+        max_attempts: how many workers may lose a task (their node gone, or timed out) before
             it fails with ``BrokenError``.
-        worker_expiry: seconds of silence after which a worker is taken for gone.
+        worker_expiry: seconds of silence after which a worker that holds no task is taken
+            for gone (a busy one may be silent while it works: discovery tells if it died).
         max_pending: tasks queued, running or with results not yet taken; beyond this,
             ``submit`` raises ``BusyError``.
     """
@@ -114,6 +117,8 @@ class Submitter:
         """
         if self._state != "new":
             raise ClosedError(f"{self!r} cannot start twice")
+        if not self.node.running:  # unannounced, no worker could ever find it
+            raise ClosedError(f"{self.node!r} is not running; start it first")
         if self.role in self.node.endpoints:
             raise ConfigError(f"{self.node!r} already submits to farm {self.farm!r}; share it")
         self.node.attach(self)  # first: a closed node refuses before a thread is started
@@ -123,7 +128,8 @@ class Submitter:
         self._thread.start()
         if not self._ready.wait(timeout) or self._startup_error is not None:
             self.close()
-            raise ConfigError(f"farm submitter {self.farm!r} failed to start") from self._startup_error
+            failed = f"farm submitter {self.farm!r} failed to start"
+            raise ConfigError(failed) from self._startup_error
         self.node.advertise(self.role, self.endpoint)
         return self
 
@@ -218,7 +224,10 @@ class Submitter:
                         untaken=self._core.untaken, workers=len(self._core.workers()))
 
     def workers(self) -> list[WorkerInfo]:
-        """The workers that asked for work: node UUID, tasks in flight, completed, credit."""
+        """The workers that asked for work: node UUID, tasks in flight, completed, credit.
+
+        One entry per worker connection: each slot of a plain-function worker is one.
+        """
         with self._changed:
             return self._core.workers()
 
@@ -250,9 +259,9 @@ class Submitter:
         core, seen_version, seen_results = self._core, -1, 0
         try:
             while not self._stopping:
-                events = dict(poller.poll(TICK * 1000))
+                events = dict(poller.poll(TICK_MS))
                 wakeup.woke(events)
-                incoming, multipart = _drain(raw) if raw in events else ([], 0)
+                incoming, multipart = drain(raw) if raw in events else ([], 0)
                 with self._changed:
                     now = time.monotonic()
                     core.stats["dropped-multipart"] += multipart
@@ -276,16 +285,15 @@ class Submitter:
             router.close()
 
 
-def _drain(raw: zmq.Socket[Any]) -> tuple[list[tuple[bytes, bytes]], int]:
+def drain(raw: zmq.Socket[Any]) -> tuple[list[tuple[bytes, bytes]], int]:
     """Up to BATCH (routing id, frame) pairs waiting on a ROUTER, and how many messages of more
     than one frame were dropped (every farm message is one frame)."""
     items: list[tuple[bytes, bytes]] = []
     dropped = 0
     for _ in range(BATCH):
-        try:
-            key = raw.recv(_NOBLOCK)
-        except zmq.Again:
+        if not int(raw.getsockopt(_EVENTS)) & _POLLIN:  # cheaper than the exception of zmq.Again
             break
+        key = raw.recv(_NOBLOCK)
         frame = raw.recv()  # a ROUTER message always has a frame after the routing id
         if raw.getsockopt(_RCVMORE):
             while raw.getsockopt(_RCVMORE):

@@ -2,7 +2,7 @@
 
     worker ──► submitter   REQUEST  zmqkit.farm.ready   args [free, last_dispatch, held]
     worker ──► submitter   REQUEST  zmqkit.farm.leave   args []
-    submitter ──► worker   REQUEST  zmqkit.farm.task    call_id = task id, args [dispatch, payload]
+    submitter ──► worker   REQUEST  zmqkit.farm.task    call_id = task id, [dispatch, payload]
     worker ──► submitter   REPLY or ERROR               call_id = task id
     submitter ──► worker   CANCEL                       call_id = task id
 
@@ -103,7 +103,7 @@ class Result(NamedTuple):
 
 
 class Stranger(NamedTuple):
-    """A request the farm does not know (an RPC client at the wrong door): answered with an error."""
+    """A request the farm does not know (an RPC client at the wrong door): answered, an error."""
 
     call_id: int
     method: str
@@ -140,7 +140,7 @@ def read_from_worker(frame: bytes) -> Ready | Leave | Result | Stranger:
         if (len(args) != 3 or not _is_uint(args[0]) or not _is_uint(args[1])
                 or type(args[2]) is not list or len(args[2]) > MAX_HELD
                 or not all(_is_uint(task_id) for task_id in args[2])):
-            raise ProtocolError("ready args are [free, last_dispatch, [task ids]] of unsigned integers")
+            raise ProtocolError("ready args are [free, last_dispatch, [task ids]], all unsigned")
         return Ready(args[0], args[1], args[2])
     if method == LEAVE_METHOD:
         return Leave()

@@ -21,6 +21,7 @@ from zmqkit import (
     ClosedError,
     Deadline,
     Node,
+    Peer,
     PeerNotFound,
     Socket,
     SocketOptions,
@@ -61,6 +62,7 @@ class Client:
         self._sockets: dict[Any, Socket] = {}
         self._ids = itertools.count(1)
         self._refused: SecurityError | None = None  # why the last node found was not used
+        self._peers: dict[Any, Peer] = {}
         self._owner = threading.get_ident()
         self._closed = False
 
@@ -136,6 +138,7 @@ class Client:
                 tried.add(route.uuid)
             except Timeout:
                 self._routes.failed(route, time.monotonic())
+                self._reset(route)
                 raise Timeout(
                     f"{self.name}.{method}() got no reply in {self._budget(timeout)} s"
                 ) from None
@@ -214,17 +217,35 @@ class Client:
         self._refused = None
         for route in removed:
             self._sockets.pop(route.uuid).close()
+            self._peers.pop(route.uuid, None)
         for route in added:
-            sock = Socket(zmq.DEALER, options=CLIENT_OPTIONS)
+            peer = next(p for p in peers if p.uuid == route.uuid)
             try:
-                self.node.secure_client(sock, next(p for p in peers if p.uuid == route.uuid))
+                self._sockets[route.uuid] = self._connect(route, peer)
             except SecurityError as exc:  # not a node we may talk to: no route to it
-                sock.close()
                 del self._routes.routes[route.uuid]
                 self._refused = exc
                 continue
+            self._peers[route.uuid] = peer
+
+    def _connect(self, route: Route, peer: Peer) -> Socket:
+        sock = Socket(zmq.DEALER, options=CLIENT_OPTIONS)
+        try:
+            self.node.secure_client(sock, peer)
             sock.connect(route.endpoint)
-            self._sockets[route.uuid] = sock
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _reset(self, route: Route) -> None:
+        """After a timeout, a fresh socket for ``route`` (the Lazy Pirate reset): a connection
+        that libzmq dropped for good (say, after a reply over the size limit) is made anew."""
+        old = self._sockets.pop(route.uuid, None)
+        if old is None:
+            return
+        old.close()
+        self._sockets[route.uuid] = self._connect(route, self._peers[route.uuid])
 
     def _send(
         self,
