@@ -14,4 +14,6 @@ General layout (one pattern per module):
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from . import failover, farm, groups, pubsub, rpc, state, survey
+
+__all__ = ["failover", "farm", "groups", "pubsub", "rpc", "state", "survey"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 import threading
 import time
 from collections.abc import Iterator
@@ -51,3 +52,19 @@ def free_udp_port() -> int:
 @pytest.fixture
 def beacon_port() -> int:
     return free_udp_port()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def doc_section(document: str, heading: str) -> str:
+    """The part of a project document (README.md, docs/protocol.md) under the heading that
+    starts with ``heading``, up to the next heading of the same or a higher level."""
+    lines = (ROOT / document).read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip().startswith(heading)
+                 and line.startswith("#"))
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level),
+               len(lines))
+    return "\n".join(lines[start:end])

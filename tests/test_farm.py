@@ -26,6 +26,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from conftest import doc_section
 import zmq
 
 from patterns import farm
@@ -828,15 +829,14 @@ def test_farm_misuse_is_refused_clearly(make_node: MakeNode) -> None:
         farm.Submitter(boss, "squares", task_timeout=-1)
 
 
-# -- the wire, as docs/patterns/farm-protocol.md tells it ------------------------------------------
+# -- the wire, as docs/protocol.md section 9.1 tells it ------------------------------------------
 
-PROTOCOL_DOC = ROOT / "docs" / "patterns" / "farm-protocol.md"
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 def doc_examples() -> list[tuple[bytes, Any]]:
     """Each ``hex`` block of the protocol section and the value of the ``diag`` block after it."""
-    blocks = [(info.strip(), body) for info, body in FENCE.findall(PROTOCOL_DOC.read_text())]
+    blocks = [(info.strip(), body) for info, body in FENCE.findall(doc_section("docs/protocol.md", "9.1 "))]
     examples = []
     for (info, body), (next_info, diag) in itertools.pairwise(blocks):
         if info == "hex":
@@ -857,7 +857,7 @@ def test_farm_protocol_doc_examples_are_what_the_code_sends() -> None:
             codec.encode_error(4, "ValueError", "no square for -1", ""), codec.encode_cancel(3)]
     assert set(sent) == set(examples)
     routing_id = "57 12345678123456781234567812345678 00000001"
-    assert routing_id in PROTOCOL_DOC.read_text()
+    assert routing_id in doc_section("docs/protocol.md", "9.1 ")
     node = uuid.UUID("12345678-1234-5678-1234-567812345678")
     assert wire.worker_routing_id(node, 1) == bytes.fromhex(routing_id.replace(" ", ""))
 
@@ -954,7 +954,7 @@ def test_farm_worker_serves_a_submitter_built_from_the_protocol_doc(make_node: M
 
 
 def test_farm_doc_example_runs_and_prints_what_it_promises(tmp_path: Path) -> None:
-    text = (ROOT / "docs" / "patterns" / "farm.md").read_text()
+    text = doc_section("README.md", "Task farm:")
     (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
     assert len(promised) >= 3

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import doc_section
 import zmq
 from hypothesis import given
 from hypothesis import strategies as st
@@ -397,13 +398,13 @@ def test_groups_sigkilled_member_leaves_its_groups_and_is_gone(
                 pipe.close()
 
 
-# -- the wire, as docs/patterns/groups-protocol.md tells it ----------------------------------------
+# -- the wire, as docs/protocol.md section 9.3 tells it ----------------------------------------
 
 
 def doc_examples() -> list[tuple[bytes, Any]]:
     """Each ``hex`` block of the fragment with the value of the ``diag`` block after it, read the
     way tests/test_protocol_doc.py reads docs/protocol.md."""
-    text = (ROOT / "docs" / "patterns" / "groups-protocol.md").read_text()
+    text = doc_section("docs/protocol.md", "9.3 ")
     blocks = re.findall(r"```(hex|diag)\n(.*?)```", text, re.S)
     examples = []
     for (kind, body), (next_kind, diag) in itertools.pairwise(blocks):
@@ -453,7 +454,7 @@ def test_groups_protocol_doc_examples_are_what_the_code_sends(beacon_port: int) 
 
 
 def test_groups_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
-    text = (ROOT / "docs" / "patterns" / "groups.md").read_text()
+    text = doc_section("README.md", "Groups:")
     [code] = re.findall(r"```python\n(.*?)```", text, re.S)
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
     script = tmp_path / "example.py"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import doc_section
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -574,13 +575,13 @@ def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
             child.kill()
 
 
-# -- the wire, as docs/patterns/state-protocol.md tells it -----------------------------------------
+# -- the wire, as docs/protocol.md section 9.2 tells it ---------------------------------------------
 
 
-def doc_examples(name: str) -> list[tuple[bytes, Any]]:
-    """Each ``hex`` block of a protocol fragment with the value of the ``diag`` block after it,
-    read the way tests/test_protocol_doc.py reads docs/protocol.md."""
-    text = (ROOT / "docs" / "patterns" / name).read_text()
+def doc_examples(heading: str) -> list[tuple[bytes, Any]]:
+    """Each ``hex`` block of a docs/protocol.md section with the value of the ``diag`` block
+    after it, read the way tests/test_protocol_doc.py reads the whole document."""
+    text = doc_section("docs/protocol.md", heading)
     blocks = re.findall(r"```(hex|diag)\n(.*?)```", text, re.S)
     examples = []
     for (kind, body), (next_kind, diag) in itertools.pairwise(blocks):
@@ -595,7 +596,7 @@ def doc_examples(name: str) -> list[tuple[bytes, Any]]:
 
 
 def test_state_protocol_doc_examples_are_what_the_code_sends() -> None:
-    updates, digest, request, reply = doc_examples("state-protocol.md")
+    updates, digest, request, reply = doc_examples("9.2 ")
     for frame, value in (updates, digest, request, reply):
         assert codec.decode(frame) == value
     writer, node_uuid = bytes(range(16)), bytes.fromhex("12345678" * 4)
@@ -626,7 +627,7 @@ def test_state_protocol_doc_examples_are_what_the_code_sends() -> None:
 
 
 def test_state_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
-    text = (ROOT / "docs" / "patterns" / "state.md").read_text()
+    text = doc_section("README.md", "Replicated state:")
     [code] = re.findall(r"```python\n(.*?)```", text, re.S)
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
     script = tmp_path / "example.py"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -409,7 +410,7 @@ def test_survey_surveyor_belongs_to_its_thread_and_closes_with_its_node(
 
 
 def test_survey_docs_example_runs(tmp_path: Path) -> None:
-    doc = (ROOT / "docs" / "patterns" / "survey.md").read_text()
+    doc = doc_section("README.md", "Survey:")
     (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
     expected = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
     assert expected

@@ -147,11 +147,17 @@ class Beacon:
         self._seq = 0
         self._warned = False
         self._stopping = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._sock = self._open_socket()
+        self._sockets: tuple[socket.socket, socket.socket, socket.socket] | None = None
         self._thread = threading.Thread(target=self._run, name=f"zmqkit-beacon:{name}", daemon=True)
 
-    def _open_socket(self) -> socket.socket:
+    # -- called from the owner's thread ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the beacon port (shared with the host's other nodes) and start the thread.
+
+        Raises:
+            ConfigError: the port cannot be opened.
+        """
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -161,14 +167,10 @@ class Beacon:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
             raise ConfigError(f"cannot open the beacon port {self.port}: {exc}") from exc
-        return sock
-
-    # -- called from the owner's thread ----------------------------------------------------------
-
-    def start(self) -> None:
+        self._sock = sock
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._sockets = (sock, self._wake_reader, self._wake_writer)
         self._thread.start()
 
     def advertise(self, endpoints: Mapping[str, str], headers: Mapping[str, str]) -> None:
@@ -195,10 +197,12 @@ class Beacon:
         self._wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)  # (closed from an event callback: the thread ends itself)
-        for sock in (self._sock, self._wake_reader, self._wake_writer):
+        for sock in self._sockets or ():
             sock.close()
 
     def _wake(self) -> None:
+        if self._sockets is None:
+            return  # not started: the thread reads the latest state when it starts
         with contextlib.suppress(OSError):  # closed, or its buffer full: awake either way
             self._wake_writer.send(b"\0")
 

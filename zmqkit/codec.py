@@ -51,6 +51,7 @@ __all__ = [
     "decode",
     "decode_beacon",
     "decode_publish",
+    "dumps",
     "encode",
     "encode_beacon",
     "encode_cancel",
@@ -63,6 +64,7 @@ __all__ = [
     "encode_request",
     "encode_stream_end",
     "encode_stream_item",
+    "loads",
     "publish_prefixes",
 ]
 

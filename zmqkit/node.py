@@ -158,8 +158,13 @@ class Node:
             self.security.domain = f"zmqkit:{self.uuid.hex}"
             own = Keyring([self.security.keypair.public])  # a node may always talk to itself
             ZapHandler.acquire(self.security.domain, self.security.keyring | own)
+        try:
+            self._beacon.start()
+        except BaseException:
+            if self.security is not None:
+                ZapHandler.release(self.security.domain)
+            raise
         self._state = "running"
-        self._beacon.start()
         return self
 
     def close(self) -> None:
