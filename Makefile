@@ -34,3 +34,12 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis
+
+# The long soak: the soak test of `make test` with SOAK_SCALE times the messages per round and
+# more rounds (minutes, not seconds). Fewer glibc arenas, so that RSS shows what is kept rather
+# than fragmentation across threads (see tests/test_soak.py).
+SOAK_SCALE ?= 20
+.PHONY: soak
+soak: $(VENV)/.installed-test
+	MALLOC_ARENA_MAX=2 ZMQKIT_SOAK_SCALE=$(SOAK_SCALE) $(PY) -m pytest tests/test_soak.py -rP \
+		--timeout=3600 -o faulthandler_timeout=3590 $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ such submitter and asks for work when it has a free slot (credit), so a slow wor
 Delivery is at least once: the tasks of a worker that leaves, expires or times out go to another
 worker; the first result per task is kept and later ones are counted as duplicates.
 
-- ``wire``             the farm's messages (docs/patterns/farm-protocol.md)
+- ``wire``             the farm's messages (docs/protocol.md, section 9.1)
 - ``core``             the logic, written once: queue, credit, reassignment, duplicates (pure)
 - ``submitter``        ``Submitter``: a named thread owns the ROUTER
 - ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER

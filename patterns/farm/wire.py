@@ -6,7 +6,7 @@
     worker ──► submitter   REPLY or ERROR               call_id = task id
     submitter ──► worker   CANCEL                       call_id = task id
 
-docs/patterns/farm-protocol.md is the normative description. Reading a frame gives one of the
+docs/protocol.md (section 9.1) is the normative description. Reading a frame gives one of the
 small tuples below, or raises ``ProtocolError``; nothing here touches a socket or a clock.
 """
 
