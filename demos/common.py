@@ -38,7 +38,8 @@ def run_until(
     next_refresh = time.monotonic()
     try:
         while time.monotonic() < ends_at:
-            step()
+            if step() is False:
+                break
             if every is not None and time.monotonic() >= next_refresh:
                 every()
                 next_refresh = time.monotonic() + REFRESH

@@ -33,9 +33,12 @@ from patterns import pubsub, rpc
 from patterns.groups import GroupEventKind, Groups
 
 from .common import Clock
+from .farm import FarmRun
 
 DEFAULT_DURATION = 60.0
 EXPIRY = 2.5  # the director declares a silent node gone after this (the nodes beacon every 1 s)
+WORKERS = ("worker-1", "worker-2", "worker-3")
+FARM_TASKS = 60
 
 
 class ShowFailed(Exception):
@@ -246,7 +249,9 @@ class Show:
         self.spawn("ticker", "ticker", "--rate", "25")
         for name in ("alice", "bob"):
             self.spawn(name, "chat")
-        wanted = {"calc", "calc-2", "ticker", "alice", "bob"}
+        for name in WORKERS:
+            self.spawn(name, "farm", "--worker")
+        wanted = {"calc", "calc-2", "ticker", "alice", "bob", *WORKERS}
 
         def everyone_found() -> bool:
             found = {peer.name for peer in self.node.peers()}
@@ -316,6 +321,35 @@ class Show:
         if not act.ok:
             raise ShowFailed("no tick arrived from the ticker")
 
+    def farm_act(self) -> None:
+        act = self.act("farm")
+        started = time.monotonic()
+        job = FarmRun(self.node, FARM_TASKS)
+        victim = self.children[WORKERS[0]]
+        try:
+            while job.take(0.05):
+                self.progress["farm"] = (len(job.done), FARM_TASKS)
+                if victim.process.poll() is None and len(job.done) >= FARM_TASKS // 3:
+                    victim.kill()
+                    self.say(
+                        f"killed {victim.name} (SIGKILL) after {len(job.done)} tasks: "
+                        "its tasks move to the other workers"
+                    )
+                self.pump(0.0)
+            self.progress["farm"] = (len(job.done), FARM_TASKS)
+        finally:
+            job.close()
+        if not job.correct():
+            raise ShowFailed("a farm task came back wrong or missing")
+        act.latencies.append(time.monotonic() - started)
+        act.count = len(job.done)
+        act.ok = True
+        workers = ", ".join(f"{count}" for _, count in sorted(job.per_worker.items()))
+        act.result = (
+            f"{act.count}/{FARM_TASKS} tasks, none lost though a worker was killed; "
+            f"per worker {workers}; {job.submitter.duplicates} duplicates"
+        )
+
     def chat_act(self) -> None:
         act = self.act("chat")
         started = time.monotonic()
@@ -358,6 +392,7 @@ class Show:
             self.discovery,
             self.calls_act,
             self.ticks_act,
+            self.farm_act,
             self.chat_act,
             self.leave_and_expire,
         ]

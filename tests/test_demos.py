@@ -37,8 +37,8 @@ def processes_using_port(port: int) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("demo", [["calc"], ["ticker"], ["ticker", "--watch"]],
-                         ids=["calc", "ticker", "ticker-watch"])
+@pytest.mark.parametrize("demo", [["calc"], ["ticker"], ["ticker", "--watch"], ["chat"], ["farm"]],
+                         ids=["calc", "ticker", "ticker-watch", "chat", "farm"])
 def test_each_demo_node_runs_headless_and_ends_by_itself(demo: list[str]) -> None:
     port = free_udp_port()
     result = zmqkit("demo", *demo, "--duration", "3", "--port", str(port), timeout=30)
@@ -72,7 +72,7 @@ def test_the_show_ends_by_itself_with_a_summary_and_leaves_nothing_running() -> 
     assert time.monotonic() - started < 60
     assert "Traceback" not in result.stderr + result.stdout
     assert "zmqkit show: summary" in result.stdout
-    for act in ("discovery", "rpc", "pub/sub", "chat", "leave and expire"):
+    for act in ("discovery", "rpc", "pub/sub", "farm", "chat", "leave and expire"):
         assert act in result.stdout
     assert "RemoteError ZeroDivisionError" in result.stdout
     assert "Timeout after 0.5 s" in result.stdout
@@ -153,3 +153,12 @@ def test_a_chat_line_typed_in_a_real_terminal_shows_on_the_other_node() -> None:
     finally:
         for session in sessions:
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
+
+
+def test_the_farm_demo_finishes_every_task_though_it_kills_a_worker() -> None:
+    port = free_udp_port()
+    result = zmqkit("demo", "farm", "--workers", "3", "--duration", "40", "--port", str(port))
+    assert result.returncode == 0, result.stderr
+    assert "killed worker-1" in result.stdout
+    assert "90/90 tasks done, every result right: True" in " ".join(result.stdout.split())
+    assert processes_using_port(port) == []

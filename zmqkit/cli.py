@@ -354,6 +354,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.watch:
             return ticker.watch(options, name=args.name or "ticker-view", duration=args.duration)
         return ticker.publish(options, name=name, rate=args.rate, duration=args.duration)
+    if args.demo == "farm":
+        from demos import farm
+
+        if args.worker:
+            return farm.work(
+                options, name=args.name or f"worker-{os.getpid()}", duration=args.duration
+            )
+        return farm.run(options, workers=args.workers, duration=args.duration)
     if args.demo == "chat":
         from demos import chat
 
@@ -466,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         metavar="NAME",
         nargs="?",
-        choices=["calc", "ticker", "chat"],
-        help="calc, ticker or chat; none: the self-contained show",
+        choices=["calc", "ticker", "chat", "farm"],
+        help="calc, ticker, chat or farm; none: the self-contained show",
     )
     demo.add_argument("--name", metavar="NODE", help="the node's name (default: the demo's)")
     demo.add_argument(
@@ -490,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--script", metavar="FILE", help="chat: send these lines instead of reading the terminal"
+    )
+    demo.add_argument(
+        "--workers", type=int, default=3, metavar="N", help="farm: worker processes (default 3)"
+    )
+    demo.add_argument(
+        "--worker", action="store_true", help="farm: be one worker (what --workers starts)"
     )
     demo.set_defaults(run=cmd_demo)
     return parser
