@@ -30,10 +30,13 @@ def stop_on_sigterm() -> None:
 
 
 def run_until(
-    duration: float | None, step: Callable[[], None], every: Callable[[], None] | None = None
+    duration: float | None,
+    step: Callable[[], bool | None],
+    every: Callable[[], None] | None = None,
 ) -> None:
-    """Call ``step`` until ``duration`` seconds pass (None: until Ctrl-C), and ``every`` about
-    8 times a second. Ctrl-C (or SIGTERM, after ``stop_on_sigterm``) ends the loop quietly."""
+    """Call ``step`` until it returns False or ``duration`` seconds pass (None: until Ctrl-C),
+    and ``every`` about 8 times a second. Ctrl-C (or SIGTERM, after ``stop_on_sigterm``) ends
+    the loop quietly."""
     ends_at = time.monotonic() + duration if duration is not None else float("inf")
     next_refresh = time.monotonic()
     try:
