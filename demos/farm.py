@@ -128,10 +128,7 @@ def run(
                 table.add_column("tasks", justify="right")
                 for worker, count in sorted(job.per_worker.items()):
                     table.add_row(worker, str(count))
-                lines = [bar, table]
-                if killed:
-                    lines.append(f"[red]{killed}[/]")
-                return Group(*lines)
+                return Group(bar, table, f"[red]{killed}[/]" if killed else "")
 
             def step() -> bool:
                 nonlocal killed
