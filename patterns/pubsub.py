@@ -58,7 +58,7 @@ SLICE = 0.25  # while waiting, look at discovery this often to connect new publi
 DRAIN_BATCH = 256  # frames taken per look at the socket
 BATCH_BYTES = 64 * 1024  # a batching publisher's frame holds at most about this much...
 BATCH_COUNT = 1024  # ...and at most this many messages
-MAX_QUEUED = 100_000  # messages a batching publisher holds before it drops (and counts)
+MAX_QUEUED = 100_000  # messages a batching publisher queues before publish() waits for its sender
 _NOBLOCK = int(zmq.NOBLOCK)
 SETTLE = 0.05  # after connecting, time for the subscription to reach the publishers
 WILDCARD = "*"
@@ -102,7 +102,8 @@ class Publisher:
     here and joined by ``close``) sends whatever has queued as one PUBLISH_BATCH frame per topic,
     up to 64 KiB or 1024 messages. An idle publisher's message leaves at once (the thread wakes for
     it); a busy one's share a frame, which is how a Python publisher outruns per-message sends.
-    Sequence numbers, topics and gap counting are the same either way.
+    Sequence numbers, topics and gap counting are the same either way. When 100,000 messages
+    wait for the sender thread, ``publish`` waits for it to catch up (at most the send timeout).
     """
 
     def __init__(
@@ -140,7 +141,8 @@ class Publisher:
 
     @property
     def dropped(self) -> int:
-        """Messages a batching publisher dropped because its queue was full (0 otherwise)."""
+        """Messages a batching publisher dropped because its sender was stuck for the whole send
+        timeout with 100,000 queued (0 otherwise)."""
         return self._batcher.dropped if self._batcher else 0
 
     def publish(self, topic: str, data: Any) -> int:
@@ -181,6 +183,8 @@ class _Batcher:
         self._sender = node.uuid.bytes
         self._queue: deque[tuple[str, int, bytes]] = deque()
         self._wake = threading.Event()
+        self._room = threading.Event()  # set while the queue has room; publishers wait on it
+        self._room.set()
         self._stopping = False
         self._ready = threading.Event()
         self._endpoint = ""
@@ -199,9 +203,14 @@ class _Batcher:
         return self._endpoint
 
     def put(self, topic: str, seq: int, encoded: bytes) -> None:
+        """Queue one message; when the sender thread falls far behind, wait for it (at most the
+        send timeout) rather than drop what this process could still send."""
         if len(self._queue) >= MAX_QUEUED:
-            self.dropped += 1  # subscribers see it as a gap
-            return
+            self._room.clear()
+            self._wake.set()
+            if len(self._queue) >= MAX_QUEUED and not self._room.wait(self.options.send_timeout):
+                self.dropped += 1  # the sender is stuck: subscribers see it as a gap
+                return
         self._queue.append((topic, seq, encoded))
         if not self._wake.is_set():
             self._wake.set()
@@ -252,6 +261,8 @@ class _Batcher:
                 else:
                     frame = codec.encode_publish_batch_from(topic, sender, first_seq, items)
                 raw.send(frame, 0, copy=len(frame) < 65536)
+            if not self._room.is_set() and len(queue) < MAX_QUEUED // 2:
+                self._room.set()
 
 
 class _Intake:

@@ -677,9 +677,6 @@ def test_hostile_rpc_client_recovers_after_a_reply_over_the_maximum_size(
         assert outcomes[-1] == 3, outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="bug: as for the sync Client before its reset after a "
-                   "timeout, libzmq drops the AsyncClient's connection for good after a reply over "
-                   "its maximum size and the client never makes a new socket")
 def test_hostile_rpc_async_client_recovers_after_a_reply_over_the_maximum_size(
     make_node: MakeNode,
 ) -> None:

@@ -25,6 +25,7 @@ from zmqkit import (
     ClosedError,
     Deadline,
     Node,
+    Peer,
     PeerNotFound,
     ProtocolError,
     SocketOptions,
@@ -72,6 +73,8 @@ class AsyncClient:
         self._collected: dict[int, list[Any]] = {}
         self._ids = itertools.count(1)
         self._refused: SecurityError | None = None  # why the last node found was not used
+        self._peers: dict[Any, Peer] = {}
+        self._last_reply: dict[Any, float] = {}  # route -> when its socket last gave anything
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
@@ -253,18 +256,40 @@ class AsyncClient:
             for call_id, (_, call_route, _) in list(self._waiting.items()):
                 if call_route is route:
                     self._fail(call_id, PeerGone())
+        for route in removed:
+            self._peers.pop(route.uuid, None)
         for route in added:
-            sock = AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS)
+            peer = next(p for p in peers if p.uuid == route.uuid)
             try:
-                self.node.secure_client(sock, next(p for p in peers if p.uuid == route.uuid))
+                self._open(route, peer)
             except SecurityError as exc:  # not a node we may talk to: no route to it
-                sock.close()
                 del self._routes.routes[route.uuid]
                 self._refused = exc
                 continue
+            self._peers[route.uuid] = peer
+
+    def _open(self, route: Route, peer: Peer) -> None:
+        """A DEALER to ``route`` and the task that reads its replies."""
+        sock = AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS)
+        try:
+            self.node.secure_client(sock, peer)
             sock.connect(route.endpoint)
-            self._sockets[route.uuid] = sock
-            self._readers[route.uuid] = asyncio.ensure_future(self._read(sock))
+        except BaseException:
+            sock.close()
+            raise
+        self._sockets[route.uuid] = sock
+        self._readers[route.uuid] = asyncio.ensure_future(self._read(route, sock))
+
+    def _reset(self, route: Route) -> None:
+        """A fresh socket for a route that answered nothing for a whole timeout (the Lazy Pirate
+        reset): a connection that libzmq dropped for good (say, after a reply over the size
+        limit) is made anew. Calls still waiting on the old socket run into their deadlines."""
+        sock = self._sockets.pop(route.uuid, None)
+        if sock is None or route.uuid not in self._peers:
+            return
+        self._readers.pop(route.uuid).cancel()
+        sock.close()
+        self._open(route, self._peers[route.uuid])
 
     async def _send(
         self,
@@ -349,12 +374,15 @@ class AsyncClient:
         now = self._loop.time()  # type: ignore[union-attr]
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, call_id, timeout = heapq.heappop(deadlines)
+            at, call_id, timeout = heapq.heappop(deadlines)
             entry = self._waiting.get(call_id)
             if entry is not None:
+                route = entry[1]
                 self._fail(
                     call_id, Timeout(f"{self.name}.{entry[2]}() got no reply in {timeout:g} s")
                 )
+                if self._last_reply.get(route.uuid, -math.inf) < at - timeout:
+                    self._reset(route)  # not one reply since this call was sent
         if deadlines:
             self._arm_sweeper(deadlines[0][0])
 
@@ -373,15 +401,17 @@ class AsyncClient:
         if not waiter.done():
             waiter.set_exception(error)
 
-    async def _read(self, sock: AsyncSocket) -> None:
+    async def _read(self, route: Route, sock: AsyncSocket) -> None:
         raw = sock.raw
         waiting = self._waiting
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 frame = raw.recv(zmq.NOBLOCK)
             except zmq.Again:
                 await sock.wait_readable(READER_WAIT)
                 continue
+            self._last_reply[route.uuid] = loop.time()
             try:
                 message = codec.decode(frame)
             except ProtocolError:
