@@ -82,7 +82,9 @@ class Keypair:
         secret_path = _with_suffix(path, ".secret")
         try:
             mode = secret_path.stat().st_mode
-            fields = dict(line.split(None, 1) for line in secret_path.read_text().split("\n") if line)
+            fields = dict(
+                line.split(None, 1) for line in secret_path.read_text().split("\n") if line
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the secret key file {secret_path}: {exc}") from exc
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -191,7 +193,9 @@ class Security:
         if server_key is None:
             raise SecurityError(f"{who} has no CURVE key, and this node talks only CURVE")
         if server_key not in self.keyring and server_key != self.keypair.public:
-            raise SecurityError(f"{who} presents key {server_key[:8]}..., which is not in the keyring")
+            raise SecurityError(
+                f"{who} presents key {server_key[:8]}..., which is not in the keyring"
+            )
         raw = sock.raw
         raw.curve_serverkey = server_key.encode()
         raw.curve_secretkey = self.keypair.secret.encode()
@@ -205,8 +209,10 @@ def check_plain_peer(server_key: str | None, who: str) -> None:
         SecurityError: the peer advertises a CURVE key.
     """
     if server_key is not None:
-        raise SecurityError(f"{who} requires CURVE: give this node keys and a keyring that holds "
-                            f"its key {server_key[:8]}...")
+        raise SecurityError(
+            f"{who} requires CURVE: give this node keys and a keyring that holds "
+            f"its key {server_key[:8]}..."
+        )
 
 
 class ZapHandler:
@@ -285,7 +291,14 @@ class ZapHandler:
     def _answer(self, request: list[bytes]) -> list[bytes]:
         """One ZAP reply: 200 for a key in the domain's keyring, 400 otherwise."""
         if len(request) < 7:
-            return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"bad request", b"", b""]
+            return [
+                b"1.0",
+                request[1] if len(request) > 1 else b"",
+                b"500",
+                b"bad request",
+                b"",
+                b"",
+            ]
         version, request_id, domain, address, _identity, mechanism = request[:6]
         ring = self.rings.get(domain.decode(errors="replace"))
         if mechanism != b"CURVE" or ring is None:
@@ -300,6 +313,10 @@ class ZapHandler:
         if len(self._refused_keys) >= 1000:  # a flood of strangers must not grow memory
             self._refused_keys.clear()
         self._refused_keys.add(key)
-        log.log(level, "refused a CURVE peer from %s: key %s... is not in the keyring",
-                address.decode(errors="replace"), key[:8])
+        log.log(
+            level,
+            "refused a CURVE peer from %s: key %s... is not in the keyring",
+            address.decode(errors="replace"),
+            key[:8],
+        )
         return [version, request_id, b"400", b"key not in keyring", b"", b""]
