@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 

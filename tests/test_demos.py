@@ -10,15 +10,19 @@ import sys
 import time
 
 import pytest
-
 from conftest import free_udp_port
 
 pytestmark = pytest.mark.slow
 
 
 def zmqkit(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zmqkit", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "zmqkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def processes_using_port(port: int) -> list[str]:
@@ -32,13 +36,18 @@ def processes_using_port(port: int) -> list[str]:
                 words = cmdline.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "--port" in words and words[words.index("--port") + 1: words.index("--port") + 2] == [str(port)]:
+        if "--port" in words and words[words.index("--port") + 1 : words.index("--port") + 2] == [
+            str(port)
+        ]:
             found.append(" ".join(words))
     return found
 
 
-@pytest.mark.parametrize("demo", [["calc"], ["ticker"], ["ticker", "--watch"], ["chat"], ["farm"]],
-                         ids=["calc", "ticker", "ticker-watch", "chat", "farm"])
+@pytest.mark.parametrize(
+    "demo",
+    [["calc"], ["ticker"], ["ticker", "--watch"], ["chat"], ["farm"]],
+    ids=["calc", "ticker", "ticker-watch", "chat", "farm"],
+)
 def test_each_demo_node_runs_headless_and_ends_by_itself(demo: list[str]) -> None:
     port = free_udp_port()
     result = zmqkit("demo", *demo, "--duration", "3", "--port", str(port), timeout=30)
@@ -49,9 +58,13 @@ def test_each_demo_node_runs_headless_and_ends_by_itself(demo: list[str]) -> Non
 
 def test_calc_node_prints_each_call_as_a_timestamped_line() -> None:
     port = free_udp_port()
-    node = subprocess.Popen([sys.executable, "-m", "zmqkit", "demo", "calc", "--duration", "6",
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "zmqkit", "demo", "calc", "--duration", "6", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         called = zmqkit("call", "calc", "mul", "6", "7", "--port", str(port), "--timeout", "5")
         assert called.returncode == 0, called.stderr
@@ -81,9 +94,13 @@ def test_the_show_ends_by_itself_with_a_summary_and_leaves_nothing_running() -> 
 
 def test_ctrl_c_stops_the_show_and_every_node_it_started_without_a_traceback() -> None:
     port = free_udp_port()
-    show = subprocess.Popen([sys.executable, "-m", "zmqkit", "demo", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    show = subprocess.Popen(
+        [sys.executable, "-m", "zmqkit", "demo", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while len(processes_using_port(port)) < 3 and time.monotonic() < deadline:
@@ -108,13 +125,31 @@ def test_chat_nodes_run_headless_with_their_script_and_hear_each_other(tmp_path)
     port = free_udp_port()
     script = tmp_path / "lines.txt"
     script.write_text("first scripted line\nsecond scripted line\n")
-    command = [sys.executable, "-m", "zmqkit", "demo", "chat", "--port", str(port),
-               "--duration", "5"]
-    alice = subprocess.Popen([*command, "--name", "alice", "--script", str(script)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             stdin=subprocess.DEVNULL)
-    bob = subprocess.Popen([*command, "--name", "bob"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "zmqkit",
+        "demo",
+        "chat",
+        "--port",
+        str(port),
+        "--duration",
+        "5",
+    ]
+    alice = subprocess.Popen(
+        [*command, "--name", "alice", "--script", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    bob = subprocess.Popen(
+        [*command, "--name", "bob"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         alice_out, alice_err = alice.communicate(timeout=30)
         bob_out, bob_err = bob.communicate(timeout=30)
@@ -129,8 +164,9 @@ def test_chat_nodes_run_headless_with_their_script_and_hear_each_other(tmp_path)
 
 
 def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10,
-                          check=True).stdout
+    return subprocess.run(
+        ["tmux", *args], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -139,15 +175,28 @@ def test_a_chat_line_typed_in_a_real_terminal_shows_on_the_other_node() -> None:
     sessions = [f"zk-chat-{port}-a", f"zk-chat-{port}-b"]
     command = f"{sys.executable} -m zmqkit demo chat --port {port} --duration 20 --name"
     try:
-        for session, name in zip(sessions, ("carol", "dave")):
-            tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "20",
-                 "-c", os.getcwd(), f"{command} {name}")
+        for session, name in zip(sessions, ("carol", "dave"), strict=False):
+            tmux(
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "100",
+                "-y",
+                "20",
+                "-c",
+                os.getcwd(),
+                f"{command} {name}",
+            )
         deadline = time.monotonic() + 15
         while "dave joined lobby" not in tmux("capture-pane", "-p", "-t", sessions[0]):
             assert time.monotonic() < deadline, "carol never saw dave join"
             time.sleep(0.1)
         tmux("send-keys", "-t", sessions[0], "hi dave, from a terminal", "Enter")
-        while "<carol> hi dave, from a terminal" not in tmux("capture-pane", "-p", "-t", sessions[1]):
+        while "<carol> hi dave, from a terminal" not in tmux(
+            "capture-pane", "-p", "-t", sessions[1]
+        ):
             assert time.monotonic() < deadline, tmux("capture-pane", "-p", "-t", sessions[1])
             time.sleep(0.1)
     finally:

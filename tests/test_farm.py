@@ -26,8 +26,8 @@ from typing import Any
 
 import cbor2
 import pytest
-from conftest import doc_section
 import zmq
+from conftest import doc_section
 
 from patterns import farm
 from patterns.farm import wire
@@ -93,15 +93,23 @@ def test_farm_worker_messages_are_read_or_refused() -> None:
     assert (error.type_name, error.message) == ("ValueError", "bad")
     stranger = codec.encode_request(4, "add", [1, 2], {})
     assert wire.read_from_worker(stranger) == wire.Stranger(4, "add")
-    for bad in (b"", b"\xff\x00", codec.encode_request(1, wire.READY_METHOD, [1, 2], {}),
-                codec.encode_request(1, wire.READY_METHOD, [1, -2, []], {}),
-                codec.encode_request(1, wire.READY_METHOD, [1, 2, ["x"]], {}),
-                codec.encode_cancel(3), codec.encode_publish("t", bytes(16), 1, 0)):
+    for bad in (
+        b"",
+        b"\xff\x00",
+        codec.encode_request(1, wire.READY_METHOD, [1, 2], {}),
+        codec.encode_request(1, wire.READY_METHOD, [1, -2, []], {}),
+        codec.encode_request(1, wire.READY_METHOD, [1, 2, ["x"]], {}),
+        codec.encode_cancel(3),
+        codec.encode_publish("t", bytes(16), 1, 0),
+    ):
         with pytest.raises(ProtocolError):
             wire.read_from_worker(bad)
-    for bad in (codec.encode_request(1, "zmqkit.farm.task", [0, 5], {}),
-                codec.encode_request(1, "zmqkit.farm.task", [5], {}),
-                codec.encode_request(1, "other", [1, 5], {}), codec.encode_reply(1, 2)):
+    for bad in (
+        codec.encode_request(1, "zmqkit.farm.task", [0, 5], {}),
+        codec.encode_request(1, "zmqkit.farm.task", [5], {}),
+        codec.encode_request(1, "other", [1, 5], {}),
+        codec.encode_reply(1, 2),
+    ):
         with pytest.raises(ProtocolError):
             wire.read_from_submitter(bad)
 
@@ -379,8 +387,13 @@ def test_farm_core_bad_frames_are_dropped_and_counted_strangers_answered() -> No
 
 
 def test_farm_core_bad_options_are_config_errors() -> None:
-    for options in ({"task_timeout": 0}, {"task_timeout": float("inf")}, {"max_attempts": 0},
-                    {"max_pending": 1.5}, {"worker_expiry": -1}):
+    for options in (
+        {"task_timeout": 0},
+        {"task_timeout": float("inf")},
+        {"max_attempts": 0},
+        {"max_pending": 1.5},
+        {"worker_expiry": -1},
+    ):
         with pytest.raises(ConfigError):
             SubmitterCore(**options)  # type: ignore[arg-type]
 
@@ -433,8 +446,11 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
 
 def wait_workers(submitter: farm.Submitter, nodes: int, timeout: float = 5.0) -> None:
     """Wait until slots of ``nodes`` worker nodes have asked for work."""
-    wait_until(lambda: len({w.node for w in submitter.workers()}) >= nodes, timeout,
-               f"{nodes} worker nodes asked for work")
+    wait_until(
+        lambda: len({w.node for w in submitter.workers()}) >= nodes,
+        timeout,
+        f"{nodes} worker nodes asked for work",
+    )
 
 
 @contextlib.contextmanager
@@ -485,7 +501,10 @@ class WorkerProcess:
     def __init__(self, port: int, name: str, delay: float, slots: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER_SCRIPT, str(port), name, str(delay), str(slots)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
         )
         self.uuid: uuid.UUID | None = None
 
@@ -508,8 +527,9 @@ class WorkerProcess:
 
 
 @contextlib.contextmanager
-def worker_processes(port: int, name: str,
-                     *specs: tuple[float, int]) -> Iterator[list[WorkerProcess]]:
+def worker_processes(
+    port: int, name: str, *specs: tuple[float, int]
+) -> Iterator[list[WorkerProcess]]:
     """Child workers, one per (delay, slots); always killed and reaped."""
     children: list[WorkerProcess] = []
     try:
@@ -521,11 +541,14 @@ def worker_processes(port: int, name: str,
 
 
 def test_farm_many_tasks_over_two_worker_processes_complete_exactly_once(
-    make_node: MakeNode, beacon_port: int,
+    make_node: MakeNode,
+    beacon_port: int,
 ) -> None:
     boss = make_node("boss")
-    with worker_processes(beacon_port, "squares", (0.0, 1), (0.0, 2)) as children, \
-            farm.Submitter(boss, "squares") as squares:
+    with (
+        worker_processes(beacon_port, "squares", (0.0, 1), (0.0, 2)) as children,
+        farm.Submitter(boss, "squares") as squares,
+    ):
         wait_workers(squares, 2)
         ids = [squares.submit(x) for x in range(400)]
         seen: Counter[int] = Counter()
@@ -556,8 +579,10 @@ def test_farm_slow_worker_gets_fewer_tasks(make_node: MakeNode) -> None:
 
 def test_farm_sigkilled_worker_process_loses_no_task(make_node: MakeNode, beacon_port: int) -> None:
     boss = make_node("boss")
-    with worker_processes(beacon_port, "squares", (0.15, 2), (0.02, 2)) as (victim, survivor), \
-            farm.Submitter(boss, "squares") as squares:
+    with (
+        worker_processes(beacon_port, "squares", (0.15, 2), (0.02, 2)) as (victim, survivor),
+        farm.Submitter(boss, "squares") as squares,
+    ):
         wait_workers(squares, 2)
         ids = [squares.submit(x) for x in range(60)]
         seen: Counter[int] = Counter()
@@ -567,8 +592,11 @@ def test_farm_sigkilled_worker_process_loses_no_task(make_node: MakeNode, beacon
             assert result.unwrap()[0] == (result.task_id - ids[0]) ** 2
             if not killed and result.unwrap()[1] == victim.proc.pid:
                 # mid-run: the victim has just answered one task and is holding others
-                wait_until(lambda: any(w.node == victim.uuid and w.in_flight
-                                       for w in squares.workers()), 5, "the victim holds tasks")
+                wait_until(
+                    lambda: any(w.node == victim.uuid and w.in_flight for w in squares.workers()),
+                    5,
+                    "the victim holds tasks",
+                )
                 victim.proc.kill()
                 victim.proc.wait(5)
                 killed = True
@@ -594,13 +622,18 @@ with zmqkit.Node("boss", port=int(sys.argv[1]), interval=0.2, expiry=0.6) as nod
 
 
 def test_farm_sigkilled_submitter_process_does_not_stall_its_workers(
-    make_node: MakeNode, beacon_port: int,
+    make_node: MakeNode,
+    beacon_port: int,
 ) -> None:
     worker_node, new_boss = make_node("worker"), make_node("new-boss")
     worker = farm.serve_worker(worker_node, napping(0.01), farm="jobs", prefetch=2)
-    child = subprocess.Popen([sys.executable, "-c", SUBMITTER_SCRIPT, str(beacon_port)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, cwd=ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SUBMITTER_SCRIPT, str(beacon_port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     try:
         assert child.stdout is not None
         assert select.select([child.stdout], [], [], 10)[0], "the child submitter never started"
@@ -836,7 +869,10 @@ FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 def doc_examples() -> list[tuple[bytes, Any]]:
     """Each ``hex`` block of the protocol section and the value of the ``diag`` block after it."""
-    blocks = [(info.strip(), body) for info, body in FENCE.findall(doc_section("docs/protocol.md", "9.1 "))]
+    blocks = [
+        (info.strip(), body)
+        for info, body in FENCE.findall(doc_section("docs/protocol.md", "9.1 "))
+    ]
     examples = []
     for (info, body), (next_info, diag) in itertools.pairwise(blocks):
         if info == "hex":
@@ -852,9 +888,15 @@ def test_farm_protocol_doc_examples_are_what_the_code_sends() -> None:
     for data, value in examples.items():
         assert cbor2.loads(data) == value and cbor2.dumps(value) == data
         assert codec.decode(data) == value  # a valid envelope of docs/protocol.md
-    sent = [wire.encode_ready(1, 2, 0, []), wire.encode_ready(2, 0, 9, [3, 4]),
-            wire.encode_leave(3), wire.TaskFrame(3, 7).encode(9), codec.encode_reply(3, 49),
-            codec.encode_error(4, "ValueError", "no square for -1", ""), codec.encode_cancel(3)]
+    sent = [
+        wire.encode_ready(1, 2, 0, []),
+        wire.encode_ready(2, 0, 9, [3, 4]),
+        wire.encode_leave(3),
+        wire.TaskFrame(3, 7).encode(9),
+        codec.encode_reply(3, 49),
+        codec.encode_error(4, "ValueError", "no square for -1", ""),
+        codec.encode_cancel(3),
+    ]
     assert set(sent) == set(examples)
     routing_id = "57 12345678123456781234567812345678 00000001"
     assert routing_id in doc_section("docs/protocol.md", "9.1 ")
@@ -922,8 +964,12 @@ def test_farm_worker_serves_a_submitter_built_from_the_protocol_doc(make_node: M
             return routing_id, cbor2.loads(frame)
 
         def task(routing_id: bytes, task_id: int, dispatch: int, payload: str) -> None:
-            router.send_multipart([routing_id, cbor2.dumps(
-                [1, 1, task_id, "zmqkit.farm.task", [dispatch, payload], {}])])
+            router.send_multipart(
+                [
+                    routing_id,
+                    cbor2.dumps([1, 1, task_id, "zmqkit.farm.task", [dispatch, payload], {}]),
+                ]
+            )
 
         routing_id, ready = recv()
         assert ready[:4] == [1, 1, ready[2], "zmqkit.farm.ready"] and ready[4] == [2, 0, []]
@@ -960,7 +1006,13 @@ def test_farm_doc_example_runs_and_prints_what_it_promises(tmp_path: Path) -> No
     assert len(promised) >= 3
     script = tmp_path / "example.py"
     script.write_text(code)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == promised

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import doc_section
 import zmq
+from conftest import doc_section
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -141,7 +141,7 @@ class BeaconPort:
             self.sock.settimeout(left)
             try:
                 datagram, address = self.sock.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             assert address[0].startswith("127.")
             body = parse_beacon(datagram)

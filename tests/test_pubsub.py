@@ -11,6 +11,8 @@ fed hand-made frames, with no socket at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import queue
 import subprocess
@@ -73,10 +75,8 @@ def wait_until(condition: Any, subscriber: pubsub.Subscriber, timeout: float = 3
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{subscriber!r}: condition not met in {timeout} s"
-        try:
+        with contextlib.suppress(Timeout):
             subscriber.recv(0.05)
-        except Timeout:
-            pass
 
 
 @pytest.fixture
@@ -326,17 +326,19 @@ def test_intake_never_raises_on_random_bytes(frame: bytes) -> None:
 
 
 def test_a_publisher_that_joins_late_is_connected(beacon_port: int) -> None:
-    with Node("early-sub", port=beacon_port) as sub_node:
-        with pubsub.Subscriber(sub_node, "late") as subscriber:
-            assert subscriber.stats()["publishers"] == 0
-            with pytest.raises(Timeout):
-                subscriber.recv(0.1)
-            with Node("late-pub", port=beacon_port) as late_node:
-                publisher = pubsub.Publisher(late_node)
-                warm_up(publisher, subscriber)
-                publisher.publish("late", "better late")
-                message = recv_real(subscriber, 2.0)
-                assert subscriber.stats()["publishers"] == 1
+    with (
+        Node("early-sub", port=beacon_port) as sub_node,
+        pubsub.Subscriber(sub_node, "late") as subscriber,
+    ):
+        assert subscriber.stats()["publishers"] == 0
+        with pytest.raises(Timeout):
+            subscriber.recv(0.1)
+        with Node("late-pub", port=beacon_port) as late_node:
+            publisher = pubsub.Publisher(late_node)
+            warm_up(publisher, subscriber)
+            publisher.publish("late", "better late")
+            message = recv_real(subscriber, 2.0)
+            assert subscriber.stats()["publishers"] == 1
     assert (message.data, message.publisher, message.sender) == (
         "better late", "late-pub", late_node.uuid,
     )
@@ -506,9 +508,8 @@ def test_amessages_is_bounded_by_wait_for(sub_node: Node) -> None:
 
 
 def test_recv_async_on_a_subscriber_made_outside_a_loop_is_refused(sub_node: Node) -> None:
-    with pubsub.Subscriber(sub_node, "x") as subscriber:
-        with pytest.raises(ConfigError):
-            asyncio.run(subscriber.recv_async(0.1))
+    with pubsub.Subscriber(sub_node, "x") as subscriber, pytest.raises(ConfigError):
+        asyncio.run(subscriber.recv_async(0.1))
 
 
 # -- the callback front-end ---------------------------------------------------------------------
@@ -609,7 +610,7 @@ def test_a_slow_subscriber_has_bounded_memory_and_counts_what_it_missed(
     assert len(flood) <= 2 * hwm + hwm, f"{len(flood)} of {total} queued: the HWM was not honoured"
     assert [m.data[0] for m in flood] == [m.seq - 1 for m in flood]
     assert flood[-1].data == [total, b"last"]
-    assert all(a.seq < b.seq for a, b in zip(flood, flood[1:]))
+    assert all(a.seq < b.seq for a, b in itertools.pairwise(flood))
     missed = sum(m.gap for m in flood)
     assert missed > 0
     assert len(flood) + missed == flood[-1].seq - flood[0].seq + 1

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import doc_section
 import zmq
+from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -226,14 +226,29 @@ def test_state_planner_digest_ahead_for_a_heartbeat_means_ask() -> None:
 
 
 def test_state_wire_frames_decode_as_documented() -> None:
-    frame = state._updates_frame(codec.dumps("zmqkit.state.g"), codec.dumps(W1), 3, 12,
-                                 [state._encode_op(1, "k", 5, codec.dumps([1, 2]), None),
-                                  state._encode_op(2, "j", 6, b"\xf6", None)])
-    assert codec.decode(frame) == [1, Kind.PUBLISH, "zmqkit.state.g", W1, 3,
-                                   [1, 12, [[1, "k", 5, [1, 2], None], [2, "j", 6, None, None]]]]
+    frame = state._updates_frame(
+        codec.dumps("zmqkit.state.g"),
+        codec.dumps(W1),
+        3,
+        12,
+        [
+            state._encode_op(1, "k", 5, codec.dumps([1, 2]), None),
+            state._encode_op(2, "j", 6, b"\xf6", None),
+        ],
+    )
+    assert codec.decode(frame) == [
+        1,
+        Kind.PUBLISH,
+        "zmqkit.state.g",
+        W1,
+        3,
+        [1, 12, [[1, "k", 5, [1, 2], None], [2, "j", 6, None, None]]],
+    ]
     assert frame.startswith(codec.publish_prefixes("zmqkit.state.g")[0])
-    assert all(state._array_head(n) == codec.dumps([0] * n)[: len(state._array_head(n))]
-               for n in (0, 23, 24, 255, 256, 65535, 65536))
+    assert all(
+        state._array_head(n) == codec.dumps([0] * n)[: len(state._array_head(n))]
+        for n in (0, 23, 24, 255, 256, 65535, 65536)
+    )
 
 
 # -- replicas over the network ---------------------------------------------------------------------
@@ -277,8 +292,11 @@ def test_state_replicas_set_delete_ttl_and_watch_changes(make_node: Callable[[st
             wait_until(lambda: "pears" not in right, 3.0, "pears deleted on the right")
             assert right.items() == left.items() == {"apples": 12}
             kinds = {(c.key, c.kind) for c in seen}
-            assert {("lease", ChangeKind.SET), ("pears", ChangeKind.DELETED),
-                    ("lease", ChangeKind.EXPIRED)} <= kinds
+            assert {
+                ("lease", ChangeKind.SET),
+                ("pears", ChangeKind.DELETED),
+                ("lease", ChangeKind.EXPIRED),
+            } <= kinds
             assert all(not c.local and c.writer == left.writer for c in seen)
             assert right.stats()["merged"] >= 1 and left.stats()["served"] >= 1
     with pytest.raises(ClosedError):
@@ -312,7 +330,8 @@ def test_state_asyncio_front_end(make_node: Callable[[str], Node]) -> None:
 
 
 def test_state_digests_spread_what_one_replica_alone_received(
-        make_node: Callable[[str], Node]) -> None:
+    make_node: Callable[[str], Node],
+) -> None:
     """A write that reached only the left (its writer died before sending it to the right) gets
     to the right through the left's digest; a gap that nobody can fill is given up after
     ``give_up`` seconds, counted as lost, and the write after it spreads the same way."""
@@ -341,12 +360,20 @@ def test_state_digests_spread_what_one_replica_alone_received(
 def test_state_with_curve_replicates_only_within_the_keyring(beacon_port: int) -> None:
     left_keys, right_keys, stranger_keys = (Keypair.generate() for _ in range(3))
     ring = Keyring([left_keys.public, right_keys.public])
-    with Node("left", port=beacon_port, keys=left_keys, keyring=ring, **FAST) as a, \
-            Node("right", port=beacon_port, keys=right_keys, keyring=ring, **FAST) as b, \
-            Node("stranger", port=beacon_port, keys=stranger_keys,
-                 keyring=Keyring([stranger_keys.public]), **FAST) as c, \
-            State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right, \
-            State(c, "inv", **REPLICA) as stranger:
+    with (
+        Node("left", port=beacon_port, keys=left_keys, keyring=ring, **FAST) as a,
+        Node("right", port=beacon_port, keys=right_keys, keyring=ring, **FAST) as b,
+        Node(
+            "stranger",
+            port=beacon_port,
+            keys=stranger_keys,
+            keyring=Keyring([stranger_keys.public]),
+            **FAST,
+        ) as c,
+        State(a, "inv", **REPLICA) as left,
+        State(b, "inv", **REPLICA) as right,
+        State(c, "inv", **REPLICA) as stranger,
+    ):
         for replica in (left, right, stranger):
             replica.wait_synced(timeout=5.0)
         left.set("secret", 1)
@@ -375,7 +402,8 @@ def test_state_refuses_unencodable_values_and_bad_options(make_node: Callable[[s
 
 
 def test_state_sync_server_answers_bad_requests_and_keeps_serving(
-        make_node: Callable[[str], Node]) -> None:
+    make_node: Callable[[str], Node],
+) -> None:
     node = make_node("a")
     with State(node, "inv", **REPLICA) as replica, Socket(zmq.DEALER) as dealer:
         replica.set("k", "v")
@@ -387,8 +415,10 @@ def test_state_sync_server_answers_bad_requests_and_keeps_serving(
 
         assert ask(b"\xff garbage")[3] == "zmqkit.ProtocolError"
         assert ask(codec.encode_request(1, "nope", [], {}))[3] == "zmqkit.MethodNotFound"
-        assert ask(codec.encode_request(2, state.SYNC_METHOD, ["other", []], {}))[3] == \
-            "zmqkit.BadArguments"
+        assert (
+            ask(codec.encode_request(2, state.SYNC_METHOD, ["other", []], {}))[3]
+            == "zmqkit.BadArguments"
+        )
         assert ask(codec.encode_reply(3, None))[:4] == [1, Kind.ERROR, 3, "zmqkit.ProtocolError"]
         reply = ask(codec.encode_request(4, state.SYNC_METHOD, ["inv", []], {}))
         assert reply[1] == Kind.REPLY and reply[2] == 4
@@ -439,7 +469,10 @@ class Child:
     def __init__(self, port: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD_SCRIPT, str(port), json.dumps(REPLICA)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
             bufsize=0,
         )
         self._buffer = b""
@@ -517,7 +550,8 @@ def converged(replicas: list[Callable[[], dict[str, Any]]], timeout: float) -> d
 
 
 def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
-        make_node: Callable[[str], Node], beacon_port: int) -> None:
+    make_node: Callable[[str], Node], beacon_port: int
+) -> None:
     a, b = make_node("a"), make_node("b")
     children: list[Child] = []
     try:
@@ -529,17 +563,23 @@ def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
             child.expect("ready")
             # all three write the same 20 keys at once (the left from two threads)
             child.send("burst 300 0.002 a")
-            writers = [threading.Thread(target=write_burst, args=(left, "left", 300)),
-                       threading.Thread(target=write_burst, args=(left, "left2", 200)),
-                       threading.Thread(target=write_burst, args=(right, "right", 300))]
+            writers = [
+                threading.Thread(target=write_burst, args=(left, "left", 300)),
+                threading.Thread(target=write_burst, args=(left, "left2", 200)),
+                threading.Thread(target=write_burst, args=(right, "right", 300)),
+            ]
             for writer in writers:
                 writer.start()
             for writer in writers:
                 writer.join(10)
             child.expect("burst-done")
-            wait_until(lambda: all("lease" not in items() for items in
-                                   (left.items, right.items, child.items)),
-                       5.0, "the child's TTL key expired on every node")
+            wait_until(
+                lambda: all(
+                    "lease" not in items() for items in (left.items, right.items, child.items)
+                ),
+                5.0,
+                "the child's TTL key expired on every node",
+            )
             first = converged([left.items, right.items, child.items], timeout=10.0)
             assert "lease" not in first
             assert only("a", first) == {f"a{i}": i for i in range(300)}
@@ -575,7 +615,7 @@ def test_state_three_replicas_converge_through_concurrent_writes_and_a_sigkill(
             child.kill()
 
 
-# -- the wire, as docs/protocol.md section 9.2 tells it ---------------------------------------------
+# -- the wire, as docs/protocol.md section 9.2 tells it -------------------------------------------
 
 
 def doc_examples(heading: str) -> list[tuple[bytes, Any]]:
@@ -589,8 +629,9 @@ def doc_examples(heading: str) -> list[tuple[bytes, Any]]:
             assert next_kind == "diag", body
             digits = "".join(re.sub(r"#.*", "", line) for line in body.splitlines())
             as_json = re.sub(r"h'([0-9a-fA-F]*)'", lambda m: json.dumps({"$b": m.group(1)}), diag)
-            value = json.loads(as_json, object_hook=lambda o: bytes.fromhex(o["$b"])
-                               if set(o) == {"$b"} else o)
+            value = json.loads(
+                as_json, object_hook=lambda o: bytes.fromhex(o["$b"]) if set(o) == {"$b"} else o
+            )
             examples.append((bytes.fromhex(re.sub(r"\s", "", digits)), value))
     return examples
 
@@ -601,12 +642,16 @@ def test_state_protocol_doc_examples_are_what_the_code_sends() -> None:
         assert codec.decode(frame) == value
     writer, node_uuid = bytes(range(16)), bytes.fromhex("12345678" * 4)
     stamp, ttl = 1_800_000_000_000_000_000, 30 * NS
-    ops = [state._encode_op(state.OP_SET, "apples", stamp, codec.dumps(12), stamp + ttl),
-           state._encode_op(state.OP_DELETE, "pears", stamp + 1, b"\xf6", None)]
-    assert updates[0] == state._updates_frame(codec.dumps("zmqkit.state.inv"),
-                                              codec.dumps(writer), 5, 3, ops)
-    assert digest[0] == codec.encode_publish(state.topic("inv"), writer, 6,
-                                             [state.DIGEST, node_uuid, [[writer, 3]]])
+    ops = [
+        state._encode_op(state.OP_SET, "apples", stamp, codec.dumps(12), stamp + ttl),
+        state._encode_op(state.OP_DELETE, "pears", stamp + 1, b"\xf6", None),
+    ]
+    assert updates[0] == state._updates_frame(
+        codec.dumps("zmqkit.state.inv"), codec.dumps(writer), 5, 3, ops
+    )
+    assert digest[0] == codec.encode_publish(
+        state.topic("inv"), writer, 6, [state.DIGEST, node_uuid, [[writer, 3]]]
+    )
     assert request[0] == codec.encode_request(1, state.SYNC_METHOD, ["inv", [[writer, 1]]], {})
     core = StateCore(writer)
     core.write("apples", 11, stamp - 5)  # write 1, which the asker has
@@ -632,7 +677,13 @@ def test_state_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
     script = tmp_path / "example.py"
     script.write_text(code)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == promised
