@@ -12,6 +12,8 @@ plain pyzmq lines with no zmqkit code on its path, so that the comparison can be
     pubsub-batched  the same raw side                      Publisher(batch=True) -> Subscriber
     large       PUB/SUB, 1 MiB binary payloads, no copy    pubsub.Publisher -> pubsub.Subscriber
     discovery   (no raw side: the targets are the scale)   20 nodes to a full mesh; idle CPU/node
+    codec       cbor2.dumps + loads of the payload         encode_reply + decode (one process; not
+                                                           in "all")
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import cbor2
 import zmq
 
 import zmqkit
-from zmqkit import SocketOptions
+from zmqkit import SocketOptions, codec
 
 from . import pubsub, rpc
 
@@ -401,6 +403,19 @@ def idle_node(conn: Connection, beacon_port: int, seconds: float) -> None:
     _expect(conn)
 
 
+def _codec_round(sizes: Sizes, raw: bool) -> float:
+    """Encode and decode ``messages`` times in this process: round trips per second."""
+    count = sizes.messages // 2
+    started = time.perf_counter()
+    if raw:
+        for seq in range(count):
+            cbor2.loads(cbor2.dumps(PAYLOAD | {"seq": seq}))
+    else:
+        for seq in range(count):
+            codec.decode(codec.encode_reply(seq, PAYLOAD | {"seq": seq}))
+    return count / (time.perf_counter() - started)
+
+
 WORKLOADS = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery")
 
 
@@ -449,6 +464,8 @@ def run(
                     figure = _rpc_round(sizes, raw)
                 elif workload == "async-rpc":
                     figure = _async_round(sizes, raw)
+                elif workload == "codec":
+                    figure = _codec_round(sizes, raw)
                 else:
                     big = workload == "large"
                     count = sizes.big_messages if big else sizes.messages
@@ -461,12 +478,15 @@ def run(
         unit = {
             "rpc": "calls/s",
             "async-rpc": "calls/s",
+            "codec": "round trips/s",
             "pubsub": "msg/s",
             "pubsub-batched": "msg/s",
             "large": "MiB/s",
         }[workload]
         note = (
-            f"lost raw {lost[1]}, zmqkit {lost[0]}" if workload not in ("rpc", "async-rpc") else ""
+            f"lost raw {lost[1]}, zmqkit {lost[0]}"
+            if workload in ("pubsub", "pubsub-batched", "large")
+            else ""
         )
         results.append(
             Result(

@@ -456,7 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
         "workload",
         nargs="?",
         default="all",
-        choices=["rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery", "all"],
+        choices=[
+            "rpc",
+            "async-rpc",
+            "pubsub",
+            "pubsub-batched",
+            "large",
+            "discovery",
+            "codec",
+            "all",
+        ],
     )
     bench.add_argument("--json", action="store_true", help="print a JSON list of results")
     bench.add_argument("--quick", action="store_true", help="tiny counts: checks that it works")
