@@ -102,6 +102,7 @@ class Show:
         self.node = zmqkit.Node("show", port=port, expiry=EXPIRY)
         self.logs = tempfile.TemporaryDirectory(prefix="zmqkit-show-")
         self.live: Live | None = None
+        self.interrupted = False
         self.ticks_sub: pubsub.Subscriber | None = None
         self.chat: Groups | None = None
         self.chat_lines: list[str] = []
@@ -124,9 +125,13 @@ class Show:
             "--duration",
             f"{self.duration + 15:g}",
         ]
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        # its own process group: Ctrl-C reaches the show, which stops every node itself
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
         child = self.children[name] = Child(name, process, log)
         self.say(f"started {name} (pid {process.pid})")
+        self.check_interrupted()
         return child
 
     def stop_all(self) -> None:
@@ -187,10 +192,21 @@ class Show:
             Panel("\n".join(self.events) or "-", title="events"),
         )
 
+    def on_interrupt(self, _signal: int, _frame: object) -> None:
+        """Ctrl-C: noted here, acted on at the next wait, so that no node the show has just
+        started can slip past the list of nodes to stop."""
+        self.interrupted = True
+
+    def check_interrupted(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
     def pump(self, seconds: float) -> None:
         """Wait ``seconds`` while taking ticks and refreshing the screen."""
         ends = time.monotonic() + seconds
+        self.check_interrupted()
         while time.monotonic() < ends:
+            self.check_interrupted()
             if self.ticks_sub is not None:
                 try:
                     message = self.ticks_sub.recv(min(0.05, max(0.0, ends - time.monotonic())))
@@ -443,7 +459,7 @@ def run(
     """Run the show; return the exit code: 0 when every act did what it promises."""
     console = console or Console()
     show = Show(console, port or random.randint(20000, 40000), duration or DEFAULT_DURATION)
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGINT, show.on_interrupt)
     try:
         show.run()
     except ShowFailed as failure:
