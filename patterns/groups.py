@@ -747,7 +747,7 @@ class _Engine:
             self.flush()
             self.settle_expired(time.monotonic())
             ready = dict(self.poller.poll(round(self.next_wait() * 1000)))
-            if groups._wake_reader in ready:
+            if groups._wake_reader.fileno() in ready:  # the poller reports fds by number
                 groups._wake_pending = False
                 with contextlib.suppress(OSError):
                     groups._wake_reader.recv(4096)

@@ -1081,7 +1081,7 @@ class _Engine:
             self.dispatch()
             wait = self.next_wait(now)
             ready = dict(self.poller.poll(round(wait * 1000)))
-            if state._wake_reader in ready:
+            if state._wake_reader.fileno() in ready:  # the poller reports fds by number
                 state._wake_pending = False
                 with contextlib.suppress(OSError):
                     state._wake_reader.recv(4096)

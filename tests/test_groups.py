@@ -463,3 +463,21 @@ def test_groups_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
                             timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == promised
+
+
+def test_groups_thread_sleeps_when_idle(beacon_port: int) -> None:
+    # a regression guard, not a benchmark: the wake-up byte of a join must be drained, or the
+    # groups thread spins on its poller (it did, at 50-100 % of a core)
+    import resource
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    with Node("idle-member", port=beacon_port) as node, groups.Groups(node) as member:
+        member.join("lobby")
+        time.sleep(0.3)
+        before, started = cpu_seconds(), time.monotonic()
+        time.sleep(1.0)
+        share = (cpu_seconds() - before) / (time.monotonic() - started)
+    assert share < 0.3, f"an idle groups node used {share:.0%} of a core"

@@ -181,7 +181,7 @@ class Server:
             while not self._stopping:
                 if self._outstanding:
                     ready = dict(poller.poll(int(TICK * 1000)))
-                    if self._wake_reader in ready:
+                    if self._wake_reader.fileno() in ready:  # the poller reports fds by number
                         self._wake_reader.recv(4096)
                     self._flush(raw)
                     if raw not in ready:
