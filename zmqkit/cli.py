@@ -29,6 +29,7 @@ from .peers import Peer
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C during a command that was not meant to run until Ctrl-C
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -96,7 +97,7 @@ def _peer_rows(peers: Sequence[Peer]) -> list[dict[str, object]]:
 
 
 def _peer_table(peers: Sequence[Peer]) -> Table:
-    table = Table(title=f"{len(peers)} peers")
+    table = Table(title=f"{len(peers)} peer{'' if len(peers) == 1 else 's'}")
     for column in ("name", "uuid", "endpoints", "age"):
         table.add_column(column)
     for row in _peer_rows(peers):
@@ -534,4 +535,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zmqkit {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED
