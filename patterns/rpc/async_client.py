@@ -25,7 +25,6 @@ from zmqkit import (
     ClosedError,
     Deadline,
     Node,
-    Peer,
     PeerNotFound,
     ProtocolError,
     SocketOptions,
@@ -73,7 +72,6 @@ class AsyncClient:
         self._collected: dict[int, list[Any]] = {}
         self._ids = itertools.count(1)
         self._refused: SecurityError | None = None  # why the last node found was not used
-        self._peers: dict[Any, Peer] = {}
         self._last_reply: dict[Any, float] = {}  # route -> when its socket last gave anything
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -256,23 +254,19 @@ class AsyncClient:
             for call_id, (_, call_route, _) in list(self._waiting.items()):
                 if call_route is route:
                     self._fail(call_id, PeerGone())
-        for route in removed:
-            self._peers.pop(route.uuid, None)
         for route in added:
-            peer = next(p for p in peers if p.uuid == route.uuid)
             try:
-                self._open(route, peer)
+                self._open(route)
             except SecurityError as exc:  # not a node we may talk to: no route to it
-                del self._routes.routes[route.uuid]
+                self._routes.drop(route)
                 self._refused = exc
-                continue
-            self._peers[route.uuid] = peer
 
-    def _open(self, route: Route, peer: Peer) -> None:
+    def _open(self, route: Route) -> None:
         """A DEALER to ``route`` and the task that reads its replies."""
+        assert route.peer is not None  # Routes.sync always records the peer
         sock = AsyncSocket(zmq.DEALER, options=CLIENT_OPTIONS)
         try:
-            self.node.secure_client(sock, peer)
+            self.node.secure_client(sock, route.peer)
             sock.connect(route.endpoint)
         except BaseException:
             sock.close()
@@ -285,11 +279,11 @@ class AsyncClient:
         reset): a connection that libzmq dropped for good (say, after a reply over the size
         limit) is made anew. Calls still waiting on the old socket run into their deadlines."""
         sock = self._sockets.pop(route.uuid, None)
-        if sock is None or route.uuid not in self._peers:
+        if sock is None:
             return
         self._readers.pop(route.uuid).cancel()
         sock.close()
-        self._open(route, self._peers[route.uuid])
+        self._open(route)
 
     async def _send(
         self,

@@ -38,6 +38,7 @@ class Route:
     pending: int = 0
     failed_at: float = float("-inf")
     last_used: int = 0
+    peer: Peer | None = None  # as discovery last described it: its CURVE key, for a connect
 
 
 class Routes:
@@ -52,18 +53,26 @@ class Routes:
     def sync(self, peers: Iterable[Peer], version: int) -> tuple[list[Route], list[Route]]:
         """Bring the routes in line with ``peers``; return (added, removed)."""
         self.version = version
-        wanted = {peer.uuid: peer.endpoints["rpc"] for peer in peers if "rpc" in peer.endpoints}
+        wanted = {peer.uuid: peer for peer in peers if "rpc" in peer.endpoints}
         removed = [
-            route for uuid, route in self.routes.items() if wanted.get(uuid) != route.endpoint
+            route
+            for uuid, route in self.routes.items()
+            if uuid not in wanted or wanted[uuid].endpoints["rpc"] != route.endpoint
         ]
         for route in removed:
             del self.routes[route.uuid]
         added = [
-            Route(uuid, endpoint) for uuid, endpoint in wanted.items() if uuid not in self.routes
+            Route(uuid, peer.endpoints["rpc"], peer=peer)
+            for uuid, peer in wanted.items()
+            if uuid not in self.routes
         ]
         for route in added:
             self.routes[route.uuid] = route
         return added, removed
+
+    def drop(self, route: Route) -> None:
+        """Forget ``route`` until discovery changes (a node this one may not talk to)."""
+        self.routes.pop(route.uuid, None)
 
     def pick(self, now: float, exclude: Iterable[uuid_module.UUID] = ()) -> Route | None:
         """The route for the next call, or None when there is none outside ``exclude``."""

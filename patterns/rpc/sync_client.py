@@ -21,7 +21,6 @@ from zmqkit import (
     ClosedError,
     Deadline,
     Node,
-    Peer,
     PeerNotFound,
     Socket,
     SocketOptions,
@@ -62,7 +61,6 @@ class Client:
         self._sockets: dict[Any, Socket] = {}
         self._ids = itertools.count(1)
         self._refused: SecurityError | None = None  # why the last node found was not used
-        self._peers: dict[Any, Peer] = {}
         self._owner = threading.get_ident()
         self._closed = False
 
@@ -217,21 +215,18 @@ class Client:
         self._refused = None
         for route in removed:
             self._sockets.pop(route.uuid).close()
-            self._peers.pop(route.uuid, None)
         for route in added:
-            peer = next(p for p in peers if p.uuid == route.uuid)
             try:
-                self._sockets[route.uuid] = self._connect(route, peer)
+                self._sockets[route.uuid] = self._connect(route)
             except SecurityError as exc:  # not a node we may talk to: no route to it
-                del self._routes.routes[route.uuid]
+                self._routes.drop(route)
                 self._refused = exc
-                continue
-            self._peers[route.uuid] = peer
 
-    def _connect(self, route: Route, peer: Peer) -> Socket:
+    def _connect(self, route: Route) -> Socket:
+        assert route.peer is not None  # Routes.sync always records the peer
         sock = Socket(zmq.DEALER, options=CLIENT_OPTIONS)
         try:
-            self.node.secure_client(sock, peer)
+            self.node.secure_client(sock, route.peer)
             sock.connect(route.endpoint)
         except BaseException:
             sock.close()
@@ -245,7 +240,7 @@ class Client:
         if old is None:
             return
         old.close()
-        self._sockets[route.uuid] = self._connect(route, self._peers[route.uuid])
+        self._sockets[route.uuid] = self._connect(route)
 
     def _send(
         self,
