@@ -32,7 +32,6 @@ import contextlib
 import enum
 import itertools
 import logging
-import socket
 import threading
 import time
 import uuid as uuid_module
@@ -63,6 +62,7 @@ from zmqkit import (
 from zmqkit.codec import Kind
 from zmqkit.errors import remote_error
 from zmqkit.security import SecurityError
+from zmqkit.wakeup import Wakeup
 
 __all__ = [
     "GROUPS_HEADER",
@@ -363,9 +363,7 @@ class Groups:
         self._presence: deque[PeerEvent] = deque()
         self._shout_seqs: dict[str, int] = {}
         self._stats: Counter[str] = Counter()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_writer.setblocking(False)
-        self._wake_pending = False
+        self._wakeup = Wakeup()
         self._stopping = False
         self._state = "new"
         self._ready = threading.Event()
@@ -423,8 +421,7 @@ class Groups:
             if self._thread.is_alive() and self._thread is not threading.current_thread():
                 self._thread.join(timeout)
         self.node.detach(self)
-        self._wake_reader.close()
-        self._wake_writer.close()
+        self._wakeup.close()
         self._notify_readers()
 
     def __enter__(self) -> Groups:
@@ -646,10 +643,7 @@ class Groups:
             raise ConfigError(f"{self!r} was made with inbox=False: use on_event")
 
     def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(OSError):  # closed (stopping) or full (awake anyway)
-                self._wake_writer.send(b"\0")
+        self._wakeup.set()
 
     def _command(self, command: Callable[[_Engine], None]) -> None:
         with self._lock:
@@ -736,7 +730,7 @@ class _Engine:
         self.poller = zmq.Poller()
         for sock in (sub, router):
             self.poller.register(sock.raw, zmq.POLLIN)
-        self.poller.register(groups._wake_reader, zmq.POLLIN)
+        groups._wakeup.register(self.poller)
 
     def run(self) -> None:
         groups = self.groups
@@ -747,10 +741,7 @@ class _Engine:
             self.flush()
             self.settle_expired(time.monotonic())
             ready = dict(self.poller.poll(round(self.next_wait() * 1000)))
-            if groups._wake_reader.fileno() in ready:  # the poller reports fds by number
-                groups._wake_pending = False
-                with contextlib.suppress(OSError):
-                    groups._wake_reader.recv(4096)
+            groups._wakeup.woke(ready)
             if self.sub.raw in ready:
                 self.take_shouts()
             if self.router.raw in ready:

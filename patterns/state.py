@@ -51,7 +51,6 @@ import enum
 import heapq
 import itertools
 import logging
-import socket
 import threading
 import time
 import uuid as uuid_module
@@ -76,6 +75,7 @@ from zmqkit import (
 )
 from zmqkit.codec import Kind
 from zmqkit.security import SecurityError
+from zmqkit.wakeup import Wakeup
 
 __all__ = [
     "SYNC_METHOD",
@@ -708,9 +708,7 @@ class State:
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._watchers: list[Callable[[], None]] = []  # woken after anything happened, or on close
         self._stats: Counter[str] = Counter()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_writer.setblocking(False)
-        self._wake_pending = False
+        self._wakeup = Wakeup()
         self._stopping = False
         self._state = "new"
         self._ready = threading.Event()
@@ -764,8 +762,7 @@ class State:
             if self._thread.is_alive() and self._thread is not threading.current_thread():
                 self._thread.join(timeout)
         self.node.detach(self)
-        self._wake_reader.close()
-        self._wake_writer.close()
+        self._wakeup.close()
         with self._changed:
             self._changed.notify_all()
         for listener in list(self._listeners):
@@ -1006,10 +1003,7 @@ class State:
     # -- the replica's thread --------------------------------------------------------------------
 
     def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(OSError):  # closed (stopping) or full (awake anyway)
-                self._wake_writer.send(b"\0")
+        self._wakeup.set()
 
     def _run(self) -> None:
         sockets: list[Socket] = []
@@ -1064,7 +1058,7 @@ class _Engine:
         self.poller = zmq.Poller()
         for sock in (sub, router):
             self.poller.register(sock.raw, zmq.POLLIN)
-        self.poller.register(state._wake_reader, zmq.POLLIN)
+        state._wakeup.register(self.poller)
 
     def count(self, what: str, how_many: int = 1) -> None:
         with self.state._lock:  # stats() reads the counters from other threads
@@ -1081,10 +1075,7 @@ class _Engine:
             self.dispatch()
             wait = self.next_wait(now)
             ready = dict(self.poller.poll(round(wait * 1000)))
-            if state._wake_reader.fileno() in ready:  # the poller reports fds by number
-                state._wake_pending = False
-                with contextlib.suppress(OSError):
-                    state._wake_reader.recv(4096)
+            state._wakeup.woke(ready)
             if self.sub.raw in ready:
                 self.take_updates()
             if self.router.raw in ready:

@@ -9,6 +9,7 @@ package, the terminal demo nodes in ``demos``):
 - ``sockets``  socket blocks: the only place that creates ZeroMQ sockets and sets options
 - ``peers``    the peer table: fed datagrams and ``now``, returns presence events (pure)
 - ``beacon``   the UDP beacon thread and discovery scopes
+- ``wakeup``   ``Wakeup``: one thread wakes another that waits in a ``zmq.Poller``
 - ``node``     ``Node``: a named identity, its beacon, its endpoints and what it serves
 - ``cli``      the ``zmqkit`` command
 """
@@ -36,6 +37,7 @@ from .errors import (
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 from .sockets import AsyncSocket, Socket, SocketOptions
+from .wakeup import Wakeup
 
 __version__ = "0.1.0"
 
@@ -65,5 +67,6 @@ __all__ = [
     "Socket",
     "SocketOptions",
     "Timeout",
+    "Wakeup",
     "ZmqkitError",
 ]

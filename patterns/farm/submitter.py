@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from zmqkit import ClosedError, ConfigError, Deadline, Node, Socket, Timeout
+from zmqkit.wakeup import Wakeup
 
 from . import wire
 from .core import (
@@ -34,7 +35,6 @@ from .core import (
     TaskResult,
     WorkerInfo,
 )
-from .wakeup import Wakeup
 
 __all__ = ["DEFAULT_WAIT", "Submitter"]
 

@@ -42,10 +42,10 @@ from zmqkit import (
     Socket,
     codec,
 )
+from zmqkit.wakeup import Wakeup
 
 from . import wire
 from .core import WorkerCore
-from .wakeup import Wakeup
 
 __all__ = ["READY_INTERVAL", "Worker", "serve_worker"]
 

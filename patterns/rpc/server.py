@@ -13,10 +13,8 @@ server thread waits in a plain blocking receive, which is as fast as a hand-writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
-import socket
 import threading
 import traceback
 from collections import Counter, deque
@@ -27,6 +25,7 @@ import zmq
 
 from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, codec
 from zmqkit.codec import Kind
+from zmqkit.wakeup import Wakeup
 
 from .handlers import DESCRIBE_METHOD, Handler, Mode, collect_handlers
 
@@ -73,9 +72,7 @@ class Server:
         self.endpoint = ""
         self.stats: Counter[str] = Counter()
         self._outbox: deque[Outgoing] = deque()
-        self._wake_pending = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_writer.setblocking(False)
+        self._wakeup = Wakeup()
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         # (caller, call id) of each stream in progress -> set when its caller cancels it. Only
         # streams the server started are here, so stray or forged CANCELs cannot grow it.
@@ -145,8 +142,7 @@ class Server:
             self._loop_thread.join(timeout)
             if not self._loop_thread.is_alive():
                 self._loop.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        self._wakeup.close()
 
     def _stop_loop(self) -> None:
         assert self._loop is not None
@@ -176,13 +172,12 @@ class Server:
         raw.rcvtimeo = int(TICK * 1000)
         poller = zmq.Poller()
         poller.register(raw, zmq.POLLIN)
-        poller.register(self._wake_reader, zmq.POLLIN)
+        self._wakeup.register(poller)
         try:
             while not self._stopping:
                 if self._outstanding:
                     ready = dict(poller.poll(int(TICK * 1000)))
-                    if self._wake_reader.fileno() in ready:  # the poller reports fds by number
-                        self._wake_reader.recv(4096)
+                    self._wakeup.woke(ready)
                     self._flush(raw)
                     if raw not in ready:
                         continue
@@ -215,7 +210,6 @@ class Server:
         _reply(raw, address, _error(0, "zmqkit.ProtocolError", "a request is exactly one frame"))
 
     def _flush(self, raw: zmq.Socket[Any]) -> None:
-        self._wake_pending = False
         while self._outbox:
             address, frame, finished = self._outbox.popleft()
             _reply(raw, address, frame)
@@ -393,10 +387,7 @@ class Server:
         self._wake()
 
     def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(OSError):  # closed (stopping) or full (already awake)
-                self._wake_writer.send(b"\0")
+        self._wakeup.set()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -1,7 +1,8 @@
 """A way for any thread to wake a thread that waits in a ``zmq.Poller``: one byte on a socket pair.
 
 Only the first wake-up between two waits writes a byte, so a burst of results or submissions
-costs one system call, not one each.
+costs one system call, not one each. The poller reports a plain descriptor by its number, so
+``woke`` looks for that number (matching the socket object itself never succeeds).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ __all__ = ["Wakeup"]
 
 
 class Wakeup:
+    """Wake one polling thread from any other: ``set`` anywhere, ``woke`` in the polling thread."""
+
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
