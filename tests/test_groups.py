@@ -161,16 +161,24 @@ def next_event(member: Groups, kind: GroupEventKind, timeout: float = 5.0) -> Gr
 
 
 def shout_until_heard(sender: Groups, group: str, receiver: Groups, timeout: float = 5.0) -> None:
-    """Shout a warm-up until ``receiver`` hears one: its connection to ``sender`` is up."""
+    """Shout a warm-up until ``receiver`` hears one: its connection to ``sender`` is up.
+
+    Then shout an end marker and read up to it, so that no late warm-up is left for the test
+    to mistake for its own shout (one sender's shouts arrive in order).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sender.shout(group, "warm-up")
         try:
             next_event(receiver, GroupEventKind.SHOUT, 0.05)
-            return
+            break
         except Timeout:
             continue
-    raise AssertionError(f"{receiver!r} never heard {sender!r} on {group!r}")
+    else:
+        raise AssertionError(f"{receiver!r} never heard {sender!r} on {group!r}")
+    sender.shout(group, "warm-up over")
+    while next_event(receiver, GroupEventKind.SHOUT).body != "warm-up over":
+        pass
 
 
 def test_groups_join_shout_whisper_leave(make_node: Callable[[str], Node]) -> None:
