@@ -551,6 +551,20 @@ def test_async_send_nowait_and_wait_writable() -> None:
     assert asyncio.run(main()) == [b"one"]
 
 
+def test_async_a_wait_for_reading_does_not_strand_a_parked_writer() -> None:
+    async def main() -> bool:
+        with AsyncSocket(zmq.DEALER, options=SocketOptions(immediate=True)) as dealer, \
+                Socket(zmq.ROUTER) as router:
+            writable = asyncio.ensure_future(dealer.wait_writable(timeout=5))
+            await asyncio.sleep(0.01)  # parked: no connection yet
+            dealer.connect(router.bind())
+            time.sleep(0.1)  # connected, and the loop has not looked yet
+            assert not await dealer.wait_readable(timeout=0.01)  # its EVENTS read takes the signal
+            return await asyncio.wait_for(writable, 1.0)
+
+    assert asyncio.run(main()) is True
+
+
 def test_async_send_nowait_wakes_a_reader_parked_on_the_same_socket() -> None:
     async def main() -> bytes:
         with AsyncSocket(zmq.DEALER) as dealer, Socket(zmq.ROUTER) as router:

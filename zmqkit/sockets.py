@@ -258,8 +258,9 @@ class AsyncSocket(Socket):
 
     The loop watches ZeroMQ's notification descriptor itself (no pyzmq futures on the hot path).
     That descriptor is edge-triggered: any operation on the socket may consume the signal that
-    messages arrived, so every wait first looks at ``EVENTS``, and ``send_nowait`` wakes parked
-    readers when its send has swallowed their signal. Receives drain what is queued without a
+    messages arrived, so every wait first looks at ``EVENTS`` (and wakes the other waiters that
+    reading may have robbed of their signal), and ``send_nowait`` wakes parked readers when its
+    send has swallowed their signal. Receives drain what is queued without a
     trip through the loop; a burst of messages costs one wake-up, not one each.
     """
 
@@ -281,9 +282,11 @@ class AsyncSocket(Socket):
 
     def _on_descriptor(self) -> None:
         """The loop saw the descriptor fire: wake whoever waits for what is now possible."""
-        if self.raw.closed:
-            return
-        events = self._events()
+        if not self.raw.closed:
+            self._wake(self._events())
+
+    def _wake(self, events: int) -> None:
+        """Wake the parked waiters that ``events`` satisfies."""
         still_parked = []
         for wanted, future in self._parked:
             if future.done():
@@ -299,7 +302,10 @@ class AsyncSocket(Socket):
             self.check_owner()
         if self.raw.closed:
             raise ClosedError(f"{self!r} is closed")
-        if self._events() & wanted:
+        events = self._events()  # may consume the edge that other waiters wait for: wake them
+        if self._parked:
+            self._wake(events)
+        if events & wanted:
             return True
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
