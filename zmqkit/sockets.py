@@ -135,7 +135,8 @@ class Socket:
             self.raw.close(linger=0)
             raise translate_zmq_error(exc, f"configuring a {self.kind.name} socket") from exc
         self.owner = threading.get_ident()
-        self._rcvtimeo = -1
+        self._rcvtimeo = -1  # milliseconds, as set on the socket
+        self._timeout = math.nan  # seconds, as last asked for (NaN equals nothing)
         self.endpoints: list[str] = []
         _open.add(self)
 
@@ -211,12 +212,14 @@ class Socket:
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
 
-    def _wait_ms(self, timeout: float) -> None:
-        """Set the receive timeout, touching the socket option only when it changes."""
+    def _wait_for(self, timeout: float) -> None:
+        """Set the receive timeout to ``timeout`` seconds (the option is touched only when the
+        value changes: a loop that receives with the same timeout pays nothing for it)."""
         milliseconds = _milliseconds(timeout)
         if milliseconds != self._rcvtimeo:
             self.raw.rcvtimeo = milliseconds
             self._rcvtimeo = milliseconds
+        self._timeout = timeout
 
     def recv(self, timeout: float) -> bytes:
         """Receive one frame, waiting at most ``timeout`` seconds.
@@ -227,7 +230,8 @@ class Socket:
         if threading.get_ident() != self.owner:
             self.check_owner()
         try:
-            self._wait_ms(timeout)
+            if timeout != self._timeout:
+                self._wait_for(timeout)
             return self.raw.recv()  # type: ignore[no-any-return]
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
@@ -236,7 +240,7 @@ class Socket:
         """Receive one multipart message, waiting at most ``timeout`` seconds."""
         self.check_owner()
         try:
-            self._wait_ms(timeout)
+            self._wait_for(timeout)
             return self.raw.recv_multipart()  # type: ignore[no-any-return]
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc

@@ -38,6 +38,7 @@ __all__ = ["Client"]
 
 CLIENT_OPTIONS = SocketOptions(immediate=True)
 _NOBLOCK = int(zmq.NOBLOCK)  # a send to a node not yet connected fails fast
+_REPLY, _STREAM_ITEM, _STREAM_END = int(Kind.REPLY), int(Kind.STREAM_ITEM), int(Kind.STREAM_END)
 
 
 class PeerGone(Exception):
@@ -113,19 +114,23 @@ class Client:
         idempotent: bool = False,
     ) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
-        self._check_usable()
+        if self._closed or threading.get_ident() != self._owner:
+            self._check_usable()
         deadline = Deadline.after(self.timeout if timeout is None else timeout)
         tried: set[Any] = set()
         while True:
             route, sock, call_id = self._send(method, args, kwargs or {}, deadline, tried)
             try:
+                message = self._reply(sock, route, call_id, deadline)
+                if message[1] == _REPLY:  # the common case, first
+                    self._routes.finished(route)
+                    return message[3]
                 items = []
-                while (message := self._reply(sock, route, call_id, deadline))[
-                    1
-                ] == Kind.STREAM_ITEM:
+                while message[1] == _STREAM_ITEM:
                     items.append(message[3])
+                    message = self._reply(sock, route, call_id, deadline)
                 self._routes.finished(route)
-                return items if message[1] == Kind.STREAM_END else outcome(message)
+                return items if message[1] == _STREAM_END else outcome(message)
             except PeerGone:
                 self._routes.failed(route, time.monotonic())
                 if not may_retry(idempotent=idempotent, sent=True):
@@ -207,8 +212,11 @@ class Client:
         return f"could not connect to any {self.name!r} node before the deadline{hint}"
 
     def _refresh(self) -> None:
-        if self._routes.version == self.node.peers_version:
-            return
+        """Bring the routes and sockets in line with discovery, if it changed."""
+        if self._routes.version != self.node.peers_version:
+            self._sync_routes()
+
+    def _sync_routes(self) -> None:
         version = self.node.peers_version  # first: a change after this read is seen next time
         peers = self.node.peers(self.name)
         added, removed = self._routes.sync(peers, version)
@@ -252,7 +260,8 @@ class Client:
     ) -> tuple[Route, Socket, int]:
         """Send the request to the best node that takes it; retry others while it never left."""
         while True:
-            self._refresh()
+            if self._routes.version != self.node.peers_version:  # _refresh(), inlined
+                self._sync_routes()
             route = self._routes.pick(time.monotonic(), tried)
             if route is None:
                 if tried and self._routes.routes:
@@ -263,7 +272,14 @@ class Client:
             sock = self._sockets[route.uuid]
             call_id = next(self._ids)
             frame = codec.encode_request(call_id, method, args, kwargs)
-            if self._send_frame(sock, frame, deadline):
+            try:
+                sock.raw.send(frame, _NOBLOCK)  # at once if a connection is ready
+                sent = True
+            except zmq.Again:
+                sent = self._send_when_connected(sock, frame, deadline)
+            except zmq.ZMQError as exc:
+                raise translate_zmq_error(exc, "sending a request") from exc
+            if sent:
                 self._routes.started(route)
                 return route, sock, call_id
             self._routes.unreachable(route, time.monotonic())
@@ -272,15 +288,8 @@ class Client:
                 raise Timeout(self._unreachable_message())
 
     @staticmethod
-    def _send_frame(sock: Socket, frame: bytes, deadline: Deadline) -> bool:
-        """Send at once if a connection is ready, else wait a slice for one; False if none came."""
-        try:
-            sock.raw.send(frame, _NOBLOCK)
-            return True
-        except zmq.Again:
-            pass
-        except zmq.ZMQError as exc:
-            raise translate_zmq_error(exc, "sending a request") from exc
+    def _send_when_connected(sock: Socket, frame: bytes, deadline: Deadline) -> bool:
+        """Wait a slice for a connection and send; False if none came."""
         if sock.raw.poll(int(min(SLICE, deadline.remaining()) * 1000), zmq.POLLOUT):
             sock.send(frame)
             return True
