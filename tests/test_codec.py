@@ -1031,6 +1031,9 @@ def test_the_joined_encoders_give_the_bytes_of_one_dumps_of_the_whole_array(
     assert encode_stream_item(number, kwargs) == cbor2.dumps(
         [VERSION, Kind.STREAM_ITEM, number, kwargs]
     )
+    assert encode_publish(text, SENDER, number, args) == cbor2.dumps(
+        [VERSION, Kind.PUBLISH, text, SENDER, number, args]
+    )
 
 
 @FUZZ

@@ -143,6 +143,7 @@ def _refuse_tag(tag: Any, *_: Any) -> NoReturn:
     raise ValueError(f"CBOR tag {getattr(tag, 'tag', tag)} is not allowed on the zmqkit wire")
 
 
+_cbor2_loads = cbor2.loads
 _loads = functools.partial(
     cbor2.loads, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
 )
@@ -261,7 +262,12 @@ def encode_cancel(call_id: int) -> bytes:
 
 
 def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
-    return dumps([VERSION, 7, topic, sender, seq, data])
+    try:
+        return b"".join(
+            (publish_prefixes(topic)[0], cbor2.dumps(sender), cbor2.dumps(seq), cbor2.dumps(data))
+        )
+    except Exception as exc:
+        raise EncodeError(f"cannot encode {type(data).__name__}: {exc}") from exc
 
 
 def encode_publish_batch(topic: str, sender: bytes, first_seq: int, items: list[Any]) -> bytes:
@@ -378,8 +384,10 @@ def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
     """
     if len(frame) > max_size:
         raise MessageTooLarge(f"{len(frame)} bytes is over the maximum of {max_size}")
-    try:  # cbor2 called here, not through loads(): this is the hot path of every message
-        message = _loads(frame)
+    try:  # cbor2 called here, and not through a partial: the hot path of every message
+        message = _cbor2_loads(
+            frame, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
+        )
     except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
         raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
     if type(message) is not list or len(message) < 3:
@@ -408,7 +416,9 @@ def decode_publish(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> li
     if len(frame) > max_size:
         raise MessageTooLarge(f"{len(frame)} bytes is over the maximum of {max_size}")
     try:
-        message = _loads(frame)
+        message = _cbor2_loads(
+            frame, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
+        )
     except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
         raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
     if type(message) is list and len(message) == 6:
