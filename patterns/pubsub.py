@@ -90,6 +90,7 @@ class Message(NamedTuple):
 # Builds a Message from a ready tuple at a third of the cost of Message(...), whose generated
 # __new__ is Python code: this runs once per received message.
 _new_message = tuple.__new__
+MAX_STREAMS = 10_000  # (publisher, topic) pairs a subscriber tracks; see _Intake
 
 
 class Publisher:
@@ -266,7 +267,13 @@ class _Batcher:
 
 
 class _Intake:
-    """The subscriber logic that does not touch a socket: filtering, unbatching, gap counting."""
+    """The subscriber logic that does not touch a socket: filtering, unbatching, gap counting.
+
+    It remembers the last sequence number of at most ``MAX_STREAMS`` (publisher, topic) streams
+    and the names of as many publishers: a peer that invents a new sender id per message cannot
+    grow them without bound. Past the limit the stream heard of first is forgotten; if it speaks
+    again, its next message counts as its first (no gap reported across the forgetting).
+    """
 
     def __init__(self, node: Node, topics: tuple[str, ...]) -> None:
         self.node = node
@@ -308,6 +315,8 @@ class _Intake:
         name, sender_uuid = self.names.get(sender) or self._name_of(sender)
         key = (sender, topic)
         last = self._last_seq.get(key)
+        if last is None and len(self._last_seq) >= MAX_STREAMS:
+            del self._last_seq[next(iter(self._last_seq))]  # the stream heard of first
         if kind == _PUBLISH:
             gap = seq - last - 1 if last is not None and seq > last + 1 else 0
             if gap:
@@ -340,6 +349,8 @@ class _Intake:
         for peer in self.node.peers():
             if peer.uuid == sender_uuid:
                 name = peer.name
+        if len(self.names) >= MAX_STREAMS:
+            del self.names[next(iter(self.names))]
         self.names[sender] = (name, sender_uuid)
         return name, sender_uuid
 
