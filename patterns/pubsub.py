@@ -271,8 +271,9 @@ class _Intake:
 
     It remembers the last sequence number of at most ``MAX_STREAMS`` (publisher, topic) streams
     and the names of as many publishers: a peer that invents a new sender id per message cannot
-    grow them without bound. Past the limit the stream heard of first is forgotten; if it speaks
-    again, its next message counts as its first (no gap reported across the forgetting).
+    grow them without bound. Past the limit the stream heard from longest ago is forgotten; if
+    it speaks again, its next message counts as its first (no gap reported across the
+    forgetting).
     """
 
     def __init__(self, node: Node, topics: tuple[str, ...]) -> None:
@@ -314,9 +315,9 @@ class _Intake:
             return  # a pattern subscription sees every topic at the ZeroMQ level
         name, sender_uuid = self.names.get(sender) or self._name_of(sender)
         key = (sender, topic)
-        last = self._last_seq.get(key)
+        last = self._last_seq.pop(key, None)  # and put back below: the table is kept LRU-first
         if last is None and len(self._last_seq) >= MAX_STREAMS:
-            del self._last_seq[next(iter(self._last_seq))]  # the stream heard of first
+            del self._last_seq[next(iter(self._last_seq))]  # the stream heard from longest ago
         if kind == _PUBLISH:
             gap = seq - last - 1 if last is not None and seq > last + 1 else 0
             if gap:

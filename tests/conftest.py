@@ -54,6 +54,13 @@ def beacon_port() -> int:
     return free_udp_port()
 
 
+@pytest.fixture(autouse=True)
+def private_default_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node made without a port (README examples, CLI commands, their subprocesses) uses a
+    beacon port of this test's own: it never meets another test run's nodes or a user's."""
+    monkeypatch.setenv("ZMQKIT_PORT", str(free_udp_port()))
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

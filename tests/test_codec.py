@@ -1003,6 +1003,20 @@ def test_plain_values_round_trip_through_every_carrying_kind(
     ]
 
 
+def test_a_request_with_args_not_an_array_is_encoded_as_given_for_the_server_to_refuse() -> None:
+    for args, kwargs in (("abc", {}), (None, {}), ({"a": 1}, {}), ([1], None), ([1], [])):
+        frame = encode_request(1, "m", args, kwargs)  # type: ignore[arg-type]
+        assert cbor2.loads(frame) == [VERSION, Kind.REQUEST, 1, "m", args, kwargs]
+        with pytest.raises(ProtocolError):
+            decode(frame)
+
+
+def test_a_topic_that_is_not_text_is_an_encode_error() -> None:
+    for topic in (1, True, b"t", None):
+        with pytest.raises(EncodeError, match="topic"):
+            encode_publish(topic, SENDER, 1, "x")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("count", [0, 23, 24, 255, 256, 65535, 65536])
 def test_array_heads_are_cbor2s_at_every_length_boundary(count: int) -> None:
     assert encode_request(1, "m", [None] * count, {}) == cbor2.dumps(

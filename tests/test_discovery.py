@@ -27,6 +27,7 @@ import pytest
 from nodeproc import NodeProcess, kill_all
 
 from zmqkit import (
+    DEFAULT_PORT,
     ClosedError,
     ConfigError,
     EncodeError,
@@ -293,6 +294,26 @@ def test_config_errors_are_config_errors_and_leak_nothing(beacon_port: int) -> N
     for name in ("", "n" * 65, "\udc80", b"bytes"):
         with pytest.raises(ConfigError):
             Node(name, port=beacon_port)  # type: ignore[arg-type]
+
+
+def test_the_default_port_is_zmqkit_port_if_set_and_47474_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZMQKIT_PORT")
+    assert Node("x").port == DEFAULT_PORT == 47474
+    monkeypatch.setenv("ZMQKIT_PORT", " 50123 ")
+    assert Node("x").port == 50123
+    assert Node("x", port=40000).port == 40000  # an explicit port wins
+    for bad in ("abc", "0", "70000", "-5", "1e3"):
+        monkeypatch.setenv("ZMQKIT_PORT", bad)
+        with pytest.raises(ConfigError, match="ZMQKIT_PORT"):
+            Node("x")
+
+
+def test_nodes_without_a_port_meet_on_zmqkit_port(beacon_port: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZMQKIT_PORT", str(beacon_port))
+    with Node("here", **FAST) as here, Node("there", port=beacon_port, **FAST):
+        assert [peer.name for peer in here.wait_for("there", timeout=3)] == ["there"]
 
 
 def test_what_a_beacon_cannot_carry_fails_loudly(make_node: Callable[..., Node]) -> None:

@@ -565,6 +565,19 @@ def test_async_a_wait_for_reading_does_not_strand_a_parked_writer() -> None:
     assert asyncio.run(main()) is True
 
 
+def test_async_waiters_of_a_loop_closed_without_cancelling_them_do_not_trouble_the_next(
+) -> None:
+    with AsyncSocket(zmq.DEALER, options=SocketOptions(immediate=True)) as dealer, \
+            Socket(zmq.ROUTER) as router:
+        first = asyncio.new_event_loop()
+        first.create_task(dealer.wait_writable(timeout=5))
+        first.run_until_complete(asyncio.sleep(0.01))  # parked in the first loop
+        first.close()  # closed with the wait still parked (asyncio.run would cancel it)
+        dealer.connect(router.bind())
+        time.sleep(0.1)
+        assert asyncio.run(dealer.wait_writable(timeout=1)) is True
+
+
 def test_async_send_nowait_wakes_a_reader_parked_on_the_same_socket() -> None:
     async def main() -> bytes:
         with AsyncSocket(zmq.DEALER) as dealer, Socket(zmq.ROUTER) as router:

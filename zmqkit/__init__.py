@@ -16,7 +16,7 @@ package, the terminal demo nodes in ``demos``):
 
 from __future__ import annotations
 
-from .beacon import DEFAULT_PORT, Scope, Seed
+from .beacon import DEFAULT_PORT, PORT_VARIABLE, Scope, Seed, default_port
 from .codec import Kind
 from .deadline import Deadline
 from .errors import (
@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PORT",
+    "PORT_VARIABLE",
     "AsyncSocket",
     "BadArguments",
     "BrokenError",
@@ -69,4 +70,5 @@ __all__ = [
     "Timeout",
     "Wakeup",
     "ZmqkitError",
+    "default_port",
 ]

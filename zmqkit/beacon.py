@@ -21,6 +21,7 @@ import contextlib
 import enum
 import ipaddress
 import logging
+import os
 import random
 import select
 import socket
@@ -37,11 +38,21 @@ from .codec import BeaconKind, encode_beacon
 from .errors import ConfigError, EncodeError, ProtocolError
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 
-__all__ = ["DEFAULT_PORT", "Beacon", "Scope", "Seed", "interface_addresses", "parse_seed"]
+__all__ = [
+    "DEFAULT_PORT",
+    "PORT_VARIABLE",
+    "Beacon",
+    "Scope",
+    "Seed",
+    "default_port",
+    "interface_addresses",
+    "parse_seed",
+]
 
 log = logging.getLogger("zmqkit.beacon")
 
 DEFAULT_PORT = 47474
+PORT_VARIABLE = "ZMQKIT_PORT"
 LOOPBACK_BROADCAST = "127.255.255.255"
 LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_NETWORK = ipaddress.IPv4Network("127.0.0.0/8")
@@ -63,6 +74,23 @@ class Seed:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def default_port() -> int:
+    """The beacon port of a node given none: ``$ZMQKIT_PORT`` if set, else 47474.
+
+    Nodes on other ports never see each other, so the variable keeps a set of nodes (a test run,
+    a team's staging mesh) apart from others on the same hosts without a change to their code.
+
+    Raises:
+        ConfigError: the variable is set to something that is not a port number.
+    """
+    text = os.environ.get(PORT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_PORT
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{PORT_VARIABLE} must be a port number from 1 to 65535, not {text!r}")
+    return int(text)
 
 
 def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> Seed:

@@ -1,7 +1,8 @@
 """The ``zmqkit`` command: discovery and the patterns from a shell.
 
 Exit codes: 0 success, 1 the operation failed (timeout, remote error, not found), 2 usage error.
-Only this module (and the demos) read the environment or print.
+Only this module (and the demos) print or read the environment, but for the one variable the
+library reads itself: ZMQKIT_PORT, the default beacon port (``zmqkit.beacon.default_port``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.pretty import Pretty
 from rich.table import Table
 
 from . import __version__
-from .beacon import DEFAULT_PORT
+from .beacon import DEFAULT_PORT, PORT_VARIABLE
 from .deadline import Deadline
 from .errors import ConfigError, Timeout, ZmqkitError
 from .node import Node
@@ -54,9 +55,9 @@ def _scope_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
+        default=None,
         metavar="P",
-        help=f"the UDP beacon port (default {DEFAULT_PORT})",
+        help=f"the UDP beacon port (default ${PORT_VARIABLE} if set, else {DEFAULT_PORT})",
     )
     secure = common.add_argument_group("security (CURVE)")
     secure.add_argument("--keys", metavar="PATH", help="this node's keypair (from zmqkit keys new)")
@@ -341,7 +342,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from demos import show
 
         return show.run(
-            port=args.port if args.port != DEFAULT_PORT else None, duration=args.duration
+            port=args.port, duration=args.duration
         )
     options = node_options(args)
     name = args.name or args.demo

@@ -210,7 +210,6 @@ _EMPTY_MAP = b"\xa0"
 _SMALL_ARRAY_HEADS = [bytes((0x80 + count,)) for count in range(24)]
 
 
-
 def encode(kind: Kind, *fields: Any) -> bytes:
     """Encode a message of any kind from its fields, in the order of the table above."""
     return dumps([VERSION, int(kind), *fields])
@@ -220,6 +219,8 @@ def encode_request(
     call_id: int, method: str, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]
 ) -> bytes:
     """A REQUEST; ``args`` may be a tuple (CBOR has one array type, so it arrives as a list)."""
+    if type(args) not in (list, tuple) or type(kwargs) is not dict:
+        return encode(Kind.REQUEST, call_id, method, args, kwargs)  # as given: the server refuses
     try:
         return b"".join(
             (
@@ -262,6 +263,8 @@ def encode_cancel(call_id: int) -> bytes:
 
 
 def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
+    if type(topic) is not str:
+        raise EncodeError(f"a topic is text, not {topic!r}")
     try:
         return b"".join(
             (publish_prefixes(topic)[0], cbor2.dumps(sender), cbor2.dumps(seq), cbor2.dumps(data))

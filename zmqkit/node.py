@@ -21,13 +21,13 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mappi
 from typing import Protocol
 
 from .beacon import (
-    DEFAULT_PORT,
     LOOPBACK_BROADCAST,
     LOOPBACK_HOST,
     LOOPBACK_NETWORK,
     Beacon,
     Scope,
     Seed,
+    default_port,
     interface_addresses,
     parse_seed,
 )
@@ -64,7 +64,8 @@ class Node:
 
     Args:
         name: the service name peers find this node by; several nodes may share it.
-        port: the UDP beacon port shared by every node of one network.
+        port: the UDP beacon port shared by every node of one network (default:
+            ``$ZMQKIT_PORT`` if set, else 47474; nodes on other ports never meet).
         scope: ``"localhost"`` (default: nothing leaves this host) or ``"subnet"``.
         interface: the network interface for ``subnet`` scope.
         seeds: ``HOST[:PORT]`` strings that also get unicast beacons.
@@ -83,7 +84,7 @@ class Node:
         self,
         name: str,
         *,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         scope: str | Scope = Scope.LOCALHOST,
         interface: str | None = None,
         seeds: Iterable[str | Seed] = (),
@@ -110,7 +111,7 @@ class Node:
         self.name = name
         self.uuid = uuid_module.uuid4()
         self.host = host or address
-        self.port = port
+        self.port = port = default_port() if port is None else port
         self.headers = dict(headers or {})
         self.security: Security | None = None
         if keys is not None or keyring is not None:

@@ -306,17 +306,14 @@ class AsyncSocket(Socket):
             self.check_owner()
         if self.raw.closed:
             raise ClosedError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._watch_from(loop)
         events = self._events()  # may consume the edge that other waiters wait for: wake them
         if self._parked:
             self._wake(events)
         if events & wanted:
             return True
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
-                raise BusyError(f"{self!r} is watched by another event loop; one socket, one loop")
-            self._loop = loop
-            loop.add_reader(self._fd, self._on_descriptor)
         future: asyncio.Future[bool] = loop.create_future()
         self._parked.append((wanted, future))
         timer = loop.call_later(_milliseconds(timeout) / 1000, _settle, future, False)
@@ -324,6 +321,15 @@ class AsyncSocket(Socket):
             return await future
         finally:
             timer.cancel()
+
+    def _watch_from(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch the descriptor from ``loop``: the first one, or a new one after the last closed
+        (whose waiters, if it closed without cancelling them, are forgotten)."""
+        if self._loop is not None and not self._loop.is_closed():
+            raise BusyError(f"{self!r} is watched by another event loop; one socket, one loop")
+        self._parked = []
+        self._loop = loop
+        loop.add_reader(self._fd, self._on_descriptor)
 
     async def wait_readable(self, timeout: float) -> bool:
         """Wait until a message is queued, at most ``timeout`` seconds; False if none came."""
@@ -373,8 +379,12 @@ class AsyncSocket(Socket):
         while True:
             try:
                 if multipart:
-                    return self.raw.recv_multipart(zmq.NOBLOCK)  # type: ignore[no-any-return]
-                return [self.raw.recv(zmq.NOBLOCK)]
+                    frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
+                else:
+                    frames = [self.raw.recv(zmq.NOBLOCK)]
+                if self._parked:  # the receive may have taken a parked writer's signal
+                    self._wake_parked()
+                return frames
             except zmq.Again:
                 pass
             except zmq.ZMQError as exc:
