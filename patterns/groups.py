@@ -16,11 +16,9 @@ whisper to a dead peer fails within its deadline instead of vanishing.
 
 Guarantees and limits: shouts are at most once and in order per sender, like pub/sub (a member
 whose connection is not up yet, or whose queue is full, misses them; ``stats()["gaps"]`` counts
-what was missed). ``join`` announces the group only once the SUB socket's connections to the
-known peers' publishers are up (its monitor says so; at most ``JOIN_SETTLE``), so a member that
-shouts on seeing the JOIN reaches the newcomer. A whisper that returns has reached the peer's
-inbox. Events wait in an inbox of 10,000 (the oldest dropped and counted beyond that) for
-``recv``, ``events`` and ``aevents``; callbacks see every event too, in the groups thread.
+what was missed). A whisper that returns has reached the peer's inbox. Events wait in an inbox of
+10,000 (the oldest dropped and counted beyond that) for ``recv``, ``events`` and ``aevents``;
+callbacks see every event too, in the groups thread.
 
 - ``GroupsCore``  membership from beacons, whisper correlation and deadlines, shout intake (pure)
 - ``Groups``      one named thread per node that owns the sockets; blocking and asyncio front-ends
@@ -43,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import zmq
-import zmq.utils.monitor
 
 from zmqkit import (
     BrokenError,
@@ -96,8 +93,6 @@ BATCH_BYTES = 65_536  # shouts queued together leave as one PUBLISH_BATCH of at 
 BATCH_COUNT = 1024  # ... or this many
 DEFAULT_TIMEOUT = 5.0
 TICK = 0.5  # the longest the groups thread sleeps without looking at the clock
-JOIN_SETTLE = 1.0  # the longest join() waits for connections to the peers' publishers
-_HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 UUID_BYTES = 16
 
 
@@ -455,10 +450,6 @@ class Groups:
     def join(self, group: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Join ``group``: receive its shouts, and let peers see this node in it.
 
-        It returns once this node is connected to the publishers of the peers it knows (at most
-        1 s for a peer that does not answer), so a member that shouts when it sees this JOIN
-        reaches this node.
-
         Raises:
             ConfigError: not a valid group name.
             EncodeError: the beacon has no room for another group; nothing changed.
@@ -473,7 +464,6 @@ class Groups:
             self._joined = before | {group}
             try:
                 self._in_thread(lambda engine: engine.subscribe(group, True), timeout)
-                self._wait_connected(Deadline.after(min(timeout, JOIN_SETTLE)))
                 self.node.set_header(GROUPS_HEADER, format_groups(self._joined))
             except ZmqkitError:
                 self._joined = before
@@ -661,16 +651,6 @@ class Groups:
             self._commands.append(command)
         self._wake()
 
-    def _wait_connected(self, deadline: Deadline) -> None:
-        """Wait until the connections to the known peers' publishers are up, or ``deadline``
-        (not in the groups thread itself, which must keep running for them to come up)."""
-        if threading.current_thread() is self._thread:
-            return
-        while not self._in_thread(_Engine.hears_everyone, deadline.remaining() + 1.0):
-            if deadline.expired():
-                return
-            time.sleep(0.002)
-
     def _in_thread(self, question: Callable[[_Engine], Any], timeout: float) -> Any:
         """Run ``question`` in the groups thread and return its answer (directly when called
         from that thread, by a callback)."""
@@ -747,11 +727,9 @@ class _Engine:
         self.connected: dict[uuid_module.UUID, str] = {}
         self.refused: dict[uuid_module.UUID, SecurityError] = {}  # peers whose keys we may not use
         self.parked: list[_Parked] = []
-        self.monitor = sub.raw.get_monitor_socket(_HANDSHAKE_EVENTS)  # see hears_everyone
-        self.heard: set[str] = set()  # publisher endpoints whose connection is up
         self.poller = zmq.Poller()
-        for raw in (sub.raw, router.raw, self.monitor):
-            self.poller.register(raw, zmq.POLLIN)
+        for sock in (sub, router):
+            self.poller.register(sock.raw, zmq.POLLIN)
         groups._wakeup.register(self.poller)
 
     def run(self) -> None:
@@ -764,8 +742,6 @@ class _Engine:
             self.settle_expired(time.monotonic())
             ready = dict(self.poller.poll(round(self.next_wait() * 1000)))
             groups._wakeup.woke(ready)
-            if self.monitor in ready:
-                self.take_connection_events()
             if self.sub.raw in ready:
                 self.take_shouts()
             if self.router.raw in ready:
@@ -790,8 +766,6 @@ class _Engine:
         try:
             self.flush()  # shouts made just before the close still go out (PUB lingers 0.2 s)
         finally:
-            self.sub.raw.disable_monitor()
-            self.monitor.close(linger=0)
             for sock in [*self.dealers.values(), self.pub, self.sub, self.router]:
                 sock.close()
 
@@ -862,7 +836,6 @@ class _Engine:
         for peer_uuid, endpoint in list(self.connected.items()):
             if wanted.get(peer_uuid) != endpoint:
                 self.sub.disconnect(endpoint)
-                self.heard.discard(endpoint)
                 del self.connected[peer_uuid]
         new = [u for u in wanted if u not in self.connected and u not in self.refused]
         peers = {peer.uuid: peer for peer in self.groups.node.peers(role=ROLE)} if new else {}
@@ -880,22 +853,6 @@ class _Engine:
                                         "it may or may not have it"))
 
     # -- shouts ----------------------------------------------------------------------------------
-
-    def take_connection_events(self) -> None:
-        """Note which publishers the SUB socket has finished connecting to (its monitor says)."""
-        while self.monitor.poll(0):
-            event = zmq.utils.monitor.parse_monitor_message(self.monitor.recv_multipart())
-            endpoint = event["endpoint"].decode()
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.heard.add(endpoint)
-            else:
-                self.heard.discard(endpoint)
-
-    def hears_everyone(self) -> bool:
-        """Whether every known peer's publisher is connected: subscriptions made before reach
-        it as the connection comes up, ahead of anything this node announces after."""
-        self.take_connection_events()
-        return all(endpoint in self.heard for endpoint in self.connected.values())
 
     def subscribe(self, group: str, on: bool) -> None:
         """(Un)subscribe to the group's shouts."""

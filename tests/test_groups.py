@@ -309,38 +309,6 @@ def test_groups_with_curve_talk_only_within_the_keyring(beacon_port: int) -> Non
         assert alice.stats()["refused-peers"] == 1
 
 
-def test_a_member_that_shouts_when_it_sees_a_join_reaches_the_joiner(beacon_port: int) -> None:
-    """join() returns once the joiner is connected to the members' publishers, so a shout sent
-    on seeing its JOIN is not lost to a connection still coming up (the README example)."""
-    for attempt in range(5):
-        with Node("a", port=beacon_port, **FAST) as a_node, \
-                Node("b", port=beacon_port, **FAST) as b_node, \
-                Groups(a_node) as a, Groups(b_node) as b:
-            a.join("ops")
-            while not b.members("ops"):
-                next_event(b, Join)
-            b.join("ops")
-            while not a.members("ops"):
-                next_event(a, Join)
-            a.shout("ops", attempt)
-            assert next_event(b, GroupEventKind.SHOUT).body == attempt
-
-
-def test_join_waits_at_most_a_second_for_a_publisher_that_never_answers(
-        make_node: Callable[[str], Node]) -> None:
-    ghost = make_node("ghost")  # in a group, with a publisher nobody can reach
-    ghost.advertise(groups.ROLE, "tcp://127.0.0.1:9")
-    ghost.advertise(groups.PUB_ROLE, "tcp://127.0.0.1:9")
-    ghost.set_header(groups.GROUPS_HEADER, "ops")
-    with Groups(make_node("b")) as b:
-        while not b.members("ops"):
-            next_event(b, Join)
-        started = time.monotonic()
-        b.join("ops")
-        assert time.monotonic() - started < groups.JOIN_SETTLE + 1.0
-        assert b.joined == frozenset({"ops"})
-
-
 def test_groups_whisper_endpoint_answers_bad_requests_and_keeps_serving(
         make_node: Callable[[str], Node]) -> None:
     with Groups(make_node("a")) as a, Socket(zmq.DEALER) as dealer:
