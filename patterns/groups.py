@@ -209,10 +209,10 @@ class GroupsCore:
         if peer.uuid == self.own_uuid:
             return []
         known = self.peers.get(peer.uuid)
-        if ROLE not in peer.endpoints:
-            return self.remove(peer.uuid, "closed") if known is not None else []
         if known is not None and peer.seq < known.seq:
             return []  # an older description, queued before a newer one was read
+        if ROLE not in peer.endpoints:
+            return self.remove(peer.uuid, "closed") if known is not None else []
         self.gone.pop(peer.uuid, None)  # its Groups closed and opened again
         groups, bad = parse_groups(peer.headers.get(GROUPS_HEADER))
         self.stats["dropped-bad-group"] += bad

@@ -95,6 +95,19 @@ def test_groups_header_round_trips_valid_names(names: list[str]) -> None:
     assert (header is None) == (not valid)
 
 
+def test_groups_core_ignores_an_older_description_without_the_groups_role() -> None:
+    """The groups thread reads the peer table, then the events queued while it started: an
+    event from before the peer's Groups advertised its ROUTER is stale, not a Groups closing."""
+    core = GroupsCore(ME)
+    assert kinds(core.update(peer(P1, "p1", 3, "ops"))) == [(GroupEventKind.JOIN, "ops")]
+    older = PeerEvent(EventKind.UPDATED, peer(P1, "p1", 2, serves=False))
+    assert core.presence(older) == []
+    assert core.members("ops") == [groups.Member("p1", P1)]
+    newer = PeerEvent(EventKind.UPDATED, peer(P1, "p1", 4, serves=False))
+    assert kinds(core.presence(newer)) == [(GroupEventKind.LEAVE, "ops"),
+                                           (GroupEventKind.GONE, None)]
+
+
 def test_groups_core_whisper_deadlines_and_peers_gone() -> None:
     core = GroupsCore(ME)
     first = core.start_whisper(P1, deadline=10.0, waiter="w1")

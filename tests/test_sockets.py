@@ -570,9 +570,10 @@ def test_async_waiters_of_a_loop_closed_without_cancelling_them_do_not_trouble_t
     with AsyncSocket(zmq.DEALER, options=SocketOptions(immediate=True)) as dealer, \
             Socket(zmq.ROUTER) as router:
         first = asyncio.new_event_loop()
-        first.create_task(dealer.wait_writable(timeout=5))
+        parked = first.create_task(dealer.wait_writable(timeout=5))
         first.run_until_complete(asyncio.sleep(0.01))  # parked in the first loop
         first.close()  # closed with the wait still parked (asyncio.run would cancel it)
+        assert not parked.done()
         dealer.connect(router.bind())
         time.sleep(0.1)
         assert asyncio.run(dealer.wait_writable(timeout=1)) is True
