@@ -474,9 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=5,
         metavar="R",
-        help="rounds per workload, alternating raw and zmqkit (default 3)",
+        help="rounds per workload, alternating raw and zmqkit (default 5)",
     )
     bench.set_defaults(run=cmd_bench)
 
