@@ -304,7 +304,7 @@ FULL = Sizes(  # five rounds of each fit in about three minutes here; more short
     rpc_calls=10_000,  # fewer long ones on a machine whose load drifts
     async_calls=50_000,
     messages=200_000,
-    big_messages=300,
+    big_messages=1000,
     discovery_nodes=20,
     idle_seconds=10.0,
 )

@@ -1017,6 +1017,15 @@ def test_a_topic_that_is_not_text_is_an_encode_error() -> None:
             encode_publish(topic, SENDER, 1, "x")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("size", [0, 23, 24, 255, 256, 65535, 65536, 1 << 20])
+def test_byte_string_payloads_are_joined_as_cbor2_would_encode_them(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert encode_publish("t", SENDER, 9, data) == cbor2.dumps([VERSION, Kind.PUBLISH, "t",
+                                                                SENDER, 9, data])
+    assert encode_reply(3, data) == cbor2.dumps([VERSION, Kind.REPLY, 3, data])
+    assert encode_stream_item(3, data) == cbor2.dumps([VERSION, Kind.STREAM_ITEM, 3, data])
+
+
 @pytest.mark.parametrize("count", [0, 23, 24, 255, 256, 65535, 65536])
 def test_array_heads_are_cbor2s_at_every_length_boundary(count: int) -> None:
     assert encode_request(1, "m", [None] * count, {}) == cbor2.dumps(

@@ -238,7 +238,7 @@ def encode_request(
 
 def encode_reply(call_id: int, result: Any) -> bytes:
     try:
-        return b"".join((_REPLY_HEAD, cbor2.dumps(call_id), cbor2.dumps(result)))
+        return b"".join((_REPLY_HEAD, cbor2.dumps(call_id), *_value(result)))
     except Exception as exc:
         raise EncodeError(f"cannot encode {type(result).__name__}: {exc}") from exc
 
@@ -249,7 +249,7 @@ def encode_error(call_id: int, type_name: str, message: str, traceback: str = ""
 
 def encode_stream_item(call_id: int, item: Any) -> bytes:
     try:
-        return b"".join((_STREAM_ITEM_HEAD, cbor2.dumps(call_id), cbor2.dumps(item)))
+        return b"".join((_STREAM_ITEM_HEAD, cbor2.dumps(call_id), *_value(item)))
     except Exception as exc:
         raise EncodeError(f"cannot encode {type(item).__name__}: {exc}") from exc
 
@@ -267,7 +267,7 @@ def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
         raise EncodeError(f"a topic is text, not {topic!r}")
     try:
         return b"".join(
-            (publish_prefixes(topic)[0], cbor2.dumps(sender), cbor2.dumps(seq), cbor2.dumps(data))
+            (publish_prefixes(topic)[0], cbor2.dumps(sender), cbor2.dumps(seq), *_value(data))
         )
     except Exception as exc:
         raise EncodeError(f"cannot encode {type(data).__name__}: {exc}") from exc
@@ -302,11 +302,28 @@ def _array_head(count: int) -> bytes:
     """The CBOR head of an array of ``count`` items (the items follow it, each encoded)."""
     if count < 24:
         return _SMALL_ARRAY_HEADS[count]
-    if count < 256:
-        return bytes((0x98, count))
-    if count < 65536:
-        return b"\x99" + count.to_bytes(2, "big")
-    return b"\x9a" + count.to_bytes(4, "big")
+    return _head(0x80, count)
+
+
+def _head(major: int, length: int) -> bytes:
+    """A CBOR head: ``major`` (0x40 byte string, 0x80 array) with its length argument."""
+    if length < 24:
+        return bytes((major + length,))
+    if length < 256:
+        return bytes((major + 24, length))
+    if length < 65536:
+        return bytes((major + 25,)) + length.to_bytes(2, "big")
+    if length < 1 << 32:
+        return bytes((major + 26,)) + length.to_bytes(4, "big")
+    return bytes((major + 27,)) + length.to_bytes(8, "big")
+
+
+def _value(value: Any) -> tuple[bytes, ...]:
+    """``value`` encoded, as parts to join: a byte string's bytes are not copied first, so a
+    large binary payload is copied once, into the frame."""
+    if type(value) is bytes:
+        return _head(0x40, len(value)), value
+    return (cbor2.dumps(value),)
 
 
 @functools.lru_cache(maxsize=4096)
