@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from patterns import rpc
@@ -74,7 +75,13 @@ def run(node_options: dict[str, Any], *, name: str = "calc", duration: float | N
     recent: deque[tuple[str, str, str, str, str]] = deque(maxlen=15)
 
     def report(method: str, args: tuple[Any, ...], result: str, seconds: float) -> None:
-        row = (Clock.now(), method, ", ".join(map(repr, args)), result, f"{seconds * 1000:.2f} ms")
+        row = (  # callers' values are text, never rich markup
+            Clock.now(),
+            escape(method),
+            escape(", ".join(map(repr, args))),
+            escape(result),
+            f"{seconds * 1000:.2f} ms",
+        )
         recent.append(row)
         if not console.is_terminal:
             console.print(" ".join(row), highlight=False)

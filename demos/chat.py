@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 
 from patterns.groups import GroupEvent, GroupEventKind, Groups
 from zmqkit import Node, Timeout
@@ -61,16 +62,17 @@ def run(
 
     def show(event: GroupEvent) -> None:
         stamp = "" if console.is_terminal else f"{Clock.now()} "
+        peer, group, body = escape(event.peer), escape(str(event.group)), escape(str(event.body))
         if event.kind is GroupEventKind.SHOUT:
-            console.print(f"{stamp}[bold cyan]<{event.peer}>[/] {event.body}")
+            console.print(f"{stamp}[bold cyan]<{peer}>[/] {body}")
         elif event.kind is GroupEventKind.WHISPER:
-            console.print(f"{stamp}[magenta]({event.peer} whispers)[/] {event.body}")
+            console.print(f"{stamp}[magenta]({peer} whispers)[/] {body}")
         elif event.kind is GroupEventKind.JOIN:
-            console.print(f"{stamp}[green]* {event.peer} joined {event.group}[/]")
+            console.print(f"{stamp}[green]* {peer} joined {group}[/]")
         elif event.kind is GroupEventKind.LEAVE:
-            console.print(f"{stamp}[yellow]* {event.peer} left {event.group}[/]")
+            console.print(f"{stamp}[yellow]* {peer} left {group}[/]")
         else:
-            console.print(f"{stamp}[red]* {event.peer} is gone ({event.body})[/]")
+            console.print(f"{stamp}[red]* {peer} is gone ({body})[/]")
 
     with Node(name, **node_options) as node, Groups(node) as chat:
         chat.join(GROUP)
@@ -97,7 +99,8 @@ def run(
             if line:
                 chat.shout(GROUP, line)
                 console.print(
-                    f"{'' if console.is_terminal else Clock.now() + ' '}[bold]<{name}>[/] {line}"
+                    f"{'' if console.is_terminal else Clock.now() + ' '}"
+                    f"[bold]<{escape(name)}>[/] {escape(line)}"
                 )
             with contextlib.suppress(Timeout):  # nothing said in this look: fine
                 show(chat.recv(0.05))

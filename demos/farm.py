@@ -18,11 +18,12 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from patterns import farm
-from zmqkit import Node, Timeout
+from zmqkit import Node, Timeout, default_port
 
 from .common import Clock, run_until
 
@@ -111,7 +112,7 @@ def run(
 ) -> int:
     """Farm ``tasks`` tasks out to ``workers`` worker processes, killing one on the way."""
     console = Console(highlight=False)
-    port = int(node_options["port"])
+    port = default_port() if node_options["port"] is None else int(node_options["port"])
     procs = [spawn_worker(f"worker-{i + 1}", port, (duration or 60) + 10) for i in range(workers)]
     killed = ""
     try:
@@ -127,7 +128,7 @@ def run(
                 table.add_column("worker")
                 table.add_column("tasks", justify="right")
                 for worker, count in sorted(job.per_worker.items()):
-                    table.add_row(worker, str(count))
+                    table.add_row(escape(worker), str(count))
                 return Group(bar, table, f"[red]{killed}[/]" if killed else "")
 
             def step() -> bool:

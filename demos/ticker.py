@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from patterns import pubsub
@@ -76,7 +77,8 @@ def watch(
             for column in ("symbol", "price", "qty", "from", "seq"):
                 view.add_column(column, justify="right" if column != "from" else "left")
             for symbol, (price, qty, publisher, seq) in sorted(latest.items()):
-                view.add_row(symbol, f"{price:,.2f}", str(qty), publisher, str(seq))
+                view.add_row(escape(str(symbol)), f"{price:,.2f}", escape(str(qty)),
+                             escape(publisher), str(seq))
             return view
 
         def receive() -> None:

@@ -56,6 +56,14 @@ def test_each_demo_node_runs_headless_and_ends_by_itself(demo: list[str]) -> Non
     assert processes_using_port(port) == []
 
 
+@pytest.mark.parametrize("demo", ["calc", "ticker", "chat", "farm"])
+def test_each_demo_node_takes_its_beacon_port_from_zmqkit_port(demo: str) -> None:
+    # conftest's private_default_port has set ZMQKIT_PORT for this test: no --port given
+    result = zmqkit("demo", demo, "--duration", "2", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_calc_node_prints_each_call_as_a_timestamped_line() -> None:
     port = free_udp_port()
     node = subprocess.Popen(
@@ -69,12 +77,17 @@ def test_calc_node_prints_each_call_as_a_timestamped_line() -> None:
         called = zmqkit("call", "calc", "mul", "6", "7", "--port", str(port), "--timeout", "5")
         assert called.returncode == 0, called.stderr
         assert called.stdout.strip() == "42"
+        markup = "[/x] [red]hi"  # a caller's text is shown as text, never read as rich markup
+        called = zmqkit("call", "calc", "echo", markup, "--port", str(port), "--timeout", "5")
+        assert called.returncode == 0, called.stderr
+        assert markup in called.stdout
         output, errors = node.communicate(timeout=20)
     finally:
         node.kill()
         node.wait()
     assert node.returncode == 0, errors
     assert any(" mul 6, 7 42 " in line for line in output.splitlines()), output
+    assert any(markup in line for line in output.splitlines()), output
 
 
 def test_the_show_ends_by_itself_with_a_summary_and_leaves_nothing_running() -> None:
@@ -124,7 +137,7 @@ def test_ctrl_c_stops_the_show_and_every_node_it_started_without_a_traceback() -
 def test_chat_nodes_run_headless_with_their_script_and_hear_each_other(tmp_path) -> None:
     port = free_udp_port()
     script = tmp_path / "lines.txt"
-    script.write_text("first scripted line\nsecond scripted line\n")
+    script.write_text("first scripted line\nclosing tag [/oops] here\n")  # text, not markup
     command = [
         sys.executable,
         "-m",
@@ -159,6 +172,7 @@ def test_chat_nodes_run_headless_with_their_script_and_hear_each_other(tmp_path)
             process.wait()
     assert alice.returncode == 0 and bob.returncode == 0, alice_err + bob_err
     assert "<alice> first scripted line" in bob_out
+    assert "<alice> closing tag [/oops] here" in bob_out
     assert "<bob> hello from bob" in alice_out
     assert "bob joined lobby" in alice_out
 

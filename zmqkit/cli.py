@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.pretty import Pretty
 from rich.table import Table
 
@@ -103,7 +104,9 @@ def _peer_table(peers: Sequence[Peer]) -> Table:
         table.add_column(column)
     for row in _peer_rows(peers):
         endpoints = "\n".join(f"{role} {ep}" for role, ep in row["endpoints"].items())  # type: ignore[attr-defined]
-        table.add_row(str(row["name"]), str(row["uuid"])[:8], endpoints, f"{row['age']:.1f}s")
+        table.add_row(  # what peers say is text, never rich markup
+            escape(str(row["name"])), str(row["uuid"])[:8], escape(endpoints), f"{row['age']:.1f}s"
+        )
     return table
 
 
@@ -157,9 +160,11 @@ def cmd_call(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(methods))
             for method in [] if args.json else methods:
-                console.print(f"[bold]{method['signature']}[/]  [dim]{method['mode']}[/]")
+                console.print(
+                    f"[bold]{escape(method['signature'])}[/]  [dim]{escape(method['mode'])}[/]"
+                )
                 if method["doc"]:
-                    console.print(f"    {method['doc']}", highlight=False)
+                    console.print(f"    {escape(method['doc'])}", highlight=False)
             return EXIT_OK
         if args.method is None:
             raise UsageError("name a METHOD, or --list the methods")
@@ -219,8 +224,9 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 else:
                     gap = f" [red](missed {message.gap})[/]" if message.gap else ""
                     console.print(
-                        f"[cyan]{message.topic}[/] [dim]{message.publisher}#{message.seq}[/]"
-                        f"{gap} {message.data!r}",
+                        f"[cyan]{escape(message.topic)}[/] "
+                        f"[dim]{escape(message.publisher)}#{message.seq}[/]"
+                        f"{gap} {escape(repr(message.data))}",
                         highlight=False,
                     )
         except KeyboardInterrupt:
