@@ -207,7 +207,7 @@ _REQUEST_HEAD = bytes((0x86, VERSION, 1))  # array of 6, version, kind
 _REPLY_HEAD = bytes((0x84, VERSION, 2))
 _STREAM_ITEM_HEAD = bytes((0x84, VERSION, 4))
 _EMPTY_MAP = b"\xa0"
-_SMALL_ARRAY_HEADS = [bytes((0x80 + count,)) for count in range(24)]
+_BYTE_STRING, _ARRAY = 0x40, 0x80  # CBOR major types 2 and 4, in a head's top three bits
 
 
 def encode(kind: Kind, *fields: Any) -> bytes:
@@ -227,7 +227,7 @@ def encode_request(
                 _REQUEST_HEAD,
                 cbor2.dumps(call_id),
                 cbor2.dumps(method),
-                _array_head(len(args)),
+                _head(_ARRAY, len(args)),
                 *[cbor2.dumps(arg) for arg in args],
                 cbor2.dumps(kwargs) if kwargs else _EMPTY_MAP,
             )
@@ -237,10 +237,7 @@ def encode_request(
 
 
 def encode_reply(call_id: int, result: Any) -> bytes:
-    try:
-        return b"".join((_REPLY_HEAD, cbor2.dumps(call_id), *_value(result)))
-    except Exception as exc:
-        raise EncodeError(f"cannot encode {type(result).__name__}: {exc}") from exc
+    return _with_call_id(_REPLY_HEAD, call_id, result)
 
 
 def encode_error(call_id: int, type_name: str, message: str, traceback: str = "") -> bytes:
@@ -248,10 +245,15 @@ def encode_error(call_id: int, type_name: str, message: str, traceback: str = ""
 
 
 def encode_stream_item(call_id: int, item: Any) -> bytes:
+    return _with_call_id(_STREAM_ITEM_HEAD, call_id, item)
+
+
+def _with_call_id(head: bytes, call_id: int, value: Any) -> bytes:
+    """A REPLY or STREAM_ITEM: ``head`` (array, version, kind), the call id, the value."""
     try:
-        return b"".join((_STREAM_ITEM_HEAD, cbor2.dumps(call_id), *_value(item)))
-    except Exception as exc:
-        raise EncodeError(f"cannot encode {type(item).__name__}: {exc}") from exc
+        return b"".join((head, cbor2.dumps(call_id), *_value(value)))
+    except Exception as exc:  # CBOREncodeError and friends: the value is at fault
+        raise EncodeError(f"cannot encode {type(value).__name__}: {exc}") from exc
 
 
 def encode_stream_end(call_id: int) -> bytes:
@@ -292,21 +294,14 @@ def encode_publish_batch_from(
             publish_prefixes(topic)[1],
             dumps(sender),
             dumps(first_seq),
-            _array_head(len(encoded_items)),
+            _head(_ARRAY, len(encoded_items)),
             *encoded_items,
         )
     )
 
 
-def _array_head(count: int) -> bytes:
-    """The CBOR head of an array of ``count`` items (the items follow it, each encoded)."""
-    if count < 24:
-        return _SMALL_ARRAY_HEADS[count]
-    return _head(0x80, count)
-
-
 def _head(major: int, length: int) -> bytes:
-    """A CBOR head: ``major`` (0x40 byte string, 0x80 array) with its length argument."""
+    """A CBOR head: the ``major`` type (``_BYTE_STRING``, ``_ARRAY``) and its length argument."""
     if length < 24:
         return bytes((major + length,))
     if length < 256:
@@ -322,7 +317,7 @@ def _value(value: Any) -> tuple[bytes, ...]:
     """``value`` encoded, as parts to join: a byte string's bytes are not copied first, so a
     large binary payload is copied once, into the frame."""
     if type(value) is bytes:
-        return _head(0x40, len(value)), value
+        return _head(_BYTE_STRING, len(value)), value
     return (cbor2.dumps(value),)
 
 
