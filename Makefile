@@ -24,10 +24,16 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-test
-	$(PY) -m pip install --quiet --disable-pip-version-check ruff mypy
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# mypy and import-linter read the zmqkit namespace from a tree of links (see .ci/tree).
+lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check zmqkit patterns demos tests
-	$(PY) -m mypy
+	.ci/tree build/tree
+	cd build/tree && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p zmqkit
+	cd build/tree && $(CURDIR)/$(VENV)/bin/lint-imports --config $(CURDIR)/pyproject.toml
 
 bench: $(VENV)/.installed
 	$(PY) -m zmqkit bench all

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from patterns import rpc
+from zmqkit.patterns import rpc
 from zmqkit import Node
 
 from .common import REFRESH, Clock, run_until

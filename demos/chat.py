@@ -1,4 +1,4 @@
-"""The chat node: a group chat over ``patterns.groups``, one node per terminal.
+"""The chat node: a group chat over ``zmqkit.patterns.groups``, one node per terminal.
 
 ``zmqkit demo chat --name alice`` joins the group ``lobby``: type a line and press Enter, and
 every other chat node shows it with your name; joins and departures show up too. With no terminal
@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from patterns.groups import GroupEvent, GroupEventKind, Groups
+from zmqkit.patterns.groups import GroupEvent, GroupEventKind, Groups
 from zmqkit import Node, Timeout
 
 from .common import Clock, run_until

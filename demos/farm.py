@@ -1,4 +1,4 @@
-"""The farm demo: a ventilator and worker processes (``patterns.farm``), one of them killed.
+"""The farm demo: a ventilator and worker processes (``zmqkit.patterns.farm``), one of them killed.
 
 ``zmqkit demo farm --workers 3`` starts three worker processes (each ``zmqkit demo farm
 --worker``), hands them tasks, and kills one of them (SIGKILL) a third of the way through: its
@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from patterns import farm
+from zmqkit.patterns import farm
 from zmqkit import Node, Timeout, default_port
 
 from .common import Clock, run_until

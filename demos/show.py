@@ -29,8 +29,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 import zmqkit
-from patterns import pubsub, rpc
-from patterns.groups import GroupEventKind, Groups
+from zmqkit.patterns import pubsub, rpc
+from zmqkit.patterns.groups import GroupEventKind, Groups
 
 from .common import Clock
 from .farm import FarmRun

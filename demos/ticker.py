@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from patterns import pubsub
+from zmqkit.patterns import pubsub
 from zmqkit import Node, Timeout
 
 from .common import Clock, run_until

@@ -23,8 +23,8 @@ from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patterns import failover, rpc
-from patterns.failover import FAILURE_PENALTY, FailoverCore, Phase
+from zmqkit.patterns import failover, rpc
+from zmqkit.patterns.failover import FAILURE_PENALTY, FailoverCore, Phase
 from zmqkit import (
     BrokenError,
     BusyError,
@@ -213,7 +213,7 @@ def test_failover_core_penalty_wears_off() -> None:
 REPLICA_SCRIPT = r"""
 import sys, time
 import zmqkit
-from patterns import rpc
+from zmqkit.patterns import rpc
 
 port = int(sys.argv[1])
 

@@ -29,9 +29,9 @@ import pytest
 import zmq
 from conftest import doc_section
 
-from patterns import farm
-from patterns.farm import wire
-from patterns.farm.core import Cancel, Dispatch, SubmitterCore, WorkerCore
+from zmqkit.patterns import farm
+from zmqkit.patterns.farm import wire
+from zmqkit.patterns.farm.core import Cancel, Dispatch, SubmitterCore, WorkerCore
 from zmqkit import (
     BrokenError,
     BusyError,
@@ -480,7 +480,7 @@ def square(x: int) -> int:
 WORKER_SCRIPT = r"""
 import os, sys, time
 import zmqkit
-from patterns import farm
+from zmqkit.patterns import farm
 
 port, name, delay, slots = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 
@@ -611,7 +611,7 @@ def test_farm_sigkilled_worker_process_loses_no_task(make_node: MakeNode, beacon
 SUBMITTER_SCRIPT = r"""
 import sys
 import zmqkit
-from patterns import farm
+from zmqkit.patterns import farm
 
 with zmqkit.Node("boss", port=int(sys.argv[1]), interval=0.2, expiry=0.6) as node:
     with farm.Submitter(node, "jobs") as jobs:

@@ -27,8 +27,8 @@ from conftest import doc_section
 from hypothesis import given
 from hypothesis import strategies as st
 
-from patterns import groups
-from patterns.groups import GroupEvent, GroupEventKind, Groups, GroupsCore
+from zmqkit.patterns import groups
+from zmqkit.patterns.groups import GroupEvent, GroupEventKind, Groups, GroupsCore
 from zmqkit import (
     BrokenError,
     BusyError,
@@ -350,7 +350,7 @@ def test_groups_whisper_endpoint_answers_bad_requests_and_keeps_serving(
 CHILD_SCRIPT = r"""
 import sys
 import zmqkit
-from patterns import groups
+from zmqkit.patterns import groups
 
 with zmqkit.Node("doomed", port=int(sys.argv[1]), interval=0.2, expiry=0.6) as node:
     with groups.Groups(node) as member:

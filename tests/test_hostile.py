@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zmqkit
-from patterns import pubsub, rpc
+from zmqkit.patterns import pubsub, rpc
 from zmqkit import Node, ProtocolError, Socket, Timeout, codec
 from zmqkit.codec import DEFAULT_MAX_MESSAGE_SIZE, MAX_BEACON_SIZE, BeaconKind, Kind
 
@@ -898,7 +898,7 @@ def reserved_requests(method: str) -> st.SearchStrategy[bytes]:
 def test_fuzz_state_sync_router_and_update_stream_keep_the_replica_right(
     make_node: MakeNode, beacon_port: int, pickle_bomb: tuple[bytes, Path]
 ) -> None:
-    from patterns import state
+    from zmqkit.patterns import state
 
     payload, _ = pickle_bomb
     group, topic = "inventory", "zmqkit.state.inventory"
@@ -973,7 +973,7 @@ def test_fuzz_state_sync_router_and_update_stream_keep_the_replica_right(
 def test_fuzz_groups_whispers_and_shouts_keep_the_node_right(
     make_node: MakeNode, beacon_port: int, pickle_bomb: tuple[bytes, Path]
 ) -> None:
-    from patterns import groups
+    from zmqkit.patterns import groups
 
     payload, _ = pickle_bomb
     topic = groups.TOPIC_PREFIX + "ops"

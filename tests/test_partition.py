@@ -41,7 +41,7 @@ FAST = {"interval": 0.2, "expiry": 1.0}  # for the farm and state: lose a dead n
 RPC_SERVER = r"""
 import json, sys, time
 import zmqkit
-from patterns import rpc
+from zmqkit.patterns import rpc
 
 config = json.loads(sys.argv[1])
 name = config.pop("name")
@@ -70,7 +70,7 @@ with zmqkit.Node(name, **config) as node:
 RPC_CALLER = r"""
 import asyncio, json, sys, time
 import zmqkit
-from patterns import rpc
+from zmqkit.patterns import rpc
 
 config = json.loads(sys.argv[1])
 name, server = config.pop("name"), config.pop("server")
@@ -113,7 +113,7 @@ with zmqkit.Node(name, **config) as node, rpc.Client(node, server) as client:
 FARM_WORKER = r"""
 import json, sys, time
 import zmqkit
-from patterns import farm
+from zmqkit.patterns import farm
 
 config = json.loads(sys.argv[1])
 name, slots = config.pop("name"), config.pop("slots")
@@ -131,7 +131,7 @@ with zmqkit.Node(name, **config) as node:
 FARM_SUBMITTER = r"""
 import json, sys, time
 import zmqkit
-from patterns import farm
+from zmqkit.patterns import farm
 
 config = json.loads(sys.argv[1])
 name, workers = config.pop("name"), config.pop("workers")
@@ -167,7 +167,7 @@ with zmqkit.Node(name, **config) as node, \
 STATE_REPLICA = r"""
 import json, sys, time
 import zmqkit
-from patterns import state
+from zmqkit.patterns import state
 
 config = json.loads(sys.argv[1])
 name = config.pop("name")

@@ -24,7 +24,7 @@ import cbor2
 import pytest
 import zmq
 
-from patterns import pubsub, rpc
+from zmqkit.patterns import pubsub, rpc
 from zmqkit import Node
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"

@@ -29,8 +29,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patterns import pubsub
-from patterns.pubsub import Message, _Intake
+from zmqkit.patterns import pubsub
+from zmqkit.patterns.pubsub import Message, _Intake
 from zmqkit import ClosedError, ConfigError, Node, PeerNotFound, Timeout, codec
 
 WARM = "_warm"
@@ -371,7 +371,7 @@ def test_a_publisher_that_leaves_is_disconnected(beacon_port: int, sub_node: Nod
 TICKER_SCRIPT = r"""
 import sys, time
 from zmqkit import Node
-from patterns import pubsub
+from zmqkit.patterns import pubsub
 
 port, name = int(sys.argv[1]), sys.argv[2]
 with Node(name, port=port) as node:

@@ -25,7 +25,7 @@ import cbor2
 import pytest
 import zmq
 
-from patterns import rpc
+from zmqkit.patterns import rpc
 from zmqkit import (
     BrokenError,
     BusyError,
@@ -208,7 +208,7 @@ def took(at_most: float) -> Iterator[None]:
 SERVER_SCRIPT = r"""
 import sys, time
 import zmqkit
-from patterns import rpc
+from zmqkit.patterns import rpc
 
 port, name = int(sys.argv[1]), sys.argv[2]
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from patterns.rpc.core import FAILURE_PENALTY, Route, Routes, may_retry, outcome
+from zmqkit.patterns.rpc.core import FAILURE_PENALTY, Route, Routes, may_retry, outcome
 from zmqkit import Peer, ProtocolError, RemoteError, codec
 
 NOW = 1000.0

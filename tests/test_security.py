@@ -36,7 +36,7 @@ import pytest
 import zmq
 import zmq.utils.monitor
 
-from patterns import pubsub, rpc
+from zmqkit.patterns import pubsub, rpc
 from zmqkit import ConfigError, Node, Socket, Timeout, codec
 from zmqkit.codec import BeaconKind
 from zmqkit.security import CURVE_HEADER, Keypair, Keyring, SecurityError, ZapHandler

@@ -7,8 +7,8 @@ import sys
 
 
 def test_packages_import() -> None:
-    import demos
-    import patterns
+    from zmqkit import demos
+    from zmqkit import patterns
     import zmqkit
 
     for package in (zmqkit, patterns):

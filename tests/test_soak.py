@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from patterns import farm, pubsub, rpc
+from zmqkit.patterns import farm, pubsub, rpc
 from zmqkit import Node, Timeout
 from zmqkit.security import Keypair
 

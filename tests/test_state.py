@@ -32,8 +32,8 @@ from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patterns import state
-from patterns.state import Change, ChangeKind, State, StateCore, SyncPlanner
+from zmqkit.patterns import state
+from zmqkit.patterns.state import Change, ChangeKind, State, StateCore, SyncPlanner
 from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, codec
 from zmqkit.codec import Kind
 from zmqkit.security import Keypair, Keyring
@@ -438,7 +438,7 @@ def test_state_sync_server_answers_bad_requests_and_keeps_serving(
 CHILD_SCRIPT = r"""
 import json, sys, time
 import zmqkit
-from patterns import state
+from zmqkit.patterns import state
 
 port, replica_options = int(sys.argv[1]), json.loads(sys.argv[2])
 with zmqkit.Node("child", port=port, interval=0.2, expiry=0.6) as node:

@@ -23,8 +23,8 @@ from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patterns import rpc, survey
-from patterns.survey import Ending, Responder, SurveyState
+from zmqkit.patterns import rpc, survey
+from zmqkit.patterns.survey import Ending, Responder, SurveyState
 from zmqkit import (
     BusyError,
     ClosedError,
@@ -246,7 +246,7 @@ def test_survey_quorum_does_not_wait_for_the_slow(make_node: MakeNode) -> None:
 SENSOR_SCRIPT = r"""
 import sys, time
 import zmqkit
-from patterns import rpc
+from zmqkit.patterns import rpc
 
 port = int(sys.argv[1])
 

@@ -1,7 +1,8 @@
 """zmqkit: broker-less peer-to-peer messaging on ZeroMQ.
 
-General layout (the building blocks; the patterns built on them live in the ``patterns``
-package, the terminal demo nodes in ``demos``):
+General layout (the building blocks; the patterns built on them live in ``zmqkit.patterns``,
+the terminal demo nodes in ``zmqkit.demos``; the repository keeps them in its top-level
+``patterns/`` and ``demos/`` folders, installed under this namespace):
 
 - ``errors``   the exception tree, drawn in its docstring
 - ``codec``    the CBOR wire envelope and the beacon datagram: pure, no sockets, no clock

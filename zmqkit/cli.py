@@ -148,7 +148,7 @@ def _print_value(console: Console, value: Any, as_json: bool) -> None:
 
 def cmd_call(args: argparse.Namespace) -> int:
     """Call METHOD on a node called NAME and print the result."""
-    from patterns import rpc
+    from zmqkit.patterns import rpc
 
     console = Console()
     with (
@@ -175,7 +175,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def cmd_pub(args: argparse.Namespace) -> int:
     """Publish DATA on TOPIC, COUNT times at RATE per second."""
-    from patterns import pubsub
+    from zmqkit.patterns import pubsub
 
     data = _json_argument(args.data)
     with make_node(args, args.name, announce=True) as node:
@@ -193,7 +193,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     """Print messages on TOPIC from every discovered publisher."""
-    from patterns import pubsub
+    from zmqkit.patterns import pubsub
 
     console = Console()
     received = 0
@@ -236,7 +236,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_hz(args: argparse.Namespace) -> int:
     """Show the message rate on TOPIC, once a second."""
-    from patterns import pubsub
+    from zmqkit.patterns import pubsub
 
     console = Console()
     with (
@@ -302,7 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure each pattern against raw pyzmq doing the same work, in this run."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from patterns import benchmarks
+    from zmqkit.patterns import benchmarks
 
     workloads = list(benchmarks.WORKLOADS) if args.workload == "all" else [args.workload]
     console = Console(stderr=True)
@@ -341,11 +341,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a demo node, or with no NAME the self-contained show."""
-    from demos import common
+    from zmqkit.demos import common
 
     common.stop_on_sigterm()
     if args.demo is None:
-        from demos import show
+        from zmqkit.demos import show
 
         return show.run(
             port=args.port, duration=args.duration
@@ -353,17 +353,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     options = node_options(args)
     name = args.name or args.demo
     if args.demo == "calc":
-        from demos import calc
+        from zmqkit.demos import calc
 
         return calc.run(options, name=name, duration=args.duration)
     if args.demo == "ticker":
-        from demos import ticker
+        from zmqkit.demos import ticker
 
         if args.watch:
             return ticker.watch(options, name=args.name or "ticker-view", duration=args.duration)
         return ticker.publish(options, name=name, rate=args.rate, duration=args.duration)
     if args.demo == "farm":
-        from demos import farm
+        from zmqkit.demos import farm
 
         if args.worker:
             return farm.work(
@@ -371,7 +371,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         return farm.run(options, workers=args.workers, duration=args.duration)
     if args.demo == "chat":
-        from demos import chat
+        from zmqkit.demos import chat
 
         return chat.run(
             options,

@@ -20,7 +20,7 @@ worker; the first result per task is kept and later ones are counted as duplicat
 - ``submitter``        ``Submitter``: a named thread owns the ROUTER
 - ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER
 - ``worker``           ``Worker`` and ``serve_worker``: slot threads or an asyncio loop
-- ``bench``            throughput, 1 to 4 worker processes: ``python -m patterns.farm.bench``
+- ``bench``            throughput, 1 to 4 worker processes: ``python -m zmqkit.patterns.farm.bench``
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Farm throughput with 1, 2 and 4 worker processes: ``python -m patterns.farm.bench``.
+"""Farm throughput with 1, 2 and 4 worker processes: ``python -m zmqkit.patterns.farm.bench``.
 
 For each task kind and worker count, it starts the workers as child processes (each a node on a
 private beacon port), waits until the submitter has heard from all of them, then times ``tasks``
@@ -29,7 +29,7 @@ from .submitter import Submitter
 WORKER = r"""
 import sys, time
 import zmqkit
-from patterns import farm
+from zmqkit.patterns import farm
 
 port, kind, slots, prefetch = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
@@ -138,7 +138,7 @@ def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m patterns.farm.bench",
+    parser = argparse.ArgumentParser(prog="python -m zmqkit.patterns.farm.bench",
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--kinds", nargs="+", default=["trivial", "cpu-1ms"],
                         choices=["trivial", "cpu-1ms"])
