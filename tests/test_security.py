@@ -39,7 +39,8 @@ import zmq.utils.monitor
 from zmqkit.patterns import pubsub, rpc
 from zmqkit import ConfigError, Node, Socket, Timeout, codec
 from zmqkit.codec import BeaconKind
-from zmqkit.security import CURVE_HEADER, Keypair, Keyring, SecurityError, ZapHandler
+from zmqkit.security import CURVE_HEADER, Keypair, Keyring, SecurityError
+from zmqkit.zap import ZapHandler
 
 FAST = {"interval": 0.2, "expiry": 0.6}
 SLACK = 0.5  # how far past its deadline a failing call may return on a loaded test host

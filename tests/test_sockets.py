@@ -26,7 +26,7 @@ from zmqkit.codec import (
     publish_prefixes,
 )
 from zmqkit.deadline import Deadline
-from zmqkit.errors import BusyError, ClosedError, ConfigError, Timeout, ZmqkitError
+from zmqkit.errors import ClosedError, ConfigError, Timeout, WrongThread, ZmqkitError
 from zmqkit.sockets import AsyncSocket, Socket, SocketOptions, format_endpoint, open_sockets
 
 SENDER = bytes(16)
@@ -349,17 +349,17 @@ def test_subscribing_to_publish_prefixes_matches_the_topic_exactly() -> None:
     ids=["recv", "recv_multipart", "poll", "send", "send_multipart", "bind", "connect",
          "disconnect"],
 )
-def test_using_a_socket_from_another_thread_raises_busy_error(
+def test_using_a_socket_from_another_thread_raises_wrong_thread(
     use: Callable[[Socket], Any],
 ) -> None:
     with Socket(zmq.DEALER) as dealer:
         raised = in_thread(lambda: use(dealer))
-        assert isinstance(raised, BusyError), raised
+        assert isinstance(raised, WrongThread), raised
         assert dealer.endpoints == []
         assert dealer.poll(timeout=0) is False  # still fine in its own thread
 
 
-def test_a_socket_made_in_another_thread_is_busy_here() -> None:
+def test_a_socket_made_in_another_thread_is_wrong_thread_here() -> None:
     handed: queue.Queue[Socket] = queue.Queue()
     release = threading.Event()
 
@@ -372,9 +372,9 @@ def test_a_socket_made_in_another_thread_is_busy_here() -> None:
     thread.start()
     try:
         pull = handed.get(timeout=10)
-        with pytest.raises(BusyError):
+        with pytest.raises(WrongThread):
             pull.recv(timeout=0)
-        with pytest.raises(BusyError):
+        with pytest.raises(WrongThread):
             pull.bind()
     finally:
         release.set()
@@ -425,7 +425,7 @@ def test_close_twice_is_fine_and_the_state_shows() -> None:
 def test_a_closed_socket_is_still_closed_when_used_from_another_thread() -> None:
     dealer = Socket(zmq.DEALER)
     dealer.close()
-    assert isinstance(in_thread(lambda: dealer.send(b"x")), (BusyError, ClosedError))
+    assert isinstance(in_thread(lambda: dealer.send(b"x")), (WrongThread, ClosedError))
 
 
 def test_open_sockets_tracks_open_sockets() -> None:
@@ -520,21 +520,21 @@ def test_async_recv_after_close_raises_closed_error() -> None:
     asyncio.run(main())
 
 
-def test_async_recv_from_another_thread_raises_busy_error() -> None:
+def test_async_recv_from_another_thread_raises_wrong_thread() -> None:
     with AsyncSocket(zmq.PULL) as pull:
         pull.bind()
         raised = in_thread(lambda: asyncio.run(pull.recv_async(timeout=0.05)))
-        assert isinstance(raised, BusyError), raised
+        assert isinstance(raised, WrongThread), raised
 
 
-def test_async_recv_from_another_thread_is_busy_even_when_a_message_waits() -> None:
+def test_async_recv_from_another_thread_is_wrong_thread_even_when_a_message_waits() -> None:
     with AsyncSocket(zmq.PULL) as pull, Socket(zmq.PUSH) as push:
         push.connect(pull.bind())
         push.send(b"mine")
         assert pull.poll(timeout=5)
         for receive in (pull.recv_async, pull.recv_multipart_async):
             raised = in_thread(lambda: asyncio.run(receive(timeout=0.05)))  # noqa: B023
-            assert isinstance(raised, BusyError), raised
+            assert isinstance(raised, WrongThread), raised
         assert pull.recv(timeout=0) == b"mine"  # still there for its owner
 
 
@@ -720,7 +720,7 @@ def test_a_deadline_is_a_frozen_value() -> None:
 
 
 def test_the_public_names_are_exported() -> None:
-    for name in ("AsyncSocket", "Socket", "SocketOptions", "Deadline", "Timeout", "BusyError",
+    for name in ("AsyncSocket", "Socket", "SocketOptions", "Deadline", "Timeout", "WrongThread",
                  "ClosedError", "ConfigError"):
         assert name in zmqkit.__all__
     assert zmqkit.Socket is Socket

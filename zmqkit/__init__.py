@@ -7,19 +7,24 @@ the terminal demo nodes in ``zmqkit.demos``; the repository keeps them in its to
 - ``errors``   the exception tree, drawn in its docstring
 - ``codec``    the CBOR wire envelope and the beacon datagram: pure, no sockets, no clock
 - ``deadline`` one monotonic deadline shared by every step of an operation
+- ``security`` CURVE keypairs and keyrings, and the policy a socket applies to a peer
+- ``wakeup``   ``Wakeup`` and ``LoopWakeup``: wake a polling thread or a loop from any thread
 - ``sockets``  socket blocks: the only place that creates ZeroMQ sockets and sets options
+- ``zap``      the ZAP handler thread that admits CURVE peers by keyring
+- ``service``  ``ServiceThread``: the named thread that owns a part's sockets; ``call_on_loop``
 - ``peers``    the peer table: fed datagrams and ``now``, returns presence events (pure)
 - ``beacon``   the UDP beacon thread and discovery scopes
-- ``wakeup``   ``Wakeup``: one thread wakes another that waits in a ``zmq.Poller``
-- ``node``     ``Node``: a named identity, its beacon, its endpoints and what it serves
-- ``cli``      the ``zmqkit`` command
+- ``node``     ``Node``: a named identity, its beacon, its parts, and the sockets they get
+- ``cli``      the ``zmqkit`` command (on top, with ``zmqkit.demos``)
+
+Patterns use only the names below and ``zmqkit.codec`` (an import-linter contract says so).
 """
 
 from __future__ import annotations
 
 from .beacon import DEFAULT_PORT, PORT_VARIABLE, Scope, Seed, default_port
 from .codec import Kind
-from .deadline import Deadline
+from .deadline import Deadline, check_timeout
 from .errors import (
     BadArguments,
     BrokenError,
@@ -32,13 +37,19 @@ from .errors import (
     PeerNotFound,
     ProtocolError,
     RemoteError,
+    SecurityError,
     Timeout,
+    UnexpectedKind,
+    WrongThread,
     ZmqkitError,
+    remote_error,
 )
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerTable
-from .sockets import AsyncSocket, Socket, SocketOptions
-from .wakeup import Wakeup
+from .security import Keypair, Keyring
+from .service import ServiceThread, call_on_loop
+from .sockets import AsyncSocket, Poller, Socket, SocketKind, SocketOptions
+from .wakeup import LoopWakeup, Wakeup
 
 __version__ = "0.1.0"
 
@@ -54,7 +65,10 @@ __all__ = [
     "Deadline",
     "EncodeError",
     "EventKind",
+    "Keypair",
+    "Keyring",
     "Kind",
+    "LoopWakeup",
     "MessageTooLarge",
     "MethodNotFound",
     "Node",
@@ -62,14 +76,23 @@ __all__ = [
     "PeerEvent",
     "PeerNotFound",
     "PeerTable",
+    "Poller",
     "ProtocolError",
     "RemoteError",
     "Scope",
+    "SecurityError",
     "Seed",
+    "ServiceThread",
     "Socket",
+    "SocketKind",
     "SocketOptions",
     "Timeout",
+    "UnexpectedKind",
     "Wakeup",
+    "WrongThread",
     "ZmqkitError",
+    "call_on_loop",
+    "check_timeout",
     "default_port",
+    "remote_error",
 ]

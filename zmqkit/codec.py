@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
-from .errors import EncodeError, MessageTooLarge, ProtocolError
+from .errors import EncodeError, MessageTooLarge, ProtocolError, UnexpectedKind
 
 __all__ = [
     "BEACON_MAGIC",
@@ -79,10 +79,6 @@ MAX_NAME_BYTES = 64
 UUID_BYTES = 16
 ALLOWED_TAGS = frozenset({0, 1, 2, 3, 37, 258})
 BIGNUM_TAGS = frozenset({2, 3})
-
-
-class UnexpectedKind(ProtocolError):
-    """A valid message, but not of the kind the receiver takes (a reply sent to a subscriber)."""
 
 
 class Kind(enum.IntEnum):

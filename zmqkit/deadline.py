@@ -7,13 +7,29 @@ fresh timeout per step. Public APIs take ``timeout`` in seconds and turn it into
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["Deadline"]
+__all__ = ["Deadline", "check_timeout"]
+
+
+MAX_TIMEOUT = 1e7  # seconds (about 115 days): longer is a mistake, not a wait
+
+
+def check_timeout(seconds: float) -> float:
+    """``seconds`` if it is a number of seconds from 0 to ``MAX_TIMEOUT``: every wait is finite.
+
+    The one timeout check: every public ``timeout`` goes through it (or through ``Deadline``).
+
+    Raises:
+        ConfigError: negative, NaN, infinite, absurdly long, or not a number.
+    """
+    # a chained comparison, not math.isfinite(): that raises OverflowError on a huge int
+    if not isinstance(seconds, (int, float)) or not 0 <= seconds < MAX_TIMEOUT:
+        raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {seconds!r}")
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +45,7 @@ class Deadline:
         Raises:
             ConfigError: ``seconds`` is negative, NaN or infinite: every wait here is finite.
         """
-        # a chained comparison, not math.isfinite(): that raises OverflowError on a huge int
-        if not isinstance(seconds, (int, float)) or not 0 <= seconds <= sys.float_info.max:
-            raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {seconds!r}")
-        return cls((time.monotonic() if now is None else now) + seconds)
+        return cls((time.monotonic() if now is None else now) + check_timeout(seconds))
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds left, never negative."""

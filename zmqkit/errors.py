@@ -2,7 +2,8 @@
 
     ZmqkitError                 base of everything below
     ├── ProtocolError           bytes on the wire break the protocol (also ValueError)
-    │   └── MessageTooLarge     a frame or datagram over the configured maximum
+    │   ├── MessageTooLarge     a frame or datagram over the configured maximum
+    │   └── UnexpectedKind      a valid message of a kind the receiver does not take
     ├── EncodeError             a value that the wire cannot carry (also TypeError)
     ├── ConfigError             a bad option: unknown interface, bad seed... (also ValueError)
     ├── Timeout                 a deadline passed (also the builtin TimeoutError)
@@ -10,9 +11,12 @@
     ├── RemoteError             the peer's handler raised; carries its type name, message, traceback
     │   ├── MethodNotFound      the peer has no method of that name (type "zmqkit.MethodNotFound")
     │   └── BadArguments        the arguments do not fit the method (type "zmqkit.BadArguments")
+    ├── SecurityError           a peer's key is refused, or one side has keys and the other none
     ├── ClosedError             you closed it, then used it
     ├── BrokenError             something outside broke it; the original is in ``__cause__``
-    └── BusyError               two users at once: a socket used from a second thread
+    ├── BusyError               full: too many calls, tasks or whispers waiting already
+    └── WrongThread             an asyncio part used off its own event loop (also RuntimeError);
+                                the message says what to use instead
 
 Lower-level errors (``zmq.ZMQError``, ``cbor2.CBORDecodeError``, ``OSError``) never reach users raw:
 they are wrapped with ``raise ... from exc``.
@@ -32,7 +36,10 @@ __all__ = [
     "PeerNotFound",
     "ProtocolError",
     "RemoteError",
+    "SecurityError",
     "Timeout",
+    "UnexpectedKind",
+    "WrongThread",
     "ZmqkitError",
     "remote_error",
 ]
@@ -48,6 +55,10 @@ class ProtocolError(ZmqkitError, ValueError):
 
 class MessageTooLarge(ProtocolError):
     """A frame or datagram larger than the configured maximum."""
+
+
+class UnexpectedKind(ProtocolError):
+    """A valid message, but not of the kind the receiver takes (a reply sent to a subscriber)."""
 
 
 class EncodeError(ZmqkitError, TypeError):
@@ -114,4 +125,16 @@ class BrokenError(ZmqkitError):
 
 
 class BusyError(ZmqkitError):
-    """Two users at once, such as a socket used from a thread other than its owner's."""
+    """Full: a bounded queue (calls, tasks, whispers waiting) has no room; try again later."""
+
+
+class SecurityError(ZmqkitError):
+    """A peer's key is not in this node's keyring, or one side has keys and the other none."""
+
+
+class WrongThread(ZmqkitError, RuntimeError):
+    """Used from a thread or event loop that does not own it.
+
+    User-facing sync parts work from any thread; this is raised by asyncio parts used off their
+    loop and by a socket block touched by a second thread (a bug in the code that owns it).
+    """

@@ -1,11 +1,14 @@
 """Node: a named identity on the network, its beacon, its endpoints and what it serves.
 
-A node is a context manager. ``start`` (or ``with``) starts its beacon thread; ``close`` says
-goodbye, closes what was attached to the node (servers, publishers) and joins every thread it
-started. Nothing runs before ``start`` and nothing is left running after ``close``.
+A node is a context manager, like a zenoh session: ``start`` (or ``with``) starts its beacon
+thread; ``close`` (from any thread) closes every part still attached to it, newest first, each on
+its own thread or loop, says goodbye and joins every thread it started. Nothing runs before
+``start`` and nothing is left running after ``close``.
 
-Patterns bind their own sockets on ``node.host`` and ``advertise`` them by role ("rpc", "pub",
-...); peers read them from ``node.peers(name)``.
+Parts get their sockets from the node: ``server_socket`` (bound on ``node.host``, a CURVE server
+whenever the node has keys) and ``client_socket`` (whose ``connect_peer`` applies the node's keys
+to each peer), so no pattern can forget security. They ``advertise`` what they serve by role
+("rpc", "pub", ...); peers read it from ``node.peers(name)``.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from .codec import MAX_NAME_BYTES
 from .deadline import Deadline
 from .errors import ClosedError, ConfigError, PeerNotFound
 from .peers import Peer, PeerEvent
-from .security import CURVE_HEADER, Keypair, Keyring, Security, ZapHandler, check_plain_peer
-from .sockets import Socket
+from .security import CURVE_HEADER, Keypair, Keyring, Security
+from .sockets import DEFAULT_OPTIONS, AsyncSocket, Socket, SocketKind, SocketOptions
+from .zap import ZapHandler
 
 __all__ = ["Closeable", "Node"]
 
@@ -123,6 +127,7 @@ class Node:
             self.headers[CURVE_HEADER] = keypair.public
         self.endpoints: dict[str, str] = {}
         self._attached: list[Closeable] = []
+        self._attaching = threading.Lock()  # parts attach and detach from any thread
         self._listeners: list[Callable[[list[PeerEvent]], None]] = []
         self._changed = threading.Condition()
         self._announcing = threading.Lock()  # parts in several threads advertise on one node
@@ -169,16 +174,23 @@ class Node:
         return self
 
     def close(self) -> None:
-        """Close what was attached (newest first), say goodbye, join the beacon thread."""
-        if self._state == "closed":
-            return
-        self._state = "closed"
-        while self._attached:
-            item = self._attached.pop()
+        """Close every part still attached (newest first), say goodbye, join the beacon thread.
+
+        Callable from any thread: each part closes itself on its own thread or loop.
+        """
+        with self._attaching:
+            if self._state == "closed":
+                return
+            self._state = "closed"
+        while True:
+            with self._attaching:
+                if not self._attached:
+                    break
+                part = self._attached.pop()
             try:
-                item.close()
+                part.close()
             except Exception:  # one broken part must not keep the rest open; logged, not hidden
-                log.exception("closing %r failed", item)
+                log.exception("closing %r failed", part)
         self._beacon.close()
         if self.security is not None:
             ZapHandler.release(self.security.domain)
@@ -202,14 +214,63 @@ class Node:
         return self._state == "running"
 
     def attach(self, part: Closeable) -> None:
-        """Close ``part`` when the node closes (servers, publishers made for this node)."""
-        if self._state == "closed":
-            raise ClosedError(f"{self!r} is closed")
-        self._attached.append(part)
+        """Close ``part`` when the node closes (every pattern's parts attach themselves).
+
+        Raises:
+            ClosedError: the node is closed (or closing).
+        """
+        with self._attaching:
+            if self._state == "closed":
+                raise ClosedError(f"{self!r} is closed")
+            self._attached.append(part)
 
     def detach(self, part: Closeable) -> None:
-        with contextlib.suppress(ValueError):
+        """Forget ``part`` (it closed by itself)."""
+        with self._attaching, contextlib.suppress(ValueError):
             self._attached.remove(part)
+
+    @property
+    def parts(self) -> list[Closeable]:
+        """The parts attached now, oldest first."""
+        with self._attaching:
+            return list(self._attached)
+
+    # -- sockets for the parts ------------------------------------------------------------------
+
+    def server_socket(self, kind: SocketKind, *, options: SocketOptions = DEFAULT_OPTIONS,
+                      asyncio: bool = False) -> Socket:
+        """A socket bound on ``node.host`` (a port the kernel picks) for peers to connect to.
+
+        It is a CURVE server admitting only the keyring whenever the node has keys. The socket
+        belongs to the calling thread (``asyncio``: to the calling thread's event loop);
+        ``sock.endpoint`` is what to ``advertise``.
+
+        Raises:
+            ClosedError: the node is not running (its keys are registered by ``start``).
+            ConfigError: ``node.host`` cannot be bound.
+        """
+        if self._state != "running":
+            raise ClosedError(f"{self!r} is not running; start it first")
+        sock = self.client_socket(kind, options=options, asyncio=asyncio)
+        try:
+            if self.security is not None:
+                sock.serve_curve(self.security)
+            sock.bind(self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def client_socket(self, kind: SocketKind, *, options: SocketOptions = DEFAULT_OPTIONS,
+                      routing_id: bytes | None = None, asyncio: bool = False) -> Socket:
+        """A socket that connects to peers with ``sock.connect_peer(peer, role)``.
+
+        ``connect_peer`` applies this node's keys: with keys, a peer must present a key from
+        the keyring; without, a peer that requires CURVE is refused at once. The socket belongs
+        to the calling thread (``asyncio``: to the calling thread's event loop).
+        """
+        make = AsyncSocket if asyncio else Socket
+        return make(kind, options=options, routing_id=routing_id, security=self.security)
 
     # -- what this node says about itself ------------------------------------------------------
 
@@ -248,23 +309,14 @@ class Node:
     # -- security ----------------------------------------------------------------------------
 
     def secure_server(self, sock: Socket) -> None:
-        """Before binding ``sock``: make it a CURVE server if this node has keys."""
+        """Transitional (use ``server_socket``): make ``sock`` a CURVE server if keyed."""
         if self.security is not None:
-            self.security.secure_server(sock)
+            sock.serve_curve(self.security)
 
     def secure_client(self, sock: Socket, peer: Peer) -> None:
-        """Before connecting ``sock`` to ``peer``: set CURVE options, or refuse the peer.
-
-        Raises:
-            SecurityError: the peer's key is not in this node's keyring, or one side uses CURVE
-                and the other does not.
-        """
-        key = peer.headers.get(CURVE_HEADER)
-        who = f"{peer.name} ({peer.uuid.hex[:8]})"
-        if self.security is None:
-            check_plain_peer(key, who)
-        else:
-            self.security.secure_client(sock, key, who)
+        """Transitional (use ``client_socket`` and ``connect_peer``): secure for ``peer``."""
+        sock.security = self.security
+        sock.secure_for(peer)
 
     # -- what this node knows about others -----------------------------------------------------
 

@@ -12,9 +12,8 @@ Key files (``zmqkit keys new PATH``):
 
 A keyring is a directory of ``*.pub`` files (or any list of public keys).
 
-ZeroMQ asks a ZAP handler whether to admit each CURVE peer. ``ZapHandler`` is that handler for the
-whole process: one named thread ("zmqkit-zap"), started by the first secure node and stopped
-with the last, answering per domain (one domain per node) from that node's keyring.
+The socket blocks apply these policies (``Socket.serve_curve``, ``Socket.connect_peer``); the ZAP
+handler that admits CURVE clients lives in ``zap``.
 """
 
 from __future__ import annotations
@@ -32,19 +31,15 @@ from typing import Any
 import zmq
 import zmq.utils.z85
 
-from .errors import ConfigError, ZmqkitError
+from .errors import ConfigError, SecurityError
 
-__all__ = ["CURVE_HEADER", "Keypair", "Keyring", "Security", "SecurityError", "ZapHandler"]
+__all__ = ["CURVE_HEADER", "Keypair", "Keyring", "Security", "SecurityError", "check_plain_peer"]
 
 log = logging.getLogger("zmqkit.security")
 
 CURVE_HEADER = "curve"  # the beacon header that carries a node's public key
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP specification (RFC 27)
 Z85_KEY_LENGTH = 40
-
-
-class SecurityError(ZmqkitError):
-    """A peer's key is not in this node's keyring, or one side has keys and the other none."""
 
 
 def _check_key(key: str, what: str) -> str:
@@ -173,22 +168,11 @@ class Security:
         self.keyring = keyring
         self.domain = ""
 
-    def secure_server(self, sock: Any) -> None:
-        """Make a socket that binds a CURVE server admitting only the keyring (before bind)."""
-        raw = sock.raw
-        raw.curve_server = True
-        raw.curve_secretkey = self.keypair.secret.encode()
-        raw.curve_publickey = self.keypair.public.encode()
-        raw.zap_domain = self.domain.encode()
-        # without this, libzmq admits every CURVE client while no ZAP handler is bound (its
-        # "encryption without authentication" legacy mode): fail closed instead
-        raw.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-
-    def secure_client(self, sock: Any, server_key: str | None, who: str) -> None:
-        """Prepare ``sock`` to connect to a server presenting ``server_key`` (before connect).
+    def check_server_key(self, server_key: str | None, who: str) -> str:
+        """The key of a server this node may connect to (its own, or one in the keyring).
 
         Raises:
-            SecurityError: the server's key is missing or not in this node's keyring.
+            SecurityError: the server has no key, or one not in this node's keyring.
         """
         if server_key is None:
             raise SecurityError(f"{who} has no CURVE key, and this node talks only CURVE")
@@ -196,10 +180,7 @@ class Security:
             raise SecurityError(
                 f"{who} presents key {server_key[:8]}..., which is not in the keyring"
             )
-        raw = sock.raw
-        raw.curve_serverkey = server_key.encode()
-        raw.curve_secretkey = self.keypair.secret.encode()
-        raw.curve_publickey = self.keypair.public.encode()
+        return server_key
 
 
 def check_plain_peer(server_key: str | None, who: str) -> None:
@@ -213,110 +194,3 @@ def check_plain_peer(server_key: str | None, who: str) -> None:
             f"{who} requires CURVE: give this node keys and a keyring that holds "
             f"its key {server_key[:8]}..."
         )
-
-
-class ZapHandler:
-    """Admits CURVE peers by domain (one domain per secure node), in one thread per process."""
-
-    _lock = threading.Lock()
-    _instance: ZapHandler | None = None
-
-    def __init__(self, context: zmq.Context[Any]) -> None:
-        self.context = context
-        self.rings: dict[str, Keyring] = {}
-        self.stats: Counter[str] = Counter()
-        self._refused_keys: set[str] = set()
-        self._ready = threading.Event()
-        self._startup_error: zmq.ZMQError | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="zmqkit-zap", daemon=True)
-
-    @classmethod
-    def acquire(cls, domain: str, keyring: Keyring) -> ZapHandler:
-        """Register ``domain``; the first registration starts the handler thread."""
-        with cls._lock:
-            if cls._instance is None:
-                handler = ZapHandler(zmq.Context.instance())
-                handler._thread.start()
-                handler._ready.wait(5.0)
-                if handler._startup_error is not None or not handler._thread.is_alive():
-                    handler._stopping = True
-                    handler._thread.join(2.0)
-                    raise SecurityError(f"cannot start the ZAP handler: {handler._startup_error}")
-                cls._instance = handler
-            cls._instance.rings[domain] = keyring
-            return cls._instance
-
-    @classmethod
-    def release(cls, domain: str) -> None:
-        """Forget ``domain``; the last one stops and joins the handler thread."""
-        with cls._lock:
-            handler = cls._instance
-            if handler is None:
-                return
-            handler.rings.pop(domain, None)
-            if handler.rings:
-                return
-            cls._instance = None
-            # joined under the lock: a node starting now must not bind the ZAP endpoint while
-            # this handler still holds it (its bind would fail and leave no handler at all)
-            handler._stopping = True
-            handler._thread.join(2.0)
-
-    def _run(self) -> None:
-        sock = self.context.socket(zmq.REP)
-        sock.linger = 0
-        sock.rcvtimeo = 100
-        bound = False
-        try:
-            try:
-                sock.bind(ZAP_ENDPOINT)
-                bound = True
-            except zmq.ZMQError as exc:  # handed to acquire(), which refuses to go on without us
-                self._startup_error = exc
-                return
-            self._ready.set()
-            while not self._stopping:
-                try:
-                    request = sock.recv_multipart()
-                except zmq.Again:
-                    continue
-                sock.send_multipart(self._answer(request))
-        finally:
-            self._ready.set()
-            if bound:  # at once: a closed socket gives its inproc name back only later
-                sock.unbind(ZAP_ENDPOINT)
-            sock.close()
-
-    def _answer(self, request: list[bytes]) -> list[bytes]:
-        """One ZAP reply: 200 for a key in the domain's keyring, 400 otherwise."""
-        if len(request) < 7:
-            return [
-                b"1.0",
-                request[1] if len(request) > 1 else b"",
-                b"500",
-                b"bad request",
-                b"",
-                b"",
-            ]
-        version, request_id, domain, address, _identity, mechanism = request[:6]
-        ring = self.rings.get(domain.decode(errors="replace"))
-        if mechanism != b"CURVE" or ring is None:
-            self.stats["refused"] += 1
-            return [version, request_id, b"400", b"CURVE required", b"", b""]
-        key = zmq.utils.z85.encode(request[6]).decode()
-        if key in ring:
-            self.stats["admitted"] += 1
-            return [version, request_id, b"200", b"OK", key.encode(), b""]
-        self.stats["refused"] += 1
-        level = logging.DEBUG if key in self._refused_keys else logging.WARNING
-        if len(self._refused_keys) >= 1000:  # a flood of strangers must not grow memory
-            self._refused_keys.clear()
-        self._refused_keys.add(key)
-        log.log(
-            level,
-            "refused a CURVE peer from %s: key %s... is not in the keyring",
-            address.decode(errors="replace"),
-            key[:8],
-        )
-        return [version, request_id, b"400", b"key not in keyring", b"", b""]

@@ -3,7 +3,13 @@
 ``Socket`` is for threads (REQ/REP, DEALER/ROUTER, PUB/SUB alike) and ``AsyncSocket`` for an
 asyncio loop. Both apply ``SocketOptions`` (short linger, a maximum message size, high-water
 marks, heartbeats), both take a timeout on every receive, and both belong to the thread that
-made them: a second thread gets ``BusyError`` instead of corrupting the socket.
+made them: a second thread gets ``WrongThread`` instead of corrupting the socket. ``Poller``
+waits on several sockets (and ``Wakeup``s) at once.
+
+Patterns get their sockets from ``Node.server_socket`` and ``Node.client_socket``, which apply
+the node's CURVE keys: a server socket is a CURVE server whenever the node has keys, and
+``connect_peer`` checks a peer's key against the keyring before it connects. Nothing outside this
+module touches a pyzmq socket or a ZeroMQ constant.
 
 ZeroMQ errors are translated: ``zmq.Again`` becomes ``Timeout``, a closed socket or context
 becomes ``ClosedError``, anything else ``BrokenError`` with the original as ``__cause__``.
@@ -12,27 +18,50 @@ becomes ``ClosedError``, anything else ``BrokenError`` with the original as ``__
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import math
 import threading
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
-from .deadline import Deadline
-from .errors import BrokenError, BusyError, ClosedError, ConfigError, Timeout, ZmqkitError
+from .deadline import Deadline, check_timeout
+from .errors import BrokenError, ClosedError, ConfigError, Timeout, WrongThread, ZmqkitError
+from .security import CURVE_HEADER, Security, check_plain_peer
+from .wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from .peers import Peer
 
 __all__ = [
     "AsyncSocket",
+    "Poller",
     "Socket",
+    "SocketKind",
     "SocketOptions",
     "format_endpoint",
     "open_sockets",
     "translate_zmq_error",
 ]
+
+
+class SocketKind(enum.IntEnum):
+    """The ZeroMQ socket types zmqkit uses (the values are ZeroMQ's own)."""
+
+    PAIR = zmq.PAIR
+    PUB = zmq.PUB
+    SUB = zmq.SUB
+    REQ = zmq.REQ
+    REP = zmq.REP
+    DEALER = zmq.DEALER
+    ROUTER = zmq.ROUTER
+    PULL = zmq.PULL
+    PUSH = zmq.PUSH
 
 _open: weakref.WeakSet[Socket] = weakref.WeakSet()
 
@@ -86,14 +115,12 @@ MAX_WAIT_MS = 2**31 - 1  # ZeroMQ's timeouts are C ints: a longer wait is cut to
 
 
 def _milliseconds(timeout: float) -> int:
-    """A timeout in whole milliseconds, rounded up.
+    """A timeout in whole milliseconds, rounded up (at most ZeroMQ's longest wait).
 
     Raises:
-        ConfigError: negative, NaN, infinite or absurdly long (every wait in zmqkit is finite).
+        ConfigError: not a finite number of seconds >= 0 (every wait in zmqkit is finite).
     """
-    if not 0 <= timeout < 1e7:  # also catches NaN and infinity
-        raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {timeout!r}")
-    return min(math.ceil(timeout * 1000), MAX_WAIT_MS)
+    return min(math.ceil(check_timeout(timeout) * 1000), MAX_WAIT_MS)
 
 
 def _configure(sock: zmq.Socket[Any], options: SocketOptions) -> None:
@@ -113,7 +140,8 @@ def _configure(sock: zmq.Socket[Any], options: SocketOptions) -> None:
 class Socket:
     """A ZeroMQ socket with safe defaults, used only by the thread that created it.
 
-    ``raw`` is the pyzmq socket, for pollers and hot paths that have checked ownership already.
+    ``raw`` is the pyzmq socket; it belongs to this module (and tests), never to the patterns.
+    ``security`` is the CURVE policy ``connect_peer`` applies (None: plaintext peers only).
     """
 
     def __init__(
@@ -123,9 +151,11 @@ class Socket:
         options: SocketOptions = DEFAULT_OPTIONS,
         routing_id: bytes | None = None,
         context: zmq.Context[Any] | None = None,
+        security: Security | None = None,
     ) -> None:
-        self.kind = zmq.SocketType(kind)
+        self.kind = SocketKind(kind)
         self.options = options
+        self.security = security
         self.raw: zmq.Socket[Any] = (context or zmq.Context.instance()).socket(kind)
         try:
             _configure(self.raw, options)
@@ -154,10 +184,15 @@ class Socket:
     def closed(self) -> bool:
         return bool(self.raw.closed)
 
+    @property
+    def endpoint(self) -> str:
+        """The first endpoint this socket is bound on ("" if it is not bound)."""
+        return self.endpoints[0] if self.endpoints else ""
+
     def check_owner(self) -> None:
-        """Raise ``BusyError`` unless called from the thread that created the socket."""
+        """Raise ``WrongThread`` unless called from the thread that created the socket."""
         if threading.get_ident() != self.owner:
-            raise BusyError(f"{self!r} belongs to another thread; make one socket per thread")
+            raise WrongThread(f"{self!r} belongs to another thread; make one socket per thread")
         if self.raw.closed:
             raise ClosedError(f"{self!r} is closed")
 
@@ -178,6 +213,32 @@ class Socket:
         self.endpoints.append(endpoint)
         return endpoint
 
+    def bind_endpoint(self, endpoint: str) -> str:
+        """Bind on a full endpoint (``inproc://name``, ``tcp://host:port``) and return it.
+
+        Raises:
+            ConfigError: it cannot be bound.
+        """
+        self.check_owner()
+        try:
+            self.raw.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
+        bound = self.raw.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints.append(bound)
+        return bound
+
+    def unbind(self, endpoint: str) -> None:
+        """Stop listening on ``endpoint``; quietly nothing if it is not bound."""
+        self.check_owner()
+        try:
+            self.raw.unbind(endpoint)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.ENOENT:
+                raise translate_zmq_error(exc, f"unbinding {endpoint}") from exc
+        if endpoint in self.endpoints:
+            self.endpoints.remove(endpoint)
+
     def connect(self, endpoint: str) -> None:
         self.check_owner()
         try:
@@ -195,6 +256,139 @@ class Socket:
         except zmq.ZMQError as exc:
             if exc.errno != errno.ENOENT:
                 raise translate_zmq_error(exc, f"disconnecting {endpoint}") from exc
+
+    def connect_peer(self, peer: Peer, role: str) -> str:
+        """Connect to what ``peer`` serves as ``role``, under this socket's CURVE policy.
+
+        With keys, the peer must present a key from the keyring and the connection is
+        encrypted; without, a peer that requires CURVE is refused now rather than after a
+        silent handshake failure.
+
+        Returns:
+            The endpoint connected to.
+
+        Raises:
+            SecurityError: the peer's key is refused, or one side has keys and the other none.
+            ConfigError: the peer does not serve ``role``, or its endpoint is malformed.
+        """
+        self.check_owner()
+        endpoint = peer.endpoints.get(role)
+        if not isinstance(endpoint, str):
+            raise ConfigError(f"{peer.name} ({peer.uuid.hex[:8]}) does not serve {role!r}")
+        self.secure_for(peer)
+        self.connect(endpoint)
+        return endpoint
+
+    def secure_for(self, peer: Peer) -> None:
+        """Set the CURVE options for the next ``connect`` to ``peer`` (or refuse it).
+
+        Raises:
+            SecurityError: as for ``connect_peer``.
+        """
+        key = peer.headers.get(CURVE_HEADER)
+        who = f"{peer.name} ({peer.uuid.hex[:8]})"
+        if self.security is None:
+            check_plain_peer(key, who)
+            return
+        server_key = self.security.check_server_key(key, who)
+        self._set_options(
+            (zmq.CURVE_SERVERKEY, server_key.encode()),
+            (zmq.CURVE_SECRETKEY, self.security.keypair.secret.encode()),
+            (zmq.CURVE_PUBLICKEY, self.security.keypair.public.encode()),
+        )
+
+    def serve_curve(self, security: Security) -> None:
+        """Before binding: accept only CURVE clients whose key ``security``'s keyring holds."""
+        self.check_owner()
+        self.security = security
+        self._set_options(
+            (zmq.CURVE_SERVER, 1),
+            (zmq.CURVE_SECRETKEY, security.keypair.secret.encode()),
+            (zmq.CURVE_PUBLICKEY, security.keypair.public.encode()),
+            (zmq.ZAP_DOMAIN, security.domain.encode()),
+            # without this, libzmq admits every CURVE client while no ZAP handler is bound (its
+            # "encryption without authentication" legacy mode): fail closed instead
+            (zmq.ZAP_ENFORCE_DOMAIN, 1),
+        )
+
+    def _set_options(self, *options: tuple[int, int | bytes]) -> None:
+        try:
+            for option, value in options:
+                self.raw.setsockopt(option, value)
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"configuring {self.kind.name}") from exc
+
+    def subscribe(self, prefix: bytes) -> None:
+        """SUB only: receive the messages that start with ``prefix`` (b"" for all)."""
+        self.check_owner()
+        self._set_options((zmq.SUBSCRIBE, prefix))
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        """SUB only: undo one ``subscribe(prefix)``."""
+        self.check_owner()
+        self._set_options((zmq.UNSUBSCRIBE, prefix))
+
+    @property
+    def readable(self) -> bool:
+        """Whether a message is queued now (no wait)."""
+        return bool(self.raw.getsockopt(_EVENTS) & _POLLIN)
+
+    @property
+    def writable(self) -> bool:
+        """Whether a send would not block now (no wait)."""
+        return bool(self.raw.getsockopt(_EVENTS) & _POLLOUT)
+
+    def try_send(self, frame: bytes, *, more: bool = False) -> bool:
+        """Send one frame if it can go at once; False when it would block (queue full, or no
+        connection yet with ``immediate``)."""
+        if threading.get_ident() != self.owner:
+            self.check_owner()
+        try:
+            self.raw.send(frame, _NOBLOCK | _SNDMORE if more else _NOBLOCK,
+                          copy=len(frame) < 65536)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
+        return True
+
+    def try_send_multipart(self, frames: list[bytes]) -> bool:
+        """Send a multipart message if it can go at once; False when it would block."""
+        self.check_owner()
+        try:
+            self.raw.send_multipart(frames, _NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
+        return True
+
+    def try_recv(self) -> bytes | None:
+        """One queued frame, or None when nothing is queued (never waits)."""
+        if threading.get_ident() != self.owner:
+            self.check_owner()
+        try:
+            return self.raw.recv(_NOBLOCK)  # type: ignore[no-any-return]
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
+
+    def try_recv_multipart(self) -> list[bytes] | None:
+        """One queued multipart message, or None when nothing is queued (never waits)."""
+        if threading.get_ident() != self.owner:
+            self.check_owner()
+        try:
+            return self.raw.recv_multipart(_NOBLOCK)  # type: ignore[no-any-return]
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
+
+    def wait_writable(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until a send would not block."""
+        self.check_owner()
+        return bool(self.raw.poll(_milliseconds(timeout), zmq.POLLOUT))
 
     def send(self, frame: bytes, *, more: bool = False) -> None:
         """Send one frame; blocks at most ``options.send_timeout`` when the queue is full."""
@@ -275,8 +469,11 @@ class AsyncSocket(Socket):
         options: SocketOptions = DEFAULT_OPTIONS,
         routing_id: bytes | None = None,
         context: zmq.Context[Any] | None = None,
+        security: Security | None = None,
     ) -> None:
-        super().__init__(kind, options=options, routing_id=routing_id, context=context)
+        super().__init__(
+            kind, options=options, routing_id=routing_id, context=context, security=security
+        )
         self._fd = int(self.raw.getsockopt(zmq.FD))  # type: ignore[arg-type]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._parked: list[tuple[int, asyncio.Future[bool]]] = []
@@ -326,7 +523,7 @@ class AsyncSocket(Socket):
         """Watch the descriptor from ``loop``: the first one, or a new one after the last closed
         (whose waiters, if it closed without cancelling them, are forgotten)."""
         if self._loop is not None and not self._loop.is_closed():
-            raise BusyError(f"{self!r} is watched by another event loop; one socket, one loop")
+            raise WrongThread(f"{self!r} is watched by another event loop; one socket, one loop")
         self._parked = []
         self._loop = loop
         loop.add_reader(self._fd, self._on_descriptor)
@@ -352,17 +549,31 @@ class AsyncSocket(Socket):
         if self._parked and self._loop is not None:
             self._loop.call_soon(self._on_descriptor)
 
-    def send_nowait(self, frame: bytes) -> bool:
-        """Send one frame without waiting; False when it would have to wait (queue full, or no
-        connection yet with ``immediate``)."""
-        try:
-            self.raw.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
-        except zmq.Again:
+    def try_send(self, frame: bytes, *, more: bool = False) -> bool:
+        if not super().try_send(frame, more=more):
             return False
-        except zmq.ZMQError as exc:
-            raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
         self._wake_parked()
         return True
+
+    def try_send_multipart(self, frames: list[bytes]) -> bool:
+        if not super().try_send_multipart(frames):
+            return False
+        self._wake_parked()
+        return True
+
+    send_nowait = try_send  # the name the asyncio parts used first
+
+    def try_recv(self) -> bytes | None:
+        frame = super().try_recv()
+        if frame is not None and self._parked:  # it may have taken a parked writer's signal
+            self._wake_parked()
+        return frame
+
+    def try_recv_multipart(self) -> list[bytes] | None:
+        frames = super().try_recv_multipart()
+        if frames is not None and self._parked:
+            self._wake_parked()
+        return frames
 
     async def recv_async(self, timeout: float) -> bytes:
         """Receive one frame, waiting at most ``timeout`` seconds; Timeout if none came."""
@@ -408,6 +619,59 @@ class AsyncSocket(Socket):
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
+
+class Poller:
+    """Wait on several sockets (and ``Wakeup``s) at once, in the thread that owns them.
+
+        poller = Poller()
+        poller.register(router)
+        poller.register(wakeup)
+        for ready in poller.poll(0.5):   # the items with a message waiting (a Wakeup: taken)
+            ...
+    """
+
+    def __init__(self, items: Iterable[Socket | Wakeup] = ()) -> None:
+        self._poller = zmq.Poller()
+        self._items: dict[Any, Socket | Wakeup] = {}
+        for item in items:
+            self.register(item)
+
+    def register(self, item: Socket | Wakeup) -> None:
+        """Watch ``item`` for incoming messages (a Wakeup: for ``set``)."""
+        key = item.raw if isinstance(item, Socket) else item.fileno()
+        self._poller.register(key, zmq.POLLIN)
+        self._items[key] = item
+
+    def unregister(self, item: Socket | Wakeup) -> None:
+        """Stop watching ``item``; quietly nothing if it was not watched."""
+        key = item.raw if isinstance(item, Socket) else item.fileno()
+        if self._items.pop(key, None) is not None:
+            self._poller.unregister(key)
+
+    def __contains__(self, item: object) -> bool:
+        return any(watched is item for watched in self._items.values())
+
+    def poll(self, timeout: float) -> list[Socket | Wakeup]:
+        """The registered items that are ready, after waiting at most ``timeout`` seconds.
+
+        A Wakeup that is returned has been taken: it stays quiet until the next ``set``.
+        """
+        try:
+            events = self._poller.poll(_milliseconds(timeout))
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, "polling") from exc
+        ready = []
+        for key, _ in events:
+            item = self._items.get(key)
+            if item is None:
+                continue
+            if isinstance(item, Wakeup):
+                item.take()
+            ready.append(item)
+        return ready
 
 
 def _settle(future: asyncio.Future[bool], value: bool) -> None:

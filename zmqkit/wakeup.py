@@ -1,18 +1,21 @@
-"""A way for any thread to wake a thread that waits in a ``zmq.Poller``: one byte on a socket pair.
+"""Waking a waiter from any other thread, written once.
 
-Only the first wake-up between two waits writes a byte, so a burst of results or submissions
-costs one system call, not one each. The poller reports a plain descriptor by its number, so
-``woke`` looks for that number (matching the socket object itself never succeeds).
+- ``Wakeup``: wakes a thread that waits in a ``Poller`` (one byte on a socket pair).
+- ``LoopWakeup``: wakes a coroutine that waits on an asyncio loop.
+
+Both coalesce: only the first wake-up between two waits costs a system call (or a callback), so a
+burst of results or submissions wakes the waiter once, not once each. Both are quiet after their
+waiter is gone (closed, or its loop closed): a late wake-up is never an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+from typing import Any
 
-import zmq
-
-__all__ = ["Wakeup"]
+__all__ = ["LoopWakeup", "Wakeup"]
 
 
 class Wakeup:
@@ -24,16 +27,25 @@ class Wakeup:
         self._writer.setblocking(False)
         self._pending = False
 
-    def register(self, poller: zmq.Poller) -> None:
-        poller.register(self._reader, zmq.POLLIN)
+    def fileno(self) -> int:
+        """The descriptor a ``Poller`` watches."""
+        return self._reader.fileno()
 
-    def woke(self, events: dict[object, int]) -> bool:
-        """Whether ``events`` (from the poller) include this wake-up; if so, take it."""
-        if self._reader.fileno() not in events:
-            return False
+    def take(self) -> None:
+        """In the waiting thread, once woken: drain, so that the next ``set`` wakes again."""
         self._pending = False
         with contextlib.suppress(OSError):  # drained already, or closed
             self._reader.recv(4096)
+
+    def register(self, poller: Any) -> None:
+        """Transitional: watch this wake-up on a raw ``zmq.Poller`` (use ``Poller`` instead)."""
+        poller.register(self._reader, 1)
+
+    def woke(self, events: dict[object, int]) -> bool:
+        """Transitional: whether raw poller ``events`` include this wake-up; if so, take it."""
+        if self._reader.fileno() not in events:
+            return False
+        self.take()
         return True
 
     def set(self) -> None:
@@ -46,3 +58,37 @@ class Wakeup:
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
+
+
+class LoopWakeup:
+    """Wake a coroutine waiting on ``loop`` from any thread: ``set`` anywhere, ``wait`` on the loop.
+
+    Made on its loop (or given it). ``set`` after the loop closed does nothing: nobody waits.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._pending = False
+
+    def set(self) -> None:
+        """Wake the waiter (from any thread, the loop's own included)."""
+        if self._pending:
+            return
+        self._pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        self._pending = False
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """On the loop: wait at most ``timeout`` seconds for a ``set``; True if one came."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+        return True

@@ -1,0 +1,166 @@
+"""Owners: the thread or loop that runs a part's sockets, and how other threads reach them.
+
+Every part that owns sockets in a thread of its own (a server, a subscriber, a farm submitter...)
+runs on a ``ServiceThread``: started, ready, failed, stopped and joined in one place, so every part
+behaves the same when it starts, fails or closes. An asyncio part owns its sockets on its loop;
+``call_on_loop`` runs its closing there from whatever thread closes it (``Node.close`` included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from .deadline import check_timeout
+from .errors import BrokenError, Timeout, ZmqkitError
+from .wakeup import Wakeup
+
+__all__ = ["ServiceThread", "call_on_loop"]
+
+log = logging.getLogger("zmqkit.service")
+
+T = TypeVar("T")
+
+
+class ServiceThread:
+    """A named thread that owns a part's sockets.
+
+        service = ServiceThread("zmqkit-pump:ticks", self._run)
+        service.start()              # returns once _run called service.ready(), or raises
+
+        def _run(self, service: ServiceThread) -> None:
+            sock = node.server_socket(SocketKind.ROUTER)       # made in the thread that uses it
+            poller = Poller([sock, service.wakeup])
+            service.ready()
+            try:
+                while not service.stopping:
+                    for ready in poller.poll(0.5): ...
+            finally:
+                sock.close()
+
+        service.stop()               # from any thread: wakes the loop and joins it
+
+    ``wakeup`` wakes the thread's poll from any thread (``wake``). An error raised by ``run``
+    before ``ready`` is raised again by ``start``; one raised after it is kept in ``error`` and
+    logged, so that the part can report it to its next caller.
+    """
+
+    def __init__(self, name: str, run: Callable[[ServiceThread], None]) -> None:
+        self.name = name
+        self.wakeup = Wakeup()
+        self.error: BaseException | None = None
+        self._run = run
+        self._ready = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def __repr__(self) -> str:
+        state = "stopping" if self._stopping else "alive" if self.alive else "idle"
+        return f"<zmqkit.ServiceThread {self.name!r} {state}>"
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start the thread and wait until it is ready to serve.
+
+        Raises:
+            ZmqkitError: what ``run`` raised before it was ready (a ``ZmqkitError`` as it is,
+                anything else as ``BrokenError`` from it); the thread is joined.
+            Timeout: it was not ready within ``timeout`` seconds; it is told to stop.
+        """
+        self._thread.start()
+        if not self._ready.wait(check_timeout(timeout)):
+            self.stop()
+            raise Timeout(f"{self.name} was not ready in {timeout:g} s")
+        if self.error is not None:
+            self.stop()
+            if isinstance(self.error, ZmqkitError):
+                raise self.error
+            raise BrokenError(f"{self.name} failed to start: {self.error!r}") from self.error
+
+    def ready(self) -> None:
+        """Called by ``run`` once its sockets are made: ``start`` returns."""
+        self._ready.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop`` was called: ``run`` should return soon."""
+        return self._stopping
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def is_current(self) -> bool:
+        """Whether the caller runs in this service's thread."""
+        return threading.current_thread() is self._thread
+
+    def wake(self) -> None:
+        """Wake the thread's poll (from any thread)."""
+        self.wakeup.set()
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Ask ``run`` to return and join the thread; True once it has ended.
+
+        Called from the service thread itself (a callback that closes its own part), it only
+        asks: the thread ends when the callback returns to its loop.
+        """
+        self._stopping = True
+        self.wakeup.set()
+        if self.is_current:
+            return False
+        if self._thread.ident is None:  # never started
+            self.wakeup.close()
+            return True
+        self._thread.join(check_timeout(timeout))
+        if self._thread.is_alive():
+            log.warning("%s did not stop within %g s", self.name, timeout)
+            return False
+        return True
+
+    def _main(self) -> None:
+        try:
+            self._run(self)
+        except BaseException as exc:
+            self.error = exc
+            if self._ready.is_set():  # start() has returned: nobody else will report it
+                log.exception("%s failed", self.name)
+        finally:
+            self._ready.set()
+            self.wakeup.close()
+
+
+def call_on_loop(loop: asyncio.AbstractEventLoop, function: Callable[[], T],
+                 timeout: float = 2.0) -> T | None:
+    """Run ``function`` on ``loop``'s thread and return its result, from any thread.
+
+    On the loop's own thread, or when the loop is closed or no longer running (nothing can
+    race with it then), it runs at once. Otherwise it is scheduled there and waited for at most
+    ``timeout`` seconds; None if the loop did not get to it in time.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop or loop.is_closed() or not loop.is_running():
+        return function()
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(function())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:  # closed meanwhile
+        return function()
+    try:
+        return done.result(check_timeout(timeout))
+    except concurrent.futures.TimeoutError:
+        log.warning("the loop of %r did not run %r within %g s", loop, function, timeout)
+        return None
