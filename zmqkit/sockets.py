@@ -45,6 +45,7 @@ __all__ = [
     "SocketKind",
     "SocketOptions",
     "format_endpoint",
+    "forward",
     "open_sockets",
     "translate_zmq_error",
 ]
@@ -621,6 +622,18 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+
+
+def forward(frontend: Socket, backend: Socket, control: Socket) -> None:
+    """Move messages from ``frontend`` to ``backend`` (and back) inside libzmq, without the GIL,
+    until ``control`` receives b"TERMINATE". All three belong to the calling thread."""
+    for sock in (frontend, backend, control):
+        sock.check_owner()
+    try:
+        zmq.proxy_steerable(frontend.raw, backend.raw, None, control.raw)
+    except zmq.ZMQError as exc:
+        if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+            raise translate_zmq_error(exc, "forwarding") from exc
 
 
 class Poller:
