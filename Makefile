@@ -33,7 +33,7 @@ lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check zmqkit patterns demos tests
 	.ci/tree build/tree
 	cd build/tree && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p zmqkit
-	cd build/tree && $(CURDIR)/$(VENV)/bin/lint-imports --config $(CURDIR)/pyproject.toml
+	cd build/tree && $(CURDIR)/$(VENV)/bin/lint-imports $(CURDIR)/pyproject.toml
 
 bench: $(VENV)/.installed
 	$(PY) -m zmqkit bench all

@@ -9,7 +9,6 @@ General layout (one pattern per module):
 - ``farm``     hand tasks to workers found by name; they pull, results come back
 - ``state``    a key-value map replicated across the nodes of a group (Clone)
 - ``groups``   join named groups; shout to a group, whisper to one peer
-- ``benchmarks`` each pattern against raw pyzmq doing the same work (``zmqkit bench``)
 """
 
 from __future__ import annotations

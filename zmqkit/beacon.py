@@ -17,7 +17,6 @@ at debug level, so a noisy network cannot flood the log.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import ipaddress
 import logging
@@ -25,7 +24,6 @@ import os
 import random
 import select
 import socket
-import threading
 import time
 import uuid as uuid_module
 from collections import Counter
@@ -37,6 +35,7 @@ import ifaddr
 from .codec import BeaconKind, encode_beacon
 from .errors import ConfigError, EncodeError, ProtocolError
 from .peers import EventKind, Peer, PeerEvent, PeerTable
+from .service import ServiceThread
 
 __all__ = [
     "DEFAULT_PORT",
@@ -174,18 +173,22 @@ class Beacon:
         self._headers: dict[str, str] = {}
         self._seq = 0
         self._warned = False
-        self._stopping = False
-        self._sockets: tuple[socket.socket, socket.socket, socket.socket] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"zmqkit-beacon:{name}", daemon=True)
+        # the beacon thread opens, uses and closes the UDP socket: it has one owner
+        self._service = ServiceThread(f"zmqkit-beacon:{name}", self._run)
 
     # -- called from the owner's thread ----------------------------------------------------------
 
+    _sock: socket.socket  # opened, used and closed by the beacon thread only
+
     def start(self) -> None:
-        """Open the beacon port (shared with the host's other nodes) and start the thread.
+        """Start the thread, which opens the beacon port (shared with the host's other nodes).
 
         Raises:
             ConfigError: the port cannot be opened.
         """
+        self._service.start()
+
+    def _open(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -196,10 +199,7 @@ class Beacon:
         except OSError as exc:
             sock.close()
             raise ConfigError(f"cannot open the beacon port {self.port}: {exc}") from exc
-        self._sock = sock
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._sockets = (sock, self._wake_reader, self._wake_writer)
-        self._thread.start()
+        return sock
 
     def advertise(self, endpoints: Mapping[str, str], headers: Mapping[str, str]) -> None:
         """Change what the beacon says; peers hear it at once.
@@ -220,27 +220,31 @@ class Beacon:
         self._wake()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Say goodbye, stop the thread and join it. Safe to call twice."""
-        self._stopping = True
-        self._wake()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)  # (closed from an event callback: the thread ends itself)
-        for sock in self._sockets or ():
-            sock.close()
+        """Say goodbye, stop the thread and join it (it closes its socket). Safe to call twice.
+
+        From an event callback (the beacon thread itself) it only asks: the thread ends when
+        the callback returns.
+        """
+        self._service.stop(timeout)
 
     def _wake(self) -> None:
-        if self._sockets is None:
-            return  # not started: the thread reads the latest state when it starts
-        with contextlib.suppress(OSError):  # closed, or its buffer full: awake either way
-            self._wake_writer.send(b"\0")
+        self._service.wake()  # before start: the thread reads the latest state when it starts
 
     # -- the beacon thread -----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        """Read, expire, announce, sleep until the next thing is due; until close."""
+    def _run(self, service: ServiceThread) -> None:
+        """Open the port, then read, expire, announce, sleep until the next thing is due."""
+        self._sock = self._open()
+        try:
+            service.ready()
+            self._serve(service, self._sock)
+        finally:
+            self._sock.close()
+
+    def _serve(self, service: ServiceThread, sock: socket.socket) -> None:
         next_announce = time.monotonic()
         announced_seq = -1
-        while not self._stopping:
+        while not service.stopping:
             now = time.monotonic()
             # read what is waiting before expiring anyone: after this thread was starved of CPU,
             # a peer's fresh beacon may be sitting in the buffer
@@ -258,11 +262,10 @@ class Beacon:
                 next_announce = now + self.interval
             next_expiry = self.table.next_expiry() or now + self.interval
             wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
-            readable, _, _ = select.select(
-                [self._sock, self._wake_reader], [], [], max(0.0, wake_at - now)
-            )
-            if self._wake_reader in readable:
-                self._wake_reader.recv(4096)
+            wakeup = service.wakeup.fileno()
+            readable, _, _ = select.select([sock.fileno(), wakeup], [], [], max(0.0, wake_at - now))
+            if wakeup in readable:
+                service.wakeup.take()
         if self.announce:
             self._send(BeaconKind.GOODBYE)
 

@@ -302,7 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure each pattern against raw pyzmq doing the same work, in this run."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from zmqkit.patterns import benchmarks
+    from zmqkit import bench as benchmarks
 
     workloads = list(benchmarks.WORKLOADS) if args.workload == "all" else [args.workload]
     console = Console(stderr=True)

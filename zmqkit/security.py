@@ -21,12 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import threading
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.utils.z85

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .deadline import check_timeout
-from .errors import BrokenError, Timeout, ZmqkitError
+from .errors import BrokenError, ClosedError, Timeout, ZmqkitError
 from .wakeup import Wakeup
 
 __all__ = ["ServiceThread", "call_on_loop"]
@@ -51,7 +51,7 @@ class ServiceThread:
 
     def __init__(self, name: str, run: Callable[[ServiceThread], None]) -> None:
         self.name = name
-        self.wakeup = Wakeup()
+        self._wakeup: Wakeup | None = None  # made by start(): an unstarted service holds nothing
         self.error: BaseException | None = None
         self._run = run
         self._ready = threading.Event()
@@ -70,6 +70,7 @@ class ServiceThread:
                 anything else as ``BrokenError`` from it); the thread is joined.
             Timeout: it was not ready within ``timeout`` seconds; it is told to stop.
         """
+        self._wakeup = Wakeup()
         self._thread.start()
         if not self._ready.wait(check_timeout(timeout)):
             self.stop()
@@ -83,6 +84,13 @@ class ServiceThread:
     def ready(self) -> None:
         """Called by ``run`` once its sockets are made: ``start`` returns."""
         self._ready.set()
+
+    @property
+    def wakeup(self) -> Wakeup:
+        """What the thread polls to be woken (made by ``start``)."""
+        if self._wakeup is None:
+            raise ClosedError(f"{self!r} was never started")
+        return self._wakeup
 
     @property
     def stopping(self) -> bool:
@@ -99,8 +107,9 @@ class ServiceThread:
         return threading.current_thread() is self._thread
 
     def wake(self) -> None:
-        """Wake the thread's poll (from any thread)."""
-        self.wakeup.set()
+        """Wake the thread's poll (from any thread; before ``start``, nothing to wake)."""
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Ask ``run`` to return and join the thread; True once it has ended.
@@ -109,11 +118,10 @@ class ServiceThread:
         asks: the thread ends when the callback returns to its loop.
         """
         self._stopping = True
-        self.wakeup.set()
+        self.wake()
         if self.is_current:
             return False
         if self._thread.ident is None:  # never started
-            self.wakeup.close()
             return True
         self._thread.join(check_timeout(timeout))
         if self._thread.is_alive():
@@ -130,7 +138,7 @@ class ServiceThread:
                 log.exception("%s failed", self.name)
         finally:
             self._ready.set()
-            self.wakeup.close()
+            self.wakeup.close()  # a late wake() after this is quiet
 
 
 def call_on_loop(loop: asyncio.AbstractEventLoop, function: Callable[[], T],

@@ -332,12 +332,12 @@ class Socket:
     @property
     def readable(self) -> bool:
         """Whether a message is queued now (no wait)."""
-        return bool(self.raw.getsockopt(_EVENTS) & _POLLIN)
+        return bool(int(self.raw.getsockopt(_EVENTS)) & _POLLIN)
 
     @property
     def writable(self) -> bool:
         """Whether a send would not block now (no wait)."""
-        return bool(self.raw.getsockopt(_EVENTS) & _POLLOUT)
+        return bool(int(self.raw.getsockopt(_EVENTS)) & _POLLOUT)
 
     def try_send(self, frame: bytes, *, more: bool = False) -> bool:
         """Send one frame if it can go at once; False when it would block (queue full, or no
@@ -386,8 +386,8 @@ class Socket:
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
 
-    def wait_writable(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds until a send would not block."""
+    def poll_writable(self, timeout: float) -> bool:
+        """True when a send would not block, after waiting at most ``timeout`` seconds."""
         self.check_owner()
         return bool(self.raw.poll(_milliseconds(timeout), zmq.POLLOUT))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+
 import zmq.utils.z85
 
 from .errors import SecurityError, ZmqkitError

@@ -34,8 +34,7 @@ import zmq
 
 import zmqkit
 from zmqkit import SocketOptions, codec
-
-from . import pubsub, rpc
+from zmqkit.patterns import pubsub, rpc
 
 __all__ = ["WORKLOADS", "Result", "run"]
 
