@@ -240,7 +240,7 @@ def test_events_iterator_ends_after_its_duration(make_node: Callable[..., Node])
     assert 0.3 <= time.monotonic() - started < 0.8
 
 
-def test_aevents_and_wait_for_async_deliver(make_node: Callable[..., Node]) -> None:
+def test_events_async_and_wait_for_async_deliver(make_node: Callable[..., Node]) -> None:
     watcher = make_node("watcher")
     newcomer = make_node("newcomer", start=False)
 
@@ -248,7 +248,7 @@ def test_aevents_and_wait_for_async_deliver(make_node: Callable[..., Node]) -> N
         with pytest.raises(PeerNotFound):
             await watcher.wait_for_async("newcomer", timeout=0.2)
         seen = []
-        async with contextlib.aclosing(watcher.aevents()) as events:
+        async with contextlib.aclosing(watcher.events_async()) as events:
             first = asyncio.ensure_future(events.__anext__())
             await asyncio.sleep(0)  # the generator runs up to its queue: it has subscribed
             asyncio.get_running_loop().call_later(0.05, newcomer.start)

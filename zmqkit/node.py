@@ -426,7 +426,7 @@ class Node:
         finally:
             self._listeners.remove(listener)
 
-    async def aevents(self) -> AsyncGenerator[PeerEvent, None]:
+    async def events_async(self) -> AsyncGenerator[PeerEvent, None]:
         """Presence events for asyncio code, until the consumer stops iterating.
 
         Bound it with ``asyncio.timeout`` (or break out); events a slow consumer has not taken
