@@ -60,6 +60,7 @@ ANSWER_DELAY = 0.02  # answer newcomers within this, jittered, so a crowd is not
 
 
 class Scope(enum.Enum):
+    """Where beacons go and endpoints bind: this host only, or one interface's subnet."""
     LOCALHOST = "localhost"
     SUBNET = "subnet"
 

@@ -86,6 +86,7 @@ def _expect(conn: Connection, timeout: float = 30.0) -> Any:
 
 
 def raw_rpc_server(conn: Connection) -> None:
+    """Raw pyzmq REP server process: answer each request until told to stop."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     rep = ctx.socket(zmq.REP)
     rep.linger = 0
@@ -101,6 +102,7 @@ def raw_rpc_server(conn: Connection) -> None:
 
 
 def raw_rpc_client(port: int, calls: int) -> float:
+    """Raw pyzmq REQ client: ``calls`` round trips; returns the seconds they took."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     req = ctx.socket(zmq.REQ)
     req.linger = 0
@@ -122,6 +124,7 @@ def _echo(x: Any) -> Any:
 
 
 def zmqkit_rpc_server(conn: Connection, beacon_port: int) -> None:
+    """zmqkit RPC server process: ``rpc.serve`` an echo until told to stop."""
     with zmqkit.Node("bench-echo", port=beacon_port) as node:
         rpc.serve(node, [_echo])
         conn.send("ready")
@@ -129,6 +132,7 @@ def zmqkit_rpc_server(conn: Connection, beacon_port: int) -> None:
 
 
 def zmqkit_rpc_client(beacon_port: int, calls: int) -> float:
+    """``rpc.Client``: ``calls`` round trips; returns the seconds they took."""
     with (
         zmqkit.Node("bench-caller", port=beacon_port, announce=False) as node,
         rpc.Client(node, "bench-echo") as client,
@@ -144,6 +148,7 @@ def zmqkit_rpc_client(beacon_port: int, calls: int) -> float:
 
 
 def raw_router_server(conn: Connection) -> None:
+    """Raw pyzmq ROUTER server process: answer each request until told to stop."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
@@ -160,6 +165,7 @@ def raw_router_server(conn: Connection) -> None:
 
 
 def raw_dealer_client(port: int, calls: int, window: int) -> float:
+    """Raw pyzmq DEALER client: ``calls`` requests, ``window`` in flight; returns seconds."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
@@ -181,6 +187,7 @@ def raw_dealer_client(port: int, calls: int, window: int) -> float:
 
 
 def zmqkit_async_client(beacon_port: int, calls: int, window: int) -> float:
+    """``rpc.AsyncClient``: ``calls`` requests, ``window`` in flight; returns seconds."""
     async def pipeline() -> float:
         with zmqkit.Node("bench-caller", port=beacon_port, announce=False) as node:
             async with rpc.AsyncClient(node, "bench-echo") as client:
@@ -203,6 +210,7 @@ def zmqkit_async_client(beacon_port: int, calls: int, window: int) -> float:
 
 
 def raw_publisher(conn: Connection, count: int, big: bool) -> None:
+    """Raw pyzmq PUB process: publish ``count`` messages (1 MiB each if ``big``)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.linger = 1000
@@ -221,6 +229,7 @@ def raw_publisher(conn: Connection, count: int, big: bool) -> None:
 
 
 def raw_subscriber(conn: Connection, count: int, big: bool) -> tuple[float, int]:
+    """Raw pyzmq SUB: receive ``count`` messages; returns (seconds, bytes received)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
@@ -250,6 +259,7 @@ def raw_subscriber(conn: Connection, count: int, big: bool) -> tuple[float, int]
 def zmqkit_publisher(
     conn: Connection, beacon_port: int, count: int, big: bool, batch: bool = False
 ) -> None:
+    """``pubsub.Publisher`` process: publish ``count`` messages."""
     with zmqkit.Node("bench-pub", port=beacon_port) as node:
         publisher = pubsub.Publisher(node, options=DEEP_QUEUE, batch=batch)
         conn.send("ready")
@@ -265,6 +275,7 @@ def zmqkit_publisher(
 
 
 def zmqkit_subscriber(conn: Connection, beacon_port: int, count: int) -> tuple[float, int]:
+    """``pubsub.Subscriber``: receive ``count`` messages; returns (seconds, bytes received)."""
     with (
         zmqkit.Node("bench-sub", port=beacon_port, announce=False) as node,
         pubsub.Subscriber(node, TOPIC, options=DEEP_QUEUE) as subscriber,
@@ -503,4 +514,5 @@ def run(
 
 
 def as_json(results: list[Result]) -> list[dict[str, Any]]:
+    """The results as JSON-ready dicts (``zmqkit bench --json``)."""
     return [asdict(result) for result in results]

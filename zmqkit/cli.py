@@ -383,6 +383,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``zmqkit`` command's argument parser, every subcommand included."""
     scope = _scope_options()
     parser = argparse.ArgumentParser(prog="zmqkit", description="Broker-less messaging on ZeroMQ.")
     parser.add_argument("--version", action="version", version=f"zmqkit {__version__}")
@@ -531,6 +532,7 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zmqkit`` command; returns its exit status (0 ok, 1 failed, 2 usage, 130 Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -233,14 +233,17 @@ def encode_request(
 
 
 def encode_reply(call_id: int, result: Any) -> bytes:
+    """A REPLY to call ``call_id`` carrying ``result``."""
     return _with_call_id(_REPLY_HEAD, call_id, result)
 
 
 def encode_error(call_id: int, type_name: str, message: str, traceback: str = "") -> bytes:
+    """An ERROR for call ``call_id``: the remote type name, message and traceback."""
     return dumps([VERSION, 3, call_id, type_name, message, traceback])
 
 
 def encode_stream_item(call_id: int, item: Any) -> bytes:
+    """A STREAM_ITEM of call ``call_id``."""
     return _with_call_id(_STREAM_ITEM_HEAD, call_id, item)
 
 
@@ -253,14 +256,17 @@ def _with_call_id(head: bytes, call_id: int, value: Any) -> bytes:
 
 
 def encode_stream_end(call_id: int) -> bytes:
+    """The STREAM_END of call ``call_id``."""
     return dumps([VERSION, 5, call_id])
 
 
 def encode_cancel(call_id: int) -> bytes:
+    """A CANCEL of call ``call_id`` (the caller stopped reading its stream)."""
     return dumps([VERSION, 6, call_id])
 
 
 def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
+    """A PUBLISH of ``data`` on ``topic``, number ``seq`` of publisher ``sender``."""
     if type(topic) is not str:
         raise EncodeError(f"a topic is text, not {topic!r}")
     try:
@@ -272,6 +278,7 @@ def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
 
 
 def encode_publish_batch(topic: str, sender: bytes, first_seq: int, items: list[Any]) -> bytes:
+    """A PUBLISH of several items at once, numbered from ``first_seq``."""
     return dumps([VERSION, 8, topic, sender, first_seq, items])
 
 

@@ -56,4 +56,5 @@ class Deadline:
         return math.ceil(self.remaining(now) * 1000)
 
     def expired(self, now: float | None = None) -> bool:
+        """Whether the deadline has passed."""
         return (time.monotonic() if now is None else now) >= self.at

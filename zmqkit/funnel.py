@@ -58,6 +58,7 @@ class Funnel:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` was called."""
         return self._closed
 
     def send(self, frame: bytes) -> None:

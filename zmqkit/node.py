@@ -60,7 +60,10 @@ def _utf8_size(name: object) -> int:
 
 
 class Closeable(Protocol):
-    def close(self) -> None: ...
+    """What a node can close: every part attached to it."""
+
+    def close(self) -> None:
+        """Close the part; idempotent, and callable from any thread."""
 
 
 class Node:
@@ -211,6 +214,7 @@ class Node:
 
     @property
     def running(self) -> bool:
+        """True between ``start`` and ``close``."""
         return self._state == "running"
 
     def attach(self, part: Closeable) -> None:

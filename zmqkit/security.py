@@ -61,6 +61,7 @@ class Keypair:
 
     @classmethod
     def generate(cls) -> Keypair:
+        """A new random keypair (``zmqkit keys new`` saves one to files)."""
         public, secret = zmq.curve_keypair()
         return cls(public.decode(), secret.decode())
 

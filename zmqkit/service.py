@@ -99,6 +99,7 @@ class ServiceThread:
 
     @property
     def alive(self) -> bool:
+        """Whether the thread is running."""
         return self._thread.is_alive()
 
     @property

@@ -183,6 +183,7 @@ class Socket:
 
     @property
     def closed(self) -> bool:
+        """Whether the socket is closed."""
         return bool(self.raw.closed)
 
     @property
@@ -241,6 +242,11 @@ class Socket:
             self.endpoints.remove(endpoint)
 
     def connect(self, endpoint: str) -> None:
+        """Connect to ``endpoint`` (ZeroMQ reconnects by itself if the peer goes away).
+
+        Raises:
+            ConfigError: the endpoint is malformed.
+        """
         self.check_owner()
         try:
             if "[" in endpoint:
@@ -401,6 +407,7 @@ class Socket:
             raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
 
     def send_multipart(self, frames: list[bytes]) -> None:
+        """Send a multipart message; blocks at most ``options.send_timeout``."""
         self.check_owner()
         try:
             self.raw.send_multipart(frames)
@@ -551,6 +558,7 @@ class AsyncSocket(Socket):
             self._loop.call_soon(self._on_descriptor)
 
     def try_send(self, frame: bytes, *, more: bool = False) -> bool:
+        """Send one frame if it can go at once; False when it would block."""
         if not super().try_send(frame, more=more):
             return False
         self._wake_parked()

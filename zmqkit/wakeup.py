@@ -56,6 +56,7 @@ class Wakeup:
                 self._writer.send(b"\0")
 
     def close(self) -> None:
+        """Close the socket pair; a later ``set`` does nothing."""
         self._reader.close()
         self._writer.close()
 
