@@ -22,18 +22,21 @@ import pytest
 from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zmqkit.patterns import rpc, survey
 from zmqkit.patterns.survey import Ending, Responder, SurveyState
+
 from zmqkit import (
     BusyError,
     ClosedError,
     ConfigError,
     EncodeError,
+    Keypair,
     MethodNotFound,
     Node,
     PeerNotFound,
     RemoteError,
+    SecurityError,
+    WrongThread,
     codec,
 )
 
@@ -240,7 +243,7 @@ def test_survey_quorum_does_not_wait_for_the_slow(make_node: MakeNode) -> None:
         time.sleep(0.6)  # the late answers arrive on the surveyor's sockets ...
         fresh = surveyor.ask("read", 5)
         assert sorted(fresh.values) == [5, 10, 15]  # ... and are not taken for these
-        assert surveyor.stats["dropped-stale"] >= 1
+        assert surveyor.stats()["dropped-stale"] >= 1 and surveyor.stats()["surveys"] == 3
 
 
 SENSOR_SCRIPT = r"""
@@ -344,13 +347,17 @@ def test_survey_async_with_a_killed_node_and_a_quorum(
             assert result.ending is Ending.DEADLINE and 1.5 <= elapsed <= 1.5 + SLACK
             assert result.values == [survivor.uuid]
             assert [str(r.uuid) for r in result.missing] == [victim.uuid]
-            first = asyncio.ensure_future(surveyor.ask("slow_read", 0.0))
+            # surveys at once from several tasks: each has sockets of its own
+            both = await asyncio.gather(surveyor.ask("slow_read", 0.1),
+                                        surveyor.ask("slow_read", 0.1))
+            assert [r.values for r in both] == [[survivor.uuid], [survivor.uuid]]
+            assert surveyor.stats()["surveys"] == 4
+        async with survey.AsyncSurveyor(me, "sensor", timeout=2, max_concurrent=1) as one:
+            first = asyncio.ensure_future(one.ask("slow_read", 0.0))
             await asyncio.sleep(0)  # let it start
-            with pytest.raises(BusyError):  # one survey at a time on one surveyor
-                await surveyor.ask("slow_read", 0.0)
+            with pytest.raises(BusyError, match="max_concurrent"):  # the bound is full
+                await one.ask("slow_read", 0.0)
             assert (await first).values == [survivor.uuid]
-        one_shot = await survey.ask_async(me, "sensor", "slow_read", 0.0, timeout=2)
-        assert one_shot.values == [survivor.uuid]
 
     with sensor_processes(beacon_port, 2) as (victim, survivor):
         wait_serving(me, "sensor", 2)
@@ -363,8 +370,13 @@ def test_survey_of_nobody_is_peer_not_found_within_the_deadline(make_node: MakeN
     with pytest.raises(PeerNotFound, match="nobody"):
         survey.ask(me, "nobody", "read", timeout=0.5)
     assert time.monotonic() - start <= 0.5 + SLACK
+
+    async def ask_nobody() -> None:
+        async with survey.AsyncSurveyor(me, "nobody", timeout=0.3) as nobody:
+            await nobody.ask("read")
+
     with pytest.raises(PeerNotFound):
-        asyncio.run(survey.ask_async(me, "nobody", "read", timeout=0.3))
+        asyncio.run(ask_nobody())
 
 
 def test_survey_finds_a_node_that_starts_during_the_survey(make_node: MakeNode) -> None:
@@ -382,31 +394,149 @@ def test_survey_finds_a_node_that_starts_during_the_survey(make_node: MakeNode) 
     assert result.values == [7] and result.ending is Ending.QUORUM
 
 
-def test_survey_surveyor_belongs_to_its_thread_and_closes_with_its_node(
-    make_node: MakeNode,
-) -> None:
+class Rendezvous:
+    """A sensor whose answer waits until ``parties`` requests are in its handlers at once: it
+    answers only surveys that really run at the same time."""
+
+    def __init__(self, value: int, parties: int) -> None:
+        self.value = value
+        self.barrier = threading.Barrier(parties, timeout=5)
+
+    @rpc.blocking
+    def meet(self) -> int:
+        self.barrier.wait()
+        return self.value
+
+
+def test_survey_surveyor_runs_from_any_thread_several_at_once(make_node: MakeNode) -> None:
+    for value in (1, 2):
+        rpc.serve(make_node("meeting"), Rendezvous(value, parties=2))
+    me = make_node("hub")
+    wait_serving(me, "meeting", 2)
+    surveyor = survey.Surveyor(me, "meeting", timeout=4)  # made here, in the main thread
+    results: list[list[Any]] = []
+    errors: list[BaseException] = []
+
+    def survey_from_a_thread() -> None:
+        try:
+            results.append(sorted(surveyor.ask("meet").values))
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=survey_from_a_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # each node answered only once both surveys' requests were in its handlers together
+    assert errors == [] and results == [[1, 2], [1, 2]]
+    assert surveyor.stats()["surveys"] == 2 and surveyor.stats()["asked"] == 4
+    me.close()  # closes the surveyor attached to it, and the sockets of both threads
+    with pytest.raises(ClosedError):
+        surveyor.ask("meet")
+    with pytest.raises(ConfigError):
+        survey.Surveyor(make_node("x"), "")
+    with pytest.raises(ConfigError):
+        survey.Surveyor(make_node("y"), "meeting", max_concurrent=0)
+
+
+class Hub:
+    """A service whose handlers survey the sensors with a surveyor made in main."""
+
+    def __init__(self, surveyor: survey.Surveyor) -> None:
+        self.surveyor = surveyor
+
+    def plain(self) -> list[Any]:
+        return sorted(self.surveyor.ask("read").values)
+
+    @rpc.blocking
+    def blocking(self) -> list[Any]:
+        return sorted(self.surveyor.ask("read", scale=10).values)
+
+    async def in_loop(self) -> list[Any]:  # blocks the server's loop for one quick survey
+        return sorted(self.surveyor.ask("read", scale=100).values)
+
+
+def test_survey_from_rpc_handlers_with_a_surveyor_made_in_main(make_node: MakeNode) -> None:
+    sensors(make_node, [1, 2])
+    hub = make_node("hub")
+    caller = make_node("caller")
+    wait_serving(hub, "sensor", 2)
+    surveyor = survey.Surveyor(hub, "sensor", timeout=3)
+    rpc.serve(hub, Hub(surveyor))
+    wait_serving(caller, "hub", 1)
+    with rpc.Client(caller, "hub", timeout=10) as client:
+        assert client.call("plain") == [1, 2]
+        assert client.call("blocking") == [10, 20]
+        assert client.call("in_loop") == [100, 200]
+    assert surveyor.ask("read").values  # and from main too, meanwhile
+    assert surveyor.stats()["surveys"] == 4
+
+
+def test_survey_closed_from_another_thread_while_a_survey_runs(make_node: MakeNode) -> None:
     sensors(make_node, [1])
     me = make_node("hub")
     wait_serving(me, "sensor", 1)
-    surveyor = survey.Surveyor(me, "sensor")
-    assert surveyor.ask("read").values == [1]
-    caught: list[BusyError] = []
+    surveyor = survey.Surveyor(me, "sensor", timeout=5)
+    closer = threading.Timer(0.3, surveyor.close)  # while the node takes 2 s to answer
+    closer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(ClosedError, match="closed while a survey ran"):
+            surveyor.ask("slow_read", 2.0)
+    finally:
+        closer.join()
+    assert time.monotonic() - start < 2.0
+    surveyor.close()  # again: nothing
+    assert surveyor not in me.parts
 
-    def from_another_thread() -> None:
-        try:
-            surveyor.ask("read")
-        except BusyError as error:
-            caught.append(error)
 
-    thread = threading.Thread(target=from_another_thread)
-    thread.start()
-    thread.join()
-    assert len(caught) == 1
-    me.close()  # closes the surveyor attached to it
-    with pytest.raises(ClosedError):
-        surveyor.ask("read")
-    with pytest.raises(ConfigError):
-        survey.Surveyor(make_node("x"), "")
+def test_survey_async_surveyor_belongs_to_its_loop(make_node: MakeNode) -> None:
+    sensors(make_node, [1])
+    me = make_node("hub")
+    wait_serving(me, "sensor", 1)
+    with pytest.raises(WrongThread, match="Surveyor"):
+        survey.AsyncSurveyor(me, "sensor")  # no loop runs here
+
+    async def make() -> survey.AsyncSurveyor:
+        surveyor = survey.AsyncSurveyor(me, "sensor")
+        assert (await surveyor.ask("read")).values == [1]
+        return surveyor
+
+    surveyor = asyncio.run(make())
+    with pytest.raises(WrongThread, match="run_coroutine_threadsafe"):
+        asyncio.run(surveyor.ask("read"))  # another loop
+    surveyor.close()  # from this thread, its loop closed: the sockets close here
+    surveyor.close()
+    assert surveyor not in me.parts
+
+    async def closed_from_a_thread() -> None:
+        async with survey.AsyncSurveyor(me, "sensor", timeout=5) as sensors_:
+            closer = threading.Timer(0.3, sensors_.close)  # close() runs on the loop
+            closer.start()
+            try:
+                with pytest.raises(ClosedError):
+                    await sensors_.ask("slow_read", 2.0)
+            finally:
+                await asyncio.to_thread(closer.join)
+
+    asyncio.run(closed_from_a_thread())
+
+
+def test_survey_sockets_are_curve_by_construction(make_node: MakeNode) -> None:
+    hub_keys, friend_keys, stranger_keys = (Keypair.generate() for _ in range(3))
+    ring = [hub_keys.public, friend_keys.public]
+    hub = make_node("hub", keys=hub_keys, keyring=ring)
+    rpc.serve(make_node("sensor", keys=friend_keys, keyring=ring), Sensor(1))
+    rpc.serve(make_node("sensor", keys=stranger_keys, keyring=[*ring, stranger_keys.public]),
+              Sensor(2))
+    rpc.serve(make_node("sensor"), Sensor(3))  # no keys at all
+    wait_serving(hub, "sensor", 3)
+    result = survey.ask(hub, "sensor", "read", timeout=2)
+    # only the key in the hub's keyring is asked; the stranger and the plaintext node are refused
+    assert result.values == [1] and result.ending is Ending.EVERYONE
+    assert len(result.failed) == 2
+    assert all(isinstance(e, SecurityError) for e in result.failed.values())
 
 
 def test_survey_docs_example_runs(tmp_path: Path) -> None:
