@@ -27,14 +27,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zmqkit.patterns import state
-from zmqkit.patterns.state import Change, ChangeKind, State, StateCore, SyncPlanner
-from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, codec
+from zmqkit.patterns.state import (
+    AsyncState,
+    Change,
+    ChangeKind,
+    State,
+    StateCore,
+    SyncPlanner,
+    wire,
+)
+
+from zmqkit import (
+    ClosedError,
+    ConfigError,
+    EncodeError,
+    Node,
+    ProtocolError,
+    Socket,
+    SocketKind,
+    Timeout,
+    WrongThread,
+    codec,
+)
 from zmqkit.codec import Kind
 from zmqkit.security import Keypair, Keyring
 
@@ -46,11 +64,11 @@ W1, W2, W3 = (bytes([n]) * 16 for n in (1, 2, 3))
 
 
 def op_set(key: str, stamp: int, value: Any, expires_at: int | None = None) -> list[Any]:
-    return [state.OP_SET, key, stamp, value, expires_at]
+    return [wire.OP_SET, key, stamp, value, expires_at]
 
 
 def op_delete(key: str, stamp: int) -> list[Any]:
-    return [state.OP_DELETE, key, stamp, None, None]
+    return [wire.OP_DELETE, key, stamp, None, None]
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -132,7 +150,7 @@ def test_state_core_gap_is_held_and_a_delta_fills_it_with_no_duplicate() -> None
     assert sorted(c.key for c in changes) == ["k2", "k3", "k4", "k5"]  # each change once
     assert replica.applied[W1] == 6 and not replica.held and replica.missing() == {}
     assert replica.receive(W1, 6, ops[3:6], wall=0) == []  # already applied: dropped
-    assert replica.stats["duplicates"] == 2 + 3  # the held message, replayed, and this one
+    assert replica.stats()["duplicates"] == 2 + 3  # the held message, replayed, and this one
     assert replica.visible(0) == source.visible(0)
 
 
@@ -154,7 +172,7 @@ def test_state_core_skips_a_gap_nobody_can_fill() -> None:
     core.receive(W1, 1, [op_set("a", 1, 1)], wall=0)
     core.receive(W1, 4, [op_set("b", 4, 4)], wall=0)  # 2 and 3 lost with their dead writer
     assert [c.key for c in core.skip_gap(W1, wall=0)] == ["b"]
-    assert core.stats["lost"] == 2 and core.applied[W1] == 4
+    assert core.stats()["lost"] == 2 and core.applied[W1] == 4
 
 
 def test_state_core_drops_and_counts_bad_input() -> None:
@@ -163,7 +181,7 @@ def test_state_core_drops_and_counts_bad_input() -> None:
     assert core.receive(W2, 1, [op_set("k", -1, "negative stamp")], wall=0) == []
     assert core.receive(W2, 0, [op_set("k", 1, "seq 0")], wall=0) == []
     assert core.receive(W1, 9, [op_set("k", 1, "our own id")], wall=0) == []
-    assert core.stats["dropped-malformed"] == 3 and core.stats["dropped-own"] == 1
+    assert core.stats()["dropped-malformed"] == 3 and core.stats()["dropped-own"] == 1
     for garbage in (None, [], {"writers": 1, "entries": []}, {"writers": [], "entries": [[1]]}):
         with pytest.raises(ProtocolError):
             core.merge(garbage, wall=0)
@@ -226,16 +244,8 @@ def test_state_planner_digest_ahead_for_a_heartbeat_means_ask() -> None:
 
 
 def test_state_wire_frames_decode_as_documented() -> None:
-    frame = state._updates_frame(
-        codec.dumps("zmqkit.state.g"),
-        codec.dumps(W1),
-        3,
-        12,
-        [
-            state._encode_op(1, "k", 5, codec.dumps([1, 2]), None),
-            state._encode_op(2, "j", 6, b"\xf6", None),
-        ],
-    )
+    ops = [[1, "k", 5, [1, 2], None], [2, "j", 6, None, None]]
+    frame = wire.encode_updates("g", W1, 3, 12, ops)
     assert codec.decode(frame) == [
         1,
         Kind.PUBLISH,
@@ -245,10 +255,24 @@ def test_state_wire_frames_decode_as_documented() -> None:
         [1, 12, [[1, "k", 5, [1, 2], None], [2, "j", 6, None, None]]],
     ]
     assert frame.startswith(codec.publish_prefixes("zmqkit.state.g")[0])
-    assert all(
-        state._array_head(n) == codec.dumps([0] * n)[: len(state._array_head(n))]
-        for n in (0, 23, 24, 255, 256, 65535, 65536)
-    )
+    assert wire.read_publication(frame) == wire.Updates(W1, 12, codec.decode(frame)[5][2])
+    digest = wire.encode_digest("g", W1, 4, uuid.UUID(int=7), [[W2, 9]])
+    assert wire.read_publication(digest) == wire.Digest(uuid.UUID(int=7), {W2: 9})
+    for data in ([3, 1, []], [1, -1, []], [2, b"short", []], [True, 1, []], "x"):
+        with pytest.raises(ProtocolError):
+            wire.read_publication(codec.encode_publish("zmqkit.state.g", W1, 1, data))
+    with pytest.raises(ProtocolError):
+        wire.read_publication(codec.encode_publish_batch("zmqkit.state.g", W1, 1, [[1, 1, []]]))
+    # one UPDATES carries at most 1000 ops or about 1 MiB; an op alone may be bigger
+    assert list(wire.batches([1] * 2500)) == [(0, 1000), (1000, 2000), (2000, 2500)]
+    assert list(wire.batches([2 << 20, 10, 600_000, 600_000])) == [(0, 1), (1, 4)]
+    # a sync reply answers its request; an ERROR with call id 0 is about the request, too
+    answer = wire.read_sync_reply(codec.encode_reply(4, {"x": 1}), 4)
+    assert answer == wire.SyncReply({"x": 1}, None)
+    assert wire.read_sync_reply(codec.encode_error(0, "T", "m"), 4).error == "T: m"
+    for stray in (codec.encode_reply(3, None), codec.encode_reply(0, None), codec.encode_cancel(4)):
+        with pytest.raises(ProtocolError):
+            wire.read_sync_reply(stray, 4)
 
 
 # -- replicas over the network ---------------------------------------------------------------------
@@ -306,27 +330,138 @@ def test_state_replicas_set_delete_ttl_and_watch_changes(make_node: Callable[[st
 def test_state_asyncio_front_end(make_node: Callable[[str], Node]) -> None:
     a, b = make_node("a"), make_node("b")
 
-    async def main() -> tuple[Any, Change]:
-        async with State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right:
-            await left.wait_synced_async(timeout=5.0)
-            await right.wait_synced_async(timeout=5.0)
+    async def main() -> tuple[Any, Change, list[str]]:
+        async with (
+            AsyncState(a, "inv", **REPLICA) as left,
+            AsyncState(b, "inv", **REPLICA) as right,
+        ):
+            await left.wait_synced(timeout=5.0)
+            await right.wait_synced(timeout=5.0)
             left.set("n", 1)
-            first = await right.wait_for_async("n", timeout=3.0)
+            first = await right.wait_for("n", timeout=3.0)
+            assert await right.wait_for("n", timeout=3.0, value=1) == 1 and right.get("n") == 1
 
             async def first_change() -> Change:
-                async for change in right.achanges():
+                async for change in right.changes(idle_timeout=5.0):
                     return change
                 raise AssertionError("the changes ended")
 
             listening = asyncio.ensure_future(first_change())
             await asyncio.sleep(0.05)  # the iterator is listening now
             left.set("n", 2)
-            return first, await asyncio.wait_for(listening, 5.0)
+            change = await asyncio.wait_for(listening, 5.0)
+            # off its loop, an AsyncState says what to use instead
+            refusals = []
+            for call in (lambda: right.set("x", 1), lambda: right.get("n"), lambda: right.items()):
+                with pytest.raises(WrongThread, match=r"state\.State") as refused:
+                    await asyncio.to_thread(call)
+                refusals.append(str(refused.value))
+            with pytest.raises(Timeout, match="did not appear"):
+                await right.wait_for("never", timeout=0.05)
+            assert [c async for c in right.changes(idle_timeout=0.05)] == []
+            # a change iterator ends when its replica closes, from whatever thread
+            ending = asyncio.ensure_future(first_change())
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(right.close)
+            with pytest.raises(AssertionError, match="the changes ended"):
+                await asyncio.wait_for(ending, 5.0)
+            return first, change, refusals
 
     with pytest.raises(ConfigError):
         State(a, "bad*")
-    first, change = asyncio.run(main())
+    with pytest.raises(WrongThread, match=r"state\.State"):
+        AsyncState(a, "inv")  # made outside a coroutine: no loop to belong to
+    assert a.parts == [] and "state:inv" not in a.endpoints
+    first, change, refusals = asyncio.run(main())
     assert first == 1 and (change.key, change.kind, change.value) == ("n", ChangeKind.SET, 2)
+    assert all("run_coroutine_threadsafe" in refusal for refusal in refusals)
+    assert a.parts == [] == b.parts  # closed and detached
+
+
+def test_state_is_usable_once_constructed_and_closed_by_its_node(beacon_port: int) -> None:
+    node = Node("a", port=beacon_port, **FAST).start()
+    try:
+        replica = State(node, "inv", **REPLICA)  # no start(), no with
+        replica.wait_synced(timeout=5.0)
+        replica.set("k", 1)
+        assert node.parts == [replica] and node.endpoints["state:inv"] == replica.endpoint
+        stats = replica.stats()
+        stats["published"] = -1  # a fresh dict each time
+        assert replica.stats()["started-alone"] == 1
+        closer = threading.Thread(target=node.close)  # the node closes its parts, any thread
+        closer.start()
+        closer.join(5)
+        with pytest.raises(ClosedError):
+            replica.set("k", 2)
+        with pytest.raises(ClosedError):
+            replica.wait_for("absent", timeout=1.0)
+        replica.close()  # idempotent
+        assert "closed" in repr(replica) and node.parts == []
+    finally:
+        node.close()
+    with pytest.raises(ClosedError):
+        State(node, "inv")  # a closed node starts nothing
+
+
+def test_state_writes_from_any_thread_and_from_a_change_callback(
+    make_node: Callable[[str], Node],
+) -> None:
+    """The replica's sockets stay in its own thread; writes come from anywhere: the test's
+    thread and a user thread at once, and a change callback (which runs in the replica's
+    thread) answering every ping with a pong."""
+    a, b = make_node("a"), make_node("b")
+    with State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right:
+        left.wait_synced(timeout=5.0)
+        right.wait_synced(timeout=5.0)
+
+        def answer(change: Change) -> None:
+            if change.key == "ping":
+                right.set("pong", change.value)  # from the replica's own thread
+                right.delete(f"t{change.value}")
+
+        right.on_change(answer)
+        errors: list[BaseException] = []
+
+        def user_thread() -> None:
+            try:
+                for i in range(200):
+                    left.set(f"t{i}", i)
+            except BaseException as exc:  # handed to the test's thread
+                errors.append(exc)
+
+        writer = threading.Thread(target=user_thread)
+        writer.start()
+        for i in range(200):
+            left.set(f"m{i}", i)
+        writer.join(10)
+        assert not errors
+        left.set("ping", 7)
+        assert left.wait_for("pong", timeout=5.0, value=7) == 7
+        wait_until(lambda: "t7" not in left, 5.0, "the callback's delete reached the left")
+        expected = {**{f"m{i}": i for i in range(200)}, **{f"t{i}": i for i in range(200)},
+                    "ping": 7, "pong": 7}
+        del expected["t7"]
+        wait_until(lambda: right.items() == expected == left.items(), 5.0, "both alike")
+        assert right.stats()["published"] == 2
+
+
+def test_state_closes_from_its_own_callback(make_node: Callable[[str], Node]) -> None:
+    node = make_node("a")
+    replica = State(node, "inv", **REPLICA)
+    closed = threading.Event()
+
+    def close_on_stop(change: Change) -> None:
+        if change.key == "stop":
+            replica.close()  # in the replica's own thread: it ends when this returns
+            closed.set()
+
+    replica.on_change(close_on_stop)
+    replica.set("stop", True)
+    assert closed.wait(5.0)
+    with pytest.raises(ClosedError):
+        replica.set("after", 1)
+    assert node.parts == [] and "state:inv" not in node.endpoints
+    # its thread ends and its sockets close: the leak check after the test looks
 
 
 def test_state_digests_spread_what_one_replica_alone_received(
@@ -340,9 +475,8 @@ def test_state_digests_spread_what_one_replica_alone_received(
 
     def inject(replica: State, seq: int, key: str) -> None:
         """Hand ``replica`` a message of the ghost writer as if its SUB socket had received it."""
-        with replica._lock:
-            wall = time.time_ns()
-            replica._pending += replica._core.receive(ghost, seq, [op_set(key, wall, key)], wall)
+        wall = time.time_ns()
+        replica._replica.receive(ghost, seq, [op_set(key, wall, key)], wall)
 
     with State(a, "inv", **REPLICA) as left, State(b, "inv", **REPLICA) as right:
         left.wait_synced(timeout=5.0)
@@ -405,7 +539,7 @@ def test_state_sync_server_answers_bad_requests_and_keeps_serving(
     make_node: Callable[[str], Node],
 ) -> None:
     node = make_node("a")
-    with State(node, "inv", **REPLICA) as replica, Socket(zmq.DEALER) as dealer:
+    with State(node, "inv", **REPLICA) as replica, Socket(SocketKind.DEALER) as dealer:
         replica.set("k", "v")
         dealer.connect(replica.endpoint)
 
@@ -424,7 +558,7 @@ def test_state_sync_server_answers_bad_requests_and_keeps_serving(
         assert reply[1] == Kind.REPLY and reply[2] == 4
         [[writer, seq, code, key, _, value, expires]] = reply[3]["entries"]
         assert writer == replica.writer.bytes
-        assert (seq, code, key, value, expires) == (1, state.OP_SET, "k", "v", None)
+        assert (seq, code, key, value, expires) == (1, wire.OP_SET, "k", "v", None)
         assert reply[3]["writers"] == [[replica.writer.bytes, 1]]
         # it knows everything already: an empty delta
         known = [[replica.writer.bytes, 1]]
@@ -643,21 +777,18 @@ def test_state_protocol_doc_examples_are_what_the_code_sends() -> None:
     writer, node_uuid = bytes(range(16)), bytes.fromhex("12345678" * 4)
     stamp, ttl = 1_800_000_000_000_000_000, 30 * NS
     ops = [
-        state._encode_op(state.OP_SET, "apples", stamp, codec.dumps(12), stamp + ttl),
-        state._encode_op(state.OP_DELETE, "pears", stamp + 1, b"\xf6", None),
+        [wire.OP_SET, "apples", stamp, 12, stamp + ttl],
+        [wire.OP_DELETE, "pears", stamp + 1, None, None],
     ]
-    assert updates[0] == state._updates_frame(
-        codec.dumps("zmqkit.state.inv"), codec.dumps(writer), 5, 3, ops
-    )
-    assert digest[0] == codec.encode_publish(
-        state.topic("inv"), writer, 6, [state.DIGEST, node_uuid, [[writer, 3]]]
-    )
-    assert request[0] == codec.encode_request(1, state.SYNC_METHOD, ["inv", [[writer, 1]]], {})
+    assert updates[0] == wire.encode_updates("inv", writer, 5, 3, ops)
+    assert digest[0] == wire.encode_digest("inv", writer, 6, uuid.UUID(bytes=node_uuid),
+                                           [[writer, 3]])
+    assert request[0] == wire.encode_sync_request(1, "inv", {writer: 1})
     core = StateCore(writer)
     core.write("apples", 11, stamp - 5)  # write 1, which the asker has
     core.write("apples", 12, stamp, ttl)
     core.remove("pears", stamp + 1)
-    assert reply[0] == codec.encode_reply(1, core.snapshot({writer: 1}))
+    assert reply[0] == wire.encode_snapshot(1, core.snapshot({writer: 1}))
     # and a replica takes the UPDATES example as the document says
     replica = StateCore(bytes(16))
     replica.merge({"writers": [[writer, 1]], "entries": []}, wall=stamp)
