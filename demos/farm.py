@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-
 from zmqkit.patterns import farm
+
 from zmqkit import Node, Timeout, default_port
 
 from .common import Clock, run_until
@@ -76,7 +76,7 @@ class FarmRun:
     """Submits ``tasks`` tasks and tracks who did what; the show uses it too."""
 
     def __init__(self, node: Node, tasks: int) -> None:
-        self.submitter = farm.Submitter(node, FARM, task_timeout=10.0).start()
+        self.submitter = farm.Submitter(node, FARM, task_timeout=10.0)
         self.tasks = tasks
         self.ids = [self.submitter.submit(x) for x in range(tasks)]
         self.done: dict[int, int] = {}

@@ -28,21 +28,24 @@ import cbor2
 import pytest
 import zmq
 from conftest import doc_section
-
 from zmqkit.patterns import farm
 from zmqkit.patterns.farm import wire
 from zmqkit.patterns.farm.core import Cancel, Dispatch, SubmitterCore, WorkerCore
+
 from zmqkit import (
     BrokenError,
     BusyError,
     ClosedError,
     ConfigError,
     EncodeError,
+    Keypair,
+    Keyring,
     Node,
     ProtocolError,
     RemoteError,
     Socket,
     Timeout,
+    WrongThread,
     codec,
 )
 from zmqkit.codec import Kind
@@ -640,10 +643,10 @@ def test_farm_sigkilled_submitter_process_does_not_stall_its_workers(
         assert child.stdout.readline() == b"first 0\n"
         child.kill()
         child.wait(5)
-        wait_until(lambda: worker.stats["submitters-lost"] == 1, 5, "the worker drops it")
+        wait_until(lambda: worker.stats()["submitters-lost"] == 1, 5, "the worker drops it")
         with farm.Submitter(new_boss, "jobs") as jobs, took(3):
             assert jobs.result(jobs.submit(42), timeout=3) == 42
-        assert worker.stats["done"] >= 2
+        assert worker.stats()["done"] >= 2
     finally:
         if child.poll() is None:
             child.kill()
@@ -829,7 +832,7 @@ def test_farm_bad_input_on_the_submitter_socket_is_dropped_and_counted(make_node
 def test_farm_closing_the_node_closes_its_parts(make_node: MakeNode) -> None:
     boss, worker = make_node("boss"), make_node("worker")
     farm.serve_worker(worker, square, farm="squares")
-    squares = farm.Submitter(boss, "squares").start()
+    squares = farm.Submitter(boss, "squares")  # usable at once, attached to its node
     assert squares.result(squares.submit(3), timeout=5) == 9
     assert "farm:squares" in boss.endpoints
     worker.close()
@@ -843,16 +846,22 @@ def test_farm_closing_the_node_closes_its_parts(make_node: MakeNode) -> None:
 
 def test_farm_misuse_is_refused_clearly(make_node: MakeNode) -> None:
     boss = make_node("boss")
+    closed = farm.Submitter(boss, "squares")
+    closed.close()
+    closed.close()  # idempotent
     with pytest.raises(ClosedError):
-        farm.Submitter(boss, "squares").submit(1)  # not started
+        closed.submit(1)
+    assert closed not in boss.parts and "farm:squares" not in boss.endpoints
     unstarted = Node("unstarted", port=boss.port)
     try:
         with pytest.raises(ClosedError):  # no beacon: no worker could find it
-            farm.Submitter(unstarted, "squares").start()
+            farm.Submitter(unstarted, "squares")
+        with pytest.raises(ClosedError):
+            farm.Worker(unstarted, square)
     finally:
         unstarted.close()
     with farm.Submitter(boss, "squares"), pytest.raises(ConfigError):
-        farm.Submitter(boss, "squares").start()  # one submitter per farm per node
+        farm.Submitter(boss, "squares")  # one submitter per farm per node
     for bad in ({"slots": 0}, {"slots": 1.5}, {"prefetch": -1}, {"farm": ""}, {"farm": "x" * 65}):
         with pytest.raises(ConfigError):
             farm.Worker(boss, square, **bad)  # type: ignore[arg-type]
@@ -860,6 +869,276 @@ def test_farm_misuse_is_refused_clearly(make_node: MakeNode) -> None:
         farm.Worker(boss, "not callable")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         farm.Submitter(boss, "squares", task_timeout=-1)
+
+
+# -- CURVE: a keyed farm serves only the workers its keyring holds --------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Keypair]:
+    return {who: Keypair.generate() for who in ("boss", "good", "stranger")}
+
+
+def keyed(keys: dict[str, Keypair], who: str, *trusted: str) -> dict[str, Any]:
+    """Node options: ``who``'s keypair and a keyring of the ``trusted`` public keys."""
+    return {"keys": keys[who], "keyring": Keyring([keys[t].public for t in trusted])}
+
+
+async def async_square(x: int) -> int:
+    return square(x)
+
+
+@pytest.mark.parametrize("handler", [square, async_square], ids=["threads", "asyncio"])
+def test_farm_keyed_submitter_gives_no_task_to_a_stranger_or_a_plain_worker(
+    make_node: MakeNode,
+    keys: dict[str, Keypair],
+    handler: Callable[[Any], Any],
+) -> None:
+    """The stranger trusts the boss, but the boss's keyring does not hold its key: its CURVE
+    handshake is refused. The plain worker has no keys: it refuses to connect at once, and
+    says so. Neither gets a task; the worker in the keyring gets them all."""
+    boss = make_node("boss", **keyed(keys, "boss", "good"))
+    stranger = make_node("stranger", **keyed(keys, "stranger", "boss"))
+    plain = make_node("plain")
+    bad_workers = [
+        farm.Worker(stranger, handler, "squares", slots=2),
+        farm.Worker(plain, handler, "squares", slots=2),
+    ]
+    with farm.Submitter(boss, "squares") as squares:
+        ids = [squares.submit(x) for x in range(10)]
+        wait_until(
+            lambda: bad_workers[1].stats()["refused-submitters"] >= 1,
+            5,
+            "the plain worker refuses the keyed submitter",
+        )
+        with pytest.raises(Timeout, match="no worker has asked for work"):
+            squares.result(ids[0], timeout=1.0)  # time for any handshake to have happened
+        assert squares.workers() == [] and squares.stats()["completed"] == 0
+        good = make_node("good", **keyed(keys, "good", "boss"))
+        farm.Worker(good, handler, "squares")
+        results = list(squares.as_completed(timeout=10))
+        assert sorted(r.task_id for r in results) == ids
+        assert {r.worker for r in results} == {good.uuid}
+        assert [r.value for r in sorted(results, key=lambda r: r.task_id)] == [
+            x * x for x in range(10)
+        ]
+        assert {w.node for w in squares.workers()} == {good.uuid}
+    for refused in bad_workers:
+        assert refused.stats()["done"] == 0, refused.stats()
+
+
+def test_farm_keyed_submitter_gives_no_task_to_a_raw_plaintext_dealer(
+    make_node: MakeNode,
+    keys: dict[str, Keypair],
+) -> None:
+    """Security by construction: a worker that skips every check (a raw pyzmq DEALER that
+    speaks the protocol in plaintext) is refused by the submitter's socket itself."""
+    boss = make_node("boss", **keyed(keys, "boss", "good"))
+    context: zmq.Context[Any] = zmq.Context.instance()
+    with farm.Submitter(boss, "squares") as squares:
+        intruder = context.socket(zmq.DEALER)
+        intruder.linger = 0
+        intruder.routing_id = wire.worker_routing_id(uuid.uuid4(), 1)
+        try:
+            intruder.connect(squares.endpoint)
+            intruder.send(wire.encode_ready(1, 10, 0, []))
+            task_id = squares.submit(3)
+            assert not intruder.poll(1000), "a plaintext worker was given a task"
+            assert squares.workers() == []
+            good = make_node("good", **keyed(keys, "good", "boss"))
+            farm.Worker(good, square, "squares")
+            assert squares.result(task_id, timeout=5) == 9
+        finally:
+            intruder.close()
+
+
+def test_farm_keyed_worker_refuses_a_submitter_its_keyring_does_not_hold(
+    make_node: MakeNode,
+    keys: dict[str, Keypair],
+) -> None:
+    """The other direction: a keyed worker serves no plaintext submitter and no submitter
+    whose key it does not trust; it says so in its stats and stays idle."""
+    plain_boss = make_node("plain-boss")
+    worker_node = make_node("worker", **keyed(keys, "good", "stranger"))  # trusts not the boss
+    boss = make_node("boss", **keyed(keys, "boss", "good"))
+    with (
+        farm.Worker(worker_node, square, "squares") as worker,
+        farm.Submitter(plain_boss, "squares") as plain,
+        farm.Submitter(boss, "squares") as keyed_boss,
+    ):
+        plain.submit(1)
+        keyed_boss.submit(2)
+        wait_until(
+            lambda: worker.stats()["refused-submitters"] >= 2,
+            5,
+            "the worker refuses both submitters",
+        )
+        time.sleep(0.3)
+        assert plain.workers() == keyed_boss.workers() == []
+        assert worker.stats()["done"] == 0
+
+
+def test_farm_keyed_async_submitter_serves_only_its_keyring(
+    make_node: MakeNode,
+    keys: dict[str, Keypair],
+) -> None:
+    boss = make_node("boss", **keyed(keys, "boss", "good"))
+    stranger = make_node("stranger", **keyed(keys, "stranger", "boss"))
+    farm.Worker(stranger, square, "squares")
+
+    async def main() -> None:
+        async with farm.AsyncSubmitter(boss, "squares") as squares:
+            task_id = squares.submit(4)
+            with pytest.raises(Timeout):
+                await squares.result(task_id, timeout=1.0)
+            assert squares.workers() == []
+            good = make_node("good", **keyed(keys, "good", "boss"))
+            farm.Worker(good, square, "squares")
+            assert await squares.result(task_id, timeout=5) == 16
+
+    asyncio.run(main())
+
+
+# -- the parts' conventions: usable once made, any thread, closed with their node -----------------
+
+
+def test_farm_submitter_is_used_from_many_threads_at_once(make_node: MakeNode) -> None:
+    boss, worker = make_node("boss"), make_node("worker")
+    farm.Worker(worker, square, "squares", slots=2)
+    with farm.Submitter(boss, "squares") as squares:
+        errors: list[BaseException] = []
+
+        def user(base: int) -> None:
+            try:
+                for x in range(base, base + 25):
+                    assert squares.result(squares.submit(x), timeout=10) == x * x
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=user, args=(100 * i,)) for i in range(1, 4)]
+        for thread in threads:
+            thread.start()
+        assert squares.result(squares.submit(7), timeout=10) == 49  # the owner's thread too
+        for thread in threads:
+            thread.join(20)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        assert squares.stats()["completed"] == 76
+
+
+def test_farm_submitter_closed_from_another_thread_wakes_its_waiters(make_node: MakeNode) -> None:
+    boss = make_node("boss")
+    squares = farm.Submitter(boss, "squares")
+    task_id = squares.submit(1)
+    closer = threading.Timer(0.2, squares.close)
+    closer.start()
+    with took(2), pytest.raises(ClosedError):
+        squares.result(task_id, timeout=10)
+    closer.join(5)
+    assert squares not in boss.parts and "farm:squares" not in boss.endpoints
+
+
+@pytest.mark.parametrize("handler_kind", ["threads", "asyncio"])
+def test_farm_worker_closes_from_its_own_handler(make_node: MakeNode, handler_kind: str) -> None:
+    boss, worker_node = make_node("boss"), make_node("worker")
+    holder: list[farm.Worker] = []
+
+    def last(x: int) -> int:
+        holder[0].close()  # from the worker's own thread: it ends once the handler returns
+        return x
+
+    async def async_last(x: int) -> int:
+        holder[0].close()
+        return x
+
+    holder.append(
+        farm.Worker(worker_node, last if handler_kind == "threads" else async_last, "jobs")
+    )
+    with farm.Submitter(boss, "jobs") as jobs:
+        first = jobs.submit(1)
+        if handler_kind == "threads":  # a running plain handler finishes: its result is sent
+            assert jobs.result(first, timeout=5) == 1
+        wait_until(lambda: holder[0] not in worker_node.parts, 5, "the worker detached")
+        wait_until(
+            lambda: (
+                not any(
+                    t.name.startswith("zmqkit-farm-")
+                    and "jobs" in t.name
+                    and "submitter" not in t.name
+                    for t in threading.enumerate()
+                )
+            ),
+            5,
+            "its threads ended",
+        )
+        holder[0].close()  # idempotent
+
+
+def test_farm_async_submitter_refuses_other_threads_and_closes_from_any(
+    make_node: MakeNode,
+) -> None:
+    boss = make_node("boss")
+    with pytest.raises(WrongThread, match=r"farm\.Submitter"):
+        farm.AsyncSubmitter(boss, "squares")  # no running loop here
+
+    async def main() -> None:
+        squares = farm.AsyncSubmitter(boss, "squares")  # usable at once, no start()
+        assert squares in boss.parts
+        task_id = squares.submit(1)
+        for misuse in (lambda: squares.submit(2), squares.stats, squares.workers):
+            with pytest.raises(WrongThread, match="run_coroutine_threadsafe"):
+                await asyncio.to_thread(misuse)
+        waiter = asyncio.ensure_future(squares.result(task_id, timeout=10))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(squares.close)  # another thread: done on this loop
+        with took(1), pytest.raises(ClosedError):
+            await waiter
+        assert squares not in boss.parts and "farm:squares" not in boss.endpoints
+        squares.close()  # idempotent
+
+    asyncio.run(main())
+
+
+def test_farm_node_closed_from_another_thread_while_its_parts_are_busy(
+    make_node: MakeNode,
+) -> None:
+    """Submitter, async submitter and both kinds of worker on one node, all at work: closing
+    the node from another thread closes every one on its own thread or loop (the conftest's
+    leak check sees that no thread and no socket is left)."""
+    node = make_node("busy")
+    farm.Worker(node, napping(0.01), "jobs", slots=2)
+    farm.Worker(node, async_square, "async-jobs", slots=2)
+    jobs = farm.Submitter(node, "jobs")
+    for x in range(200):
+        jobs.submit(x)
+    errors: list[BaseException] = []
+
+    async def drive() -> None:
+        async with farm.AsyncSubmitter(node, "async-jobs") as async_jobs:
+            for x in range(200):
+                async_jobs.submit(x)
+            await async_jobs.result(1, timeout=5)
+            closer = threading.Thread(target=node.close)
+            closer.start()
+            while closer.is_alive():
+                await asyncio.sleep(0.01)  # the loop runs on: the node closes its part here
+            assert async_jobs not in node.parts
+            with pytest.raises(ClosedError):
+                async_jobs.submit(1)
+
+    def loop_thread() -> None:
+        try:
+            asyncio.run(drive())
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    assert jobs.result(1, timeout=5) == 0  # task 1 carries 0
+    thread = threading.Thread(target=loop_thread)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive() and not errors, errors
+    assert node.parts == [] and not node.running
+    with pytest.raises(ClosedError):
+        jobs.submit(1)
 
 
 # -- the wire, as docs/protocol.md section 9.1 tells it ------------------------------------------

@@ -15,10 +15,14 @@ such submitter and asks for work when it has a free slot (credit), so a slow wor
 Delivery is at least once: the tasks of a worker that leaves, expires or times out go to another
 worker; the first result per task is kept and later ones are counted as duplicates.
 
+Every part runs once made and is attached to its node. Every socket comes from the node
+(``server_socket``, ``client_socket`` + ``connect_peer``), so on nodes with keys the farm serves
+only the workers whose key the submitter's keyring holds, and a worker only trusted submitters.
+
 - ``wire``             the farm's messages (docs/protocol.md, section 9.1)
 - ``core``             the logic, written once: queue, credit, reassignment, duplicates (pure)
-- ``submitter``        ``Submitter``: a named thread owns the ROUTER
-- ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER
+- ``submitter``        ``Submitter``: a service thread owns the ROUTER; any thread submits
+- ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER (loop only)
 - ``worker``           ``Worker`` and ``serve_worker``: slot threads or an asyncio loop
 - ``bench``            throughput, 1 to 4 worker processes: ``python -m zmqkit.patterns.farm.bench``
 """

@@ -6,21 +6,31 @@
         async for result in squares.as_completed(timeout=60):
             print(result.task_id, result.value)
 
-A pump task on the loop owns the ROUTER; ``submit`` sends at once when a worker has credit.
+A pump task on the loop owns the ROUTER (made by the node, so CURVE applies whenever the node
+has keys); ``submit`` sends at once when a worker has credit. Everything but ``close`` is used on
+that loop; from other threads use ``farm.Submitter``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import zmq
-
-from zmqkit import AsyncSocket, BusyError, ClosedError, ConfigError, Deadline, Node, Timeout
+from zmqkit import (
+    AsyncSocket,
+    BrokenError,
+    ClosedError,
+    Deadline,
+    Node,
+    SocketKind,
+    Timeout,
+    WrongThread,
+    call_on_loop,
+)
 
 from . import wire
 from .core import (
@@ -32,114 +42,123 @@ from .core import (
     TaskResult,
     WorkerInfo,
 )
-from .submitter import BATCH, DEFAULT_WAIT, TICK, drain, waiting_message
+from .submitter import (
+    BATCH,
+    DEFAULT_WAIT,
+    TICK,
+    check_can_submit,
+    core_stats,
+    drain,
+    send_all,
+    waiting_message,
+)
 
 __all__ = ["AsyncSubmitter"]
 
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
+log = logging.getLogger("zmqkit.farm")
 
 
 class AsyncSubmitter:
     """``Submitter`` for asyncio code: the same options, awaitable waits, one loop.
 
-    Use ``async with`` (or ``start()`` inside the loop and ``await aclose()``).
+    Made inside a running loop, it is usable at once and attached to its node; ``async with``
+    closes it on the way out. Its methods are used on that loop (elsewhere they raise
+    ``WrongThread``); ``close()`` works from any thread.
+
+    Raises:
+        WrongThread: made outside a running event loop.
+        ClosedError: the node is not running.
+        ConfigError: a bad option, or the node already has a submitter for this farm.
     """
 
     def __init__(self, node: Node, farm: str, *, task_timeout: float = DEFAULT_TASK_TIMEOUT,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  worker_expiry: float = DEFAULT_WORKER_EXPIRY,
                  max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongThread("an AsyncSubmitter is made inside a running event loop (in async "
+                              "code); in plain threads use farm.Submitter") from None
         self.node = node
         self.farm = wire.check_farm_name(farm)
         self.role = wire.role_of(farm)
         self.endpoint = ""
         self._core = SubmitterCore(task_timeout=task_timeout, max_attempts=max_attempts,
                                    worker_expiry=worker_expiry, max_pending=max_pending)
-        self._state = "new"
+        self._closed = False
+        self._failure: BaseException | None = None  # what stopped the pump, if not close()
         self._sock: AsyncSocket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._owner = 0
         self._pump_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # replaced each time it is set: waiters hold the old one
         self._seen_version = -1
         self._seen_results = 0
-
-    def __repr__(self) -> str:
-        return f"<zmqkit farm.AsyncSubmitter {self.farm!r} {self.endpoint or self._state}>"
-
-    async def __aenter__(self) -> AsyncSubmitter:
-        return self.start()
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
-
-    # -- life cycle ----------------------------------------------------------------------------
-
-    def start(self) -> AsyncSubmitter:
-        """Bind, advertise and start the pump on the running loop.
-
-        Raises:
-            ClosedError: the node is not running, or the submitter was started before.
-            ConfigError: the node already has a submitter for this farm.
-        """
-        loop = asyncio.get_running_loop()
-        if self._state != "new":
-            raise ClosedError(f"{self!r} cannot start twice")
-        if not self.node.running:  # unannounced, no worker could ever find it
-            raise ClosedError(f"{self.node!r} is not running; start it first")
-        if self.role in self.node.endpoints:
-            raise ConfigError(f"{self.node!r} already submits to farm {self.farm!r}; share it")
-        self.node.attach(self)
-        self._state = "running"
-        self._loop, self._owner = loop, threading.get_ident()
+        check_can_submit(node, self.role, self.farm)
+        node.attach(self)
         try:
-            self._sock = AsyncSocket(zmq.ROUTER)
-            self.endpoint = self._sock.bind(self.node.host)
-            self.node.advertise(self.role, self.endpoint)
+            sock = node.server_socket(SocketKind.ROUTER, asyncio=True)
+            assert isinstance(sock, AsyncSocket)
+            self._sock = sock
+            self.endpoint = sock.endpoint
+            node.advertise(self.role, self.endpoint)
         except BaseException:
             self.close()
             raise
-        self._pump_task = loop.create_task(self._pump(), name=f"zmqkit-farm-submitter:{self.farm}")
+        self._pump_task = self._loop.create_task(self._pump(),
+                                                 name=f"zmqkit-farm-submitter:{self.farm}")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self.endpoint or "starting"
+        return f"<zmqkit farm.AsyncSubmitter {self.farm!r} {state}>"
+
+    async def __aenter__(self) -> AsyncSubmitter:
         return self
 
-    def close(self) -> None:
-        """Stop (from the loop's thread; from another thread it is scheduled on the loop)."""
-        if self._state == "closed":
-            return
-        if self._loop is not None and threading.get_ident() != self._owner:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
-                self._loop.call_soon_threadsafe(self.close)
-            return
-        self._state = "closed"
-        if self.node.endpoints.get(self.role) == self.endpoint and self.endpoint:
-            self.node.withdraw(self.role)
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-        if self._sock is not None:
-            self._sock.close()
-        self._changed.set()
-        self.node.detach(self)
-
-    async def aclose(self) -> None:
-        """``close``, then wait for the pump to finish."""
+    async def __aexit__(self, *_: object) -> None:
         self.close()
         if self._pump_task is not None:
             await asyncio.gather(self._pump_task, return_exceptions=True)
 
-    # -- the user's side -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the pump, withdraw, close the ROUTER; waiters get ``ClosedError``.
+
+        Idempotent, and callable from any thread: the work is done on the submitter's loop
+        (at once when that loop has ended).
+        """
+        if not self._closed:
+            call_on_loop(self._loop, self._close)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.endpoint and self.node.endpoints.get(self.role) == self.endpoint:
+            self.node.withdraw(self.role)
+        loop_open = not self._loop.is_closed()
+        if self._pump_task is not None and loop_open:
+            self._pump_task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+        if loop_open:
+            self._changed.set()
+        self.node.detach(self)
+
+    # -- the user's side (on the loop) ---------------------------------------------------------
 
     def submit(self, payload: Any) -> int:
         """Queue ``payload``; it is sent at once if a worker has credit. Returns the task id.
 
         Raises:
             EncodeError: the payload cannot travel.
-            BusyError: too many tasks pending or not taken, or called from another thread.
-            ClosedError: not running.
+            BusyError: too many tasks pending or not taken (``max_pending``).
+            ClosedError: the submitter is closed.
+            BrokenError: its pump stopped on an error.
+            WrongThread: called off the submitter's loop.
         """
         self._check_usable()
         task_id = self._core.submit(payload)
-        self._send(self._core.frames_out(time.monotonic()), from_pump=False)
+        assert self._sock is not None
+        send_all(self._sock, self._core.frames_out(time.monotonic()))
         return task_id
 
     async def result(self, task_id: int, timeout: float = DEFAULT_WAIT) -> Any:
@@ -175,57 +194,73 @@ class AsyncSubmitter:
 
     @property
     def duplicates(self) -> int:
+        """Results that came for tasks already done (at-least-once delivery at work)."""
+        self._check_loop()
         return self._core.stats["duplicates"]
 
     def stats(self) -> dict[str, int]:
-        return dict(self._core.stats, outstanding=self._core.outstanding,
-                    untaken=self._core.untaken, workers=len(self._core.workers()))
+        """Counters, as ``Submitter.stats``."""
+        self._check_loop()
+        return core_stats(self._core)
 
     def workers(self) -> list[WorkerInfo]:
+        """The workers that asked for work, as ``Submitter.workers``."""
+        self._check_loop()
         return self._core.workers()
 
     # -- the parts -----------------------------------------------------------------------------
 
+    def _check_loop(self) -> None:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            raise WrongThread(
+                f"{self!r} belongs to the event loop that made it; from another thread use "
+                "farm.Submitter, or hand the call to its loop with "
+                "asyncio.run_coroutine_threadsafe (loop.call_soon_threadsafe for submit)")
+
     def _check_usable(self) -> None:
-        if self._state != "running":
-            raise ClosedError(f"{self!r} is not running (use it in an async with block)")
-        if threading.get_ident() != self._owner:
-            raise BusyError(f"{self!r} belongs to the loop that started it")
+        self._check_loop()
+        if self._failure is not None:
+            raise BrokenError(f"{self!r} stopped: {self._failure!r}") from self._failure
+        if self._closed:
+            raise ClosedError(f"{self!r} is closed (use it inside its async with block)")
 
     async def _wait_for_results(self, deadline: Deadline) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), deadline.remaining())
 
-    def _send(self, frames: list[tuple[bytes, bytes]], *, from_pump: bool) -> None:
-        assert self._sock is not None
-        if from_pump:  # the pump looks at the socket again before it parks
-            raw = self._sock.raw
-            for key, frame in frames:
-                raw.send(key, _SNDMORE | _NOBLOCK)
-                raw.send(frame, _NOBLOCK)  # a ROUTER drops, never blocks, what it cannot send
-            return
-        for key, frame in frames:  # these sends wake the parked pump if they ate its signal
-            self._sock.send_multipart([key, frame])
+    def _wake_waiters(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _pump(self) -> None:
         """Take frames, answer them, follow discovery and deadlines, send what is owed."""
-        assert self._sock is not None
-        sock, core = self._sock, self._core
-        raw = sock.raw
+        try:
+            await self._serve()
+        except Exception as exc:  # not swallowed: kept, logged, and raised to every caller
+            self._failure = exc
+            log.exception("farm submitter %s stopped", self.farm)
+            self._wake_waiters()
+
+    async def _serve(self) -> None:
+        sock, core, node = self._sock, self._core, self.node
+        assert sock is not None
         while True:
-            incoming, multipart = drain(raw)
+            incoming, multipart = drain(sock)
             core.stats["dropped-multipart"] += multipart
             now = time.monotonic()
             outgoing = [(key, answer) for key, frame in incoming
                         if (answer := core.take_frame(key, frame, now)) is not None]
-            if self.node.peers_version != self._seen_version:
-                self._seen_version = self.node.peers_version
-                core.discovered({peer.uuid for peer in self.node.peers()})
+            if node.peers_version != self._seen_version:
+                self._seen_version = node.peers_version
+                core.discovered({peer.uuid for peer in node.peers()})
             core.expire(now)
-            self._send(outgoing + core.frames_out(now), from_pump=True)
+            send_all(sock, outgoing + core.frames_out(now))
             if core.results_version != self._seen_results:
                 self._seen_results = core.results_version
-                self._changed.set()
-                self._changed = asyncio.Event()
+                self._wake_waiters()
             if len(incoming) < BATCH:
                 await sock.wait_readable(TICK)

@@ -6,24 +6,32 @@
         for result in squares.as_completed(timeout=60):     # the others, as they finish
             print(result.task_id, result.value)
 
-One named thread owns the ROUTER that workers connect to: it answers their READYs with tasks
-while your code does something else, notices workers that leave, and gives their tasks to others.
+One named thread owns the ROUTER that workers connect to (made by the node: a CURVE server that
+admits only its keyring whenever the node has keys): it answers their READYs with tasks while
+your code does something else, notices workers that leave, and gives their tasks to others.
 Your threads only touch the core under a lock, so ``submit``/``result``/``as_completed`` may be
 called from any thread.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import zmq
-
-from zmqkit import ClosedError, ConfigError, Deadline, Node, Socket, Timeout
-from zmqkit.wakeup import Wakeup
+from zmqkit import (
+    BrokenError,
+    ClosedError,
+    ConfigError,
+    Deadline,
+    Node,
+    Poller,
+    ServiceThread,
+    Socket,
+    SocketKind,
+    Timeout,
+)
 
 from . import wire
 from .core import (
@@ -38,35 +46,43 @@ from .core import (
 
 __all__ = ["DEFAULT_WAIT", "Submitter"]
 
-log = logging.getLogger("zmqkit.farm")
-
 DEFAULT_WAIT = 30.0  # how long result() and as_completed() wait unless told
 TICK = 0.1  # seconds between looks at discovery, task deadlines and the stop flag
-TICK_MS = 100
 BATCH = 1000  # frames taken before the submitter sends what they earned
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 def waiting_message(core: SubmitterCore, what: str, timeout: float) -> str:
     """Why a wait ended empty, in words that point at the likely cause."""
     workers = core.workers()
     if not workers:
-        why = "no worker has asked for work: is any node serving this farm?"
+        why = "no worker has asked for work: is any node serving this farm (with keys it admits)?"
     else:
         why = f"{len(workers)} workers, {core.outstanding} tasks not done"
     return f"{what} not done in {timeout:g} s ({why})"
 
 
+def check_can_submit(node: Node, role: str, farm: str) -> None:
+    """A submitter needs a running node that has none for this farm yet.
+
+    Raises:
+        ClosedError: the node is not running (unannounced, no worker could ever find it).
+        ConfigError: the node already has a submitter for this farm.
+    """
+    if not node.running:
+        raise ClosedError(f"{node!r} is not running; start it first")
+    if role in node.endpoints:
+        raise ConfigError(f"{node!r} already submits to farm {farm!r}; share that submitter")
+
+
 class Submitter:
     """Hands tasks of farm ``farm`` to the workers that ask for them; keeps their results.
 
+    Usable once made: its thread runs, its endpoint is advertised, and it is attached to the
+    node (``node.close()`` closes it). ``close()`` it (or use ``with``) to stop earlier.
+
     Args:
         node: a running node; the submitter advertises its endpoint there as role ``farm:NAME``.
+            With keys, only workers whose key its keyring holds are served.
         farm: the farm's name; workers started with the same name find this submitter.
         task_timeout: seconds one worker may hold a task before it is given to another one.
         max_attempts: how many workers may lose a task (their node gone, or timed out) before
@@ -75,6 +91,10 @@ class Submitter:
             for gone (a busy one may be silent while it works: discovery tells if it died).
         max_pending: tasks queued, running or with results not yet taken; beyond this,
             ``submit`` raises ``BusyError``.
+
+    Raises:
+        ClosedError: the node is not running.
+        ConfigError: a bad option, or the node already has a submitter for this farm.
     """
 
     def __init__(self, node: Node, farm: str, *, task_timeout: float = DEFAULT_TASK_TIMEOUT,
@@ -87,72 +107,53 @@ class Submitter:
         self.endpoint = ""
         self._core = SubmitterCore(task_timeout=task_timeout, max_attempts=max_attempts,
                                    worker_expiry=worker_expiry, max_pending=max_pending)
-        self._changed = threading.Condition()
-        self._state = "new"
-        self._stopping = False
-        self._wakeup: Wakeup | None = None  # made by start(): a constructor holds no resources
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        self._changed = threading.Condition()  # guards the core; notified on results and close
+        self._closed = False
+        self._failure: BaseException | None = None  # what stopped the thread, if not close()
         self._unsubscribe: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"zmqkit-farm-submitter:{farm}",
-                                        daemon=True)
+        check_can_submit(node, self.role, self.farm)
+        self._service = ServiceThread(f"zmqkit-farm-submitter:{farm}", self._run)
+        try:
+            node.attach(self)  # first: a closed node refuses before a thread is started
+        except BaseException:
+            self._service.stop()  # never started: this only closes its wake-up
+            raise
+        try:
+            self._service.start()
+            self._unsubscribe = node.on_event(lambda _: self._service.wake())  # react at once
+            node.advertise(self.role, self.endpoint)
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
-        return f"<zmqkit farm.Submitter {self.farm!r} {self.endpoint or self._state}>"
+        state = "closed" if self._closed else self.endpoint or "starting"
+        return f"<zmqkit farm.Submitter {self.farm!r} {state}>"
 
     def __enter__(self) -> Submitter:
-        return self.start()
+        return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    # -- life cycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop handing out tasks, withdraw, stop the thread; waiters get ``ClosedError``.
 
-    def start(self, timeout: float = 5.0) -> Submitter:
-        """Bind, start the thread, advertise; the node's ``close()`` closes the submitter too.
-
-        Raises:
-            ClosedError: the node is not running, or the submitter was started before.
-            ConfigError: the node already has a submitter for this farm.
+        Idempotent, and callable from any thread (the submitter's own included).
         """
-        if self._state != "new":
-            raise ClosedError(f"{self!r} cannot start twice")
-        if not self.node.running:  # unannounced, no worker could ever find it
-            raise ClosedError(f"{self.node!r} is not running; start it first")
-        if self.role in self.node.endpoints:
-            raise ConfigError(f"{self.node!r} already submits to farm {self.farm!r}; share it")
-        self.node.attach(self)  # first: a closed node refuses before a thread is started
-        self._state = "running"
-        self._wakeup = Wakeup()
-        self._unsubscribe = self.node.on_event(lambda _: self._wake())  # react at once
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._startup_error is not None:
-            self.close()
-            failed = f"farm submitter {self.farm!r} failed to start"
-            raise ConfigError(failed) from self._startup_error
-        self.node.advertise(self.role, self.endpoint)
-        return self
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop handing out tasks, withdraw, join the thread; waiters get ``ClosedError``."""
-        if self._state == "closed":
-            return
-        started, self._state = self._state == "running", "closed"
-        if self.node.endpoints.get(self.role) == self.endpoint:
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
+            self._changed.notify_all()
+        if self.endpoint and self.node.endpoints.get(self.role) == self.endpoint:
             self.node.withdraw(self.role)
-        self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self._wake()
-        if started and self._thread.is_alive():
-            self._thread.join(timeout)
-        with self._changed:
-            self._changed.notify_all()
-        if self._wakeup is not None:
-            self._wakeup.close()
+        self._service.stop()
         self.node.detach(self)
 
-    # -- the user's side -----------------------------------------------------------------------
+    # -- the user's side (any thread) ----------------------------------------------------------
 
     def submit(self, payload: Any) -> int:
         """Queue ``payload`` for a worker; return the task id.
@@ -160,12 +161,13 @@ class Submitter:
         Raises:
             EncodeError: the payload cannot travel.
             BusyError: too many tasks pending or not taken (``max_pending``).
-            ClosedError: the submitter is not running.
+            ClosedError: the submitter is closed.
+            BrokenError: its thread stopped on an error.
         """
         with self._changed:
-            self._check_running()
+            self._check_open()
             task_id = self._core.submit(payload)
-        self._wake()
+        self._service.wake()
         return task_id
 
     def result(self, task_id: int, timeout: float = DEFAULT_WAIT) -> Any:
@@ -180,7 +182,7 @@ class Submitter:
         deadline = Deadline.after(timeout)
         with self._changed:
             while True:
-                self._check_running()
+                self._check_open()
                 outcome = self._core.take(task_id)
                 if outcome is not None:
                     return outcome.unwrap()
@@ -202,7 +204,7 @@ class Submitter:
         while True:
             with self._changed:
                 while (outcome := self._core.take_next()) is None:
-                    self._check_running()
+                    self._check_open()
                     if self._core.outstanding == 0:
                         return
                     if deadline.expired():
@@ -220,8 +222,7 @@ class Submitter:
     def stats(self) -> dict[str, int]:
         """Counters: submitted, completed, duplicates, reassigned, timed-out, worker-lost, ..."""
         with self._changed:
-            return dict(self._core.stats, outstanding=self._core.outstanding,
-                        untaken=self._core.untaken, workers=len(self._core.workers()))
+            return core_stats(self._core)
 
     def workers(self) -> list[WorkerInfo]:
         """The workers that asked for work: node UUID, tasks in flight, completed, credit.
@@ -231,75 +232,76 @@ class Submitter:
         with self._changed:
             return self._core.workers()
 
-    def _check_running(self) -> None:
-        if self._state != "running":
-            raise ClosedError(f"{self!r} is not running (use it in a with block, or start() it)")
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise BrokenError(f"{self!r} stopped: {self._failure!r}") from self._failure
+        if self._closed:
+            raise ClosedError(f"{self!r} is closed")
 
     # -- the submitter thread ------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    def _run(self) -> None:
+    def _run(self, service: ServiceThread) -> None:
+        router = self.node.server_socket(SocketKind.ROUTER)
         try:
-            router = Socket(zmq.ROUTER)
-            self.endpoint = router.bind(self.node.host)
-        except BaseException as exc:  # handed to start(), which raises it in the owner's thread
-            self._startup_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        raw = router.raw
-        poller = zmq.Poller()
-        poller.register(raw, zmq.POLLIN)
-        wakeup = self._wakeup
-        assert wakeup is not None
-        wakeup.register(poller)
-        core, seen_version, seen_results = self._core, -1, 0
-        try:
-            while not self._stopping:
-                events = dict(poller.poll(TICK_MS))
-                wakeup.woke(events)
-                incoming, multipart = drain(raw) if raw in events else ([], 0)
-                with self._changed:
-                    now = time.monotonic()
-                    core.stats["dropped-multipart"] += multipart
-                    outgoing = [(key, answer) for key, frame in incoming
-                                if (answer := core.take_frame(key, frame, now)) is not None]
-                    if self.node.peers_version != seen_version:
-                        seen_version = self.node.peers_version
-                        core.discovered({peer.uuid for peer in self.node.peers()})
-                    core.expire(now)
-                    outgoing += core.frames_out(now)
-                    if core.results_version != seen_results:
-                        seen_results = core.results_version
-                        self._changed.notify_all()
-                for key, frame in outgoing:
-                    raw.send(key, _SNDMORE | _NOBLOCK)
-                    raw.send(frame, _NOBLOCK)  # a ROUTER drops, never blocks, what it cannot send
-        except zmq.ZMQError as exc:
-            if not self._stopping:
-                log.error("farm submitter %s stopped: %s", self.farm, exc)
+            self.endpoint = router.endpoint
+            poller = Poller([router, service.wakeup])
+            service.ready()
+            self._serve(service, router, poller)
+        except BaseException as exc:
+            with self._changed:  # waiters hear of it now, not at their deadline
+                self._failure = None if service.stopping else exc
+                self._changed.notify_all()
+            raise
         finally:
             router.close()
 
+    def _serve(self, service: ServiceThread, router: Socket, poller: Poller) -> None:
+        core, changed, node = self._core, self._changed, self.node
+        seen_version, seen_results = -1, 0
+        while not service.stopping:
+            ready = poller.poll(TICK)
+            incoming, multipart = drain(router) if router in ready else ([], 0)
+            with changed:
+                now = time.monotonic()
+                core.stats["dropped-multipart"] += multipart
+                outgoing = [(key, answer) for key, frame in incoming
+                            if (answer := core.take_frame(key, frame, now)) is not None]
+                if node.peers_version != seen_version:
+                    seen_version = node.peers_version
+                    core.discovered({peer.uuid for peer in node.peers()})
+                core.expire(now)
+                outgoing += core.frames_out(now)
+                if core.results_version != seen_results:
+                    seen_results = core.results_version
+                    changed.notify_all()
+            send_all(router, outgoing)
 
-def drain(raw: zmq.Socket[Any]) -> tuple[list[tuple[bytes, bytes]], int]:
+
+def core_stats(core: SubmitterCore) -> dict[str, int]:
+    """A submitter's counters, with its gauges: outstanding, untaken, workers."""
+    return dict(core.stats, outstanding=core.outstanding, untaken=core.untaken,
+                workers=len(core.workers()))
+
+
+def drain(router: Socket) -> tuple[list[tuple[bytes, bytes]], int]:
     """Up to BATCH (routing id, frame) pairs waiting on a ROUTER, and how many messages of more
     than one frame were dropped (every farm message is one frame)."""
     items: list[tuple[bytes, bytes]] = []
     dropped = 0
     for _ in range(BATCH):
-        if not int(raw.getsockopt(_EVENTS)) & _POLLIN:  # cheaper than the exception of zmq.Again
+        if not router.readable:  # cheaper than the failed receive that would say so
             break
-        key = raw.recv(_NOBLOCK)
-        frame = raw.recv()  # a ROUTER message always has a frame after the routing id
-        if raw.getsockopt(_RCVMORE):
-            while raw.getsockopt(_RCVMORE):
-                raw.recv()
+        message = router.try_recv_multipart()
+        if message is None:
+            break
+        if len(message) != 2:
             dropped += 1
             continue
-        items.append((key, frame))
+        items.append((message[0], message[1]))
     return items, dropped
 
+
+def send_all(router: Socket, outgoing: list[tuple[bytes, bytes]]) -> None:
+    """Send (routing id, frame) pairs; a ROUTER drops, never blocks, what it cannot send."""
+    for key, frame in outgoing:
+        router.try_send_multipart([key, frame])

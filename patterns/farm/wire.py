@@ -15,9 +15,8 @@ from __future__ import annotations
 import uuid as uuid_module
 from typing import Any, NamedTuple
 
-from zmqkit import ConfigError, ProtocolError, RemoteError, codec
+from zmqkit import ConfigError, ProtocolError, RemoteError, codec, remote_error
 from zmqkit.codec import Kind
-from zmqkit.errors import remote_error
 
 __all__ = [
     "LEAVE_METHOD",
@@ -160,16 +159,6 @@ class CancelTask(NamedTuple):
     task_id: int
 
 
-def _uint_head(value: int) -> bytes:
-    """The CBOR encoding of an unsigned integer, in its shortest form (RFC 8949, 3.1)."""
-    if value < 24:
-        return bytes([value])
-    for marker, size in ((0x18, 1), (0x19, 2), (0x1A, 4), (0x1B, 8)):
-        if value < 1 << (8 * size):
-            return bytes([marker]) + value.to_bytes(size, "big")
-    raise ConfigError(f"{value} is over the largest unsigned integer the wire carries")
-
-
 class TaskFrame:
     """One task, encoded once at submit; each dispatch only splices in its dispatch number.
 
@@ -182,14 +171,15 @@ class TaskFrame:
 
     def __init__(self, task_id: int, payload: Any) -> None:
         frame = codec.encode_request(task_id, TASK_METHOD, [0, payload], {})  # EncodeError here
-        split = 3 + len(_uint_head(task_id)) + len(_TASK_METHOD_CBOR) + 1  # up to the args head
+        split = 3 + len(codec.dumps(task_id)) + len(_TASK_METHOD_CBOR) + 1  # up to the args head
         self.head, self.tail = frame[:split], frame[split + 1:]
 
     def encode(self, dispatch: int) -> bytes:
-        return self.head + _uint_head(dispatch) + self.tail
+        """The frame with ``dispatch`` (from the core's counter: 1 and up) spliced in."""
+        return self.head + codec.dumps(dispatch) + self.tail
 
 
-_TASK_METHOD_CBOR = bytes([0x60 + len(TASK_METHOD)]) + TASK_METHOD.encode()
+_TASK_METHOD_CBOR = codec.dumps(TASK_METHOD)
 
 
 def read_from_submitter(frame: bytes) -> TaskMessage | CancelTask:

@@ -8,6 +8,11 @@ result itself, so a task costs no hand-off between threads. An ``async def`` get
 running an event loop ("zmqkit-farm-loop:NAME") that owns one DEALER per submitter and runs up
 to ``slots`` tasks at once.
 
+Every DEALER comes from the node and connects with ``connect_peer``, so the node's keys apply:
+a keyed worker serves only submitters whose key its keyring holds (and a keyed submitter admits
+only workers in its keyring); a worker without keys never connects to a keyed submitter. A
+refused submitter is skipped, logged once and counted (``refused-submitters``).
+
 The worker asks for work instead of being pushed it: its READY says how many more tasks it takes,
 so a slow worker gets fewer. ``prefetch`` extra tasks wait in each slot (or the loop) so that it
 does not idle for a round trip between tiny tasks; 0, the default, spreads work most fairly.
@@ -16,11 +21,9 @@ does not idle for a round trip between tiny tasks; 0, the default, spreads work 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import logging
-import math
 import threading
 import time
 import traceback
@@ -29,20 +32,23 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import zmq
-
 from zmqkit import (
     AsyncSocket,
     ClosedError,
     ConfigError,
     Deadline,
     EncodeError,
+    LoopWakeup,
     Node,
+    Peer,
+    Poller,
     ProtocolError,
+    SecurityError,
+    ServiceThread,
     Socket,
+    SocketKind,
     codec,
 )
-from zmqkit.wakeup import Wakeup
 
 from . import wire
 from .core import WorkerCore
@@ -56,6 +62,10 @@ TICK = 0.1  # seconds between looks at the stop flag and at discovery
 BATCH = 1000  # frames taken from one socket at a time
 MAX_TRACEBACK = 8192
 _INSTANCES = itertools.count(1)  # tells apart the slots of one node in their routing ids
+STATS = (  # the worker's counters, all present from the start
+    "done", "skipped", "submitters-lost", "refused-submitters", "dropped-orphan",
+    "dropped-unsent", "dropped-malformed", "dropped-bad-endpoint",
+)
 
 SubmitterKey = str  # "UUID ENDPOINT": a restarted submitter on a reused port is a new one
 
@@ -71,8 +81,12 @@ class _Job:
 class Worker:
     """Runs ``handler(payload)`` for the tasks of farm ``farm`` (default: the node's name).
 
+    Usable once made: its threads run and it is attached to the node (``node.close()`` closes
+    it). ``close()`` it (or use ``with``) to stop earlier.
+
     Args:
-        node: a running node; the worker finds submitters through its discovery.
+        node: a running node; the worker finds submitters through its discovery, and connects
+            to them with its keys when it has some.
         handler: a plain function (run in ``slots`` threads) or an ``async def`` (run on the
             worker's own event loop, ``slots`` at once). Its return value is the task's result;
             an exception it raises becomes a ``RemoteError`` result for that task.
@@ -80,6 +94,10 @@ class Worker:
         slots: tasks run at once: the worker's credit.
         prefetch: tasks held waiting beyond those running (per slot for a plain function, in
             all for an ``async def``), to hide the round trip between tiny tasks.
+
+    Raises:
+        ClosedError: the node is not running.
+        ConfigError: a bad handler, farm name, slots or prefetch.
     """
 
     def __init__(self, node: Node, handler: Callable[[Any], Any], farm: str | None = None, *,
@@ -96,146 +114,147 @@ class Worker:
         self.role = wire.role_of(self.farm)
         self.slots = slots
         self.prefetch = prefetch
-        self.stats: Counter[str] = Counter()  # summed over the slots (each adds its own)
+        if not node.running:
+            raise ClosedError(f"{node!r} is not running; start it first")
         self._is_async = inspect.iscoroutinefunction(handler)
-        self._state = "new"
-        self._stopping = False
-        self._threads: list[threading.Thread] = []
-        self._wakeups: list[Wakeup] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[None] | None = None
-        self._changed: asyncio.Event | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._closed = False
+        self._closing = threading.Lock()
+        self._stats = Counter(dict.fromkeys(STATS, 0))  # summed over the slots (each adds its own)
         self._stats_lock = threading.Lock()
+        self._refusals_told: set[SubmitterKey] = set()  # logged once per worker, not per slot
+        self._loop_wakeup: LoopWakeup | None = None  # made on the async worker's loop
+        self._unsubscribe: Callable[[], None] | None = None
+        if self._is_async:
+            self._services = [ServiceThread(f"zmqkit-farm-loop:{self.farm}", self._run_loop)]
+        else:
+            self._services = [ServiceThread(f"zmqkit-farm-slot:{self.farm}:{index}",
+                                            self._serve_slot) for index in range(slots)]
+        try:
+            node.attach(self)  # first: a closed node refuses before a thread is started
+        except BaseException:
+            for service in self._services:
+                service.stop()  # never started: this only closes its wake-up
+            raise
+        try:
+            for service in self._services:
+                service.start()
+            self._unsubscribe = node.on_event(lambda _: self._wake())  # react to discovery at once
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
-        return f"<zmqkit farm.Worker {self.farm!r} slots={self.slots} {self._state}>"
+        state = "closed" if self._closed else "running"
+        return f"<zmqkit farm.Worker {self.farm!r} slots={self.slots} {state}>"
 
     def __enter__(self) -> Worker:
-        return self.start()
+        return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    # -- life cycle (owner's thread) -----------------------------------------------------------
-
-    def start(self) -> Worker:
-        """Start the threads and tie the worker to its node (``node.close()`` closes it).
-
-        Raises:
-            ClosedError: the node is not running, or the worker was started before.
-        """
-        if self._state != "new":
-            raise ClosedError(f"{self!r} cannot start twice")
-        if not self.node.running:
-            raise ClosedError(f"{self.node!r} is not running; start it first")
-        self.node.attach(self)
-        self._state = "running"
-        if self._is_async:
-            loop = self._loop = asyncio.new_event_loop()
-            self._threads.append(threading.Thread(
-                target=self._run_loop, name=f"zmqkit-farm-loop:{self.farm}", daemon=True))
-        else:
-            for index in range(self.slots):
-                wakeup = Wakeup()
-                self._wakeups.append(wakeup)
-                self._threads.append(threading.Thread(
-                    target=self._serve_slot, args=(wakeup,),
-                    name=f"zmqkit-farm-slot:{self.farm}:{index}", daemon=True))
-        self._unsubscribe = self.node.on_event(lambda _: self._wake())  # react to discovery at once
-        for thread in self._threads:
-            thread.start()
-        if self._is_async:
-            ready = threading.Event()
-            loop.call_soon_threadsafe(ready.set)
-            ready.wait(5.0)  # the loop runs and ``_main`` exists before start() returns
-        return self
-
     def close(self, timeout: float = 2.0) -> None:
-        """Stop taking tasks, hand back those not started, join every thread. Safe to call twice.
+        """Stop taking tasks, hand back those not started, join every thread.
 
-        A plain handler that is running cannot be interrupted: it finishes and its result is
-        sent (close waits up to ``timeout`` for all of them); an ``async def`` handler is
-        cancelled. Tasks not started go back to their submitters at once (a LEAVE message),
-        which give them to other workers.
+        Idempotent, and callable from any thread (a handler of this worker included: its own
+        thread then ends when the handler returns). A plain handler that is running cannot be
+        interrupted: it finishes and its result is sent (close waits up to ``timeout`` for all
+        of them); an ``async def`` handler is cancelled. Tasks not started go back to their
+        submitters at once (a LEAVE message), which give them to other workers.
         """
-        if self._state == "closed":
-            return
-        self._state = "closed"
-        self._stopping = True
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self._wake()
-        if self._loop is not None and self._main is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has finished already
-                self._loop.call_soon_threadsafe(self._main.cancel)
+        self._wake()  # every thread sees ``_closed`` now, before the first join
         deadline = Deadline.after(timeout)
-        for thread in self._threads:
-            thread.join(deadline.remaining())
-            if thread.is_alive():
-                log.warning("%s is still running a task after %s s; left behind",
-                            thread.name, timeout)
-        if self._loop is not None and not any(t.is_alive() for t in self._threads):
-            self._loop.close()
-        for wakeup in self._wakeups:
-            wakeup.close()
+        for service in self._services:
+            service.stop(deadline.remaining())
         self.node.detach(self)
 
+    def stats(self) -> dict[str, int]:
+        """Counters summed over the slots: done, skipped, refused-submitters, dropped-*, ..."""
+        with self._stats_lock:
+            return dict(self._stats)
+
     def _wake(self) -> None:
-        for wakeup in self._wakeups:
-            wakeup.set()
-        if self._loop is not None and self._changed is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed
-                self._loop.call_soon_threadsafe(self._changed.set)
+        for service in self._services:
+            service.wake()
+        if self._loop_wakeup is not None:
+            self._loop_wakeup.set()
 
     def _count(self, counts: Counter[str]) -> None:
         with self._stats_lock:
-            self.stats.update(counts)
+            self._stats.update(counts)
         counts.clear()
 
-    def _submitters(self) -> set[SubmitterKey]:
+    def _submitters(self) -> dict[SubmitterKey, Peer]:
         """The submitters of this farm that discovery lists (and one on this node)."""
-        role = self.role
-        wanted = {f"{peer.uuid} {peer.endpoints[role]}" for peer in self.node.peers(role=role)}
-        if self.role in self.node.endpoints:
-            wanted.add(f"{self.node.uuid} {self.node.endpoints[self.role]}")
+        role, node = self.role, self.node
+        wanted = {f"{peer.uuid} {peer.endpoints[role]}": peer for peer in node.peers(role=role)}
+        endpoint = node.endpoints.get(role)
+        if endpoint is not None:  # this node as its peers see it: its keys apply the same way
+            wanted[f"{node.uuid} {endpoint}"] = Peer(
+                node.name, node.uuid, dict(node.endpoints), dict(node.headers), 0, node.host,
+                0.0, 0.0)
         return wanted
 
     def _discovery_version(self) -> tuple[int, str | None]:
         return (self.node.peers_version, self.node.endpoints.get(self.role))
 
+    def _connect(self, sock: Socket, key: SubmitterKey, peer: Peer,
+                 counts: Counter[str]) -> bool:
+        """Connect ``sock`` to submitter ``peer`` under the node's keys; False if refused."""
+        try:
+            sock.connect_peer(peer, self.role)
+        except SecurityError as exc:  # not ours to serve: skipped, counted, told once
+            counts["refused-submitters"] += 1
+            with self._stats_lock:
+                first = key not in self._refusals_told
+                self._refusals_told.add(key)
+            if first:
+                log.warning("farm worker %s does not serve submitter %s: %s", self.farm,
+                            key.split(" ", 1)[1], exc)
+            return False
+        except ConfigError:
+            counts["dropped-bad-endpoint"] += 1
+            return False
+        return True
+
     # -- a slot thread (plain handlers) --------------------------------------------------------
 
-    def _serve_slot(self, wakeup: Wakeup) -> None:
+    def _serve_slot(self, service: ServiceThread) -> None:
         """One slot: its own connections, its own queue; runs each task itself."""
         routing_id = wire.worker_routing_id(self.node.uuid, next(_INSTANCES))
         core = WorkerCore(1 + self.prefetch)
         counts: Counter[str] = Counter()
         sockets: dict[SubmitterKey, Socket] = {}
-        owners: dict[zmq.Socket[Any], SubmitterKey] = {}
+        owners: dict[Socket, SubmitterKey] = {}
+        refused: set[SubmitterKey] = set()
         waiting: deque[_Job] = deque()
-        poller = zmq.Poller()
-        wakeup.register(poller)
+        poller = Poller([service.wakeup])
         seqs = itertools.count(1)
         seen: tuple[int, str | None] = (-1, None)
         next_ready = time.monotonic() + READY_INTERVAL
+        service.ready()
 
         def find_waiting(key: SubmitterKey, task_id: int) -> _Job | None:
             return next((j for j in waiting if j.submitter == key and j.task_id == task_id), None)
 
         try:
-            while not self._stopping:
+            while not service.stopping and not self._closed:
                 if (version := self._discovery_version()) != seen:
                     seen = version
-                    self._follow_slot(core, sockets, owners, poller, waiting, routing_id, seqs,
-                                      counts)
+                    self._follow_slot(core, sockets, owners, refused, poller, waiting,
+                                      routing_id, seqs, counts)
                 wait = 0.0 if waiting else min(TICK, max(0.0, next_ready - time.monotonic()))
-                events = dict(poller.poll(math.ceil(wait * 1000)))
-                wakeup.woke(events)
                 owed: set[SubmitterKey] = set()
-                for raw, key in owners.items():
-                    if raw in events:
-                        self._intake(key, raw, core, owed, counts, waiting.append, find_waiting)
+                for item in poller.poll(wait):
+                    if isinstance(item, Socket):  # else the wake-up: discovery, or close
+                        self._intake(owners[item], item, core, owed, counts, waiting.append,
+                                     find_waiting)
                 for job in [job for job in waiting if job.cancelled]:
                     waiting.remove(job)
                     core.finish(job.submitter, job.task_id)
@@ -247,7 +266,7 @@ class Worker:
                 for key in owed:  # before the next task: a refusal is told at once
                     if key in sockets:
                         _send(sockets[key], core.ready_frame(key, next(seqs)), counts)
-                if waiting and not self._stopping:
+                if waiting and not service.stopping and not self._closed:
                     job = waiting.popleft()
                     frame = _run(self.handler, job)
                     sock = sockets.get(job.submitter)
@@ -258,9 +277,6 @@ class Worker:
                         counts["dropped-orphan"] += 1  # its submitter left while it ran
                 if counts:
                     self._count(counts)
-        except zmq.ZMQError as exc:
-            if not self._stopping:
-                log.error("farm worker %s stopped: %s", self.farm, exc)
         finally:
             for key, sock in sockets.items():  # else the submitter waits for expiry or timeouts
                 _send(sock, wire.encode_leave(next(seqs)), counts)
@@ -269,44 +285,45 @@ class Worker:
             self._count(counts)
 
     def _follow_slot(self, core: WorkerCore, sockets: dict[SubmitterKey, Socket],
-                     owners: dict[zmq.Socket[Any], SubmitterKey], poller: zmq.Poller,
-                     waiting: deque[_Job], routing_id: bytes, seqs: itertools.count[int],
-                     counts: Counter[str]) -> None:
+                     owners: dict[Socket, SubmitterKey], refused: set[SubmitterKey],
+                     poller: Poller, waiting: deque[_Job], routing_id: bytes,
+                     seqs: itertools.count[int], counts: Counter[str]) -> None:
         wanted = self._submitters()
-        for key in set(sockets) - wanted:
+        for key in set(sockets) - wanted.keys():
             sock = sockets.pop(key)
-            poller.unregister(sock.raw)
-            del owners[sock.raw]
+            poller.unregister(sock)
+            del owners[sock]
             sock.close()
             core.disconnect(key)
             counts["submitters-lost"] += 1
             for job in waiting:  # nobody waits for their results any more
                 if job.submitter == key:
                     job.cancelled = True
-        for key in wanted - set(sockets):
-            sock = Socket(zmq.DEALER, routing_id=routing_id)
-            try:
-                sock.connect(key.split(" ", 1)[1])
-            except ConfigError:
+        refused &= wanted.keys()  # a refused submitter is tried again only once it is back
+        for key in wanted.keys() - sockets.keys() - refused:
+            sock = self.node.client_socket(SocketKind.DEALER, routing_id=routing_id)
+            if not self._connect(sock, key, wanted[key], counts):
                 sock.close()
-                counts["dropped-bad-endpoint"] += 1
+                refused.add(key)
                 continue
             sockets[key] = sock
-            owners[sock.raw] = key
-            poller.register(sock.raw, zmq.POLLIN)
+            owners[sock] = key
+            poller.register(sock)
             core.connect(key)
             _send(sock, core.ready_frame(key, next(seqs)), counts)
 
     @staticmethod
-    def _intake(key: SubmitterKey, raw: zmq.Socket[Any], core: WorkerCore, owed: set[SubmitterKey],
+    def _intake(key: SubmitterKey, sock: Socket, core: WorkerCore, owed: set[SubmitterKey],
                 counts: Counter[str], accept: Callable[[_Job], object],
                 find: Callable[[SubmitterKey, int], _Job | None]) -> None:
-        """Take the frames waiting on ``raw``: tasks go to ``accept``; a cancel marks the job
+        """Take the frames waiting on ``sock``: tasks go to ``accept``; a cancel marks the job
         that ``find`` returns, which is then skipped if it has not started."""
         for _ in range(BATCH):
-            if not int(raw.getsockopt(_EVENTS)) & _POLLIN:  # cheaper than raising zmq.Again
+            if not sock.readable:  # cheaper than the failed receive that would say so
                 return
-            frame = raw.recv(_NOBLOCK)
+            frame = sock.try_recv()
+            if frame is None:
+                return
             try:
                 message = wire.read_from_submitter(frame)
             except ProtocolError:
@@ -326,12 +343,13 @@ class Worker:
 
     def _follow_loop(self, core: WorkerCore, sockets: dict[SubmitterKey, AsyncSocket],
                      readers: dict[SubmitterKey, asyncio.Task[None]],
-                     jobs: dict[tuple[SubmitterKey, int], _Job], routing_id: bytes,
+                     refused: set[SubmitterKey], jobs: dict[tuple[SubmitterKey, int], _Job],
+                     routing_id: bytes,
                      read: Callable[[SubmitterKey, AsyncSocket], Coroutine[Any, Any, None]],
                      send_ready: Callable[[Iterable[SubmitterKey]], None],
                      counts: Counter[str]) -> None:
         wanted = self._submitters()
-        for key in set(sockets) - wanted:
+        for key in set(sockets) - wanted.keys():
             readers.pop(key).cancel()
             sockets.pop(key).close()
             core.disconnect(key)
@@ -339,39 +357,45 @@ class Worker:
             for (submitter, _), job in jobs.items():  # nobody waits for their results any more
                 if submitter == key:
                     job.cancelled = True
-        for key in wanted - set(sockets):
-            sock = AsyncSocket(zmq.DEALER, routing_id=routing_id)
-            try:
-                sock.connect(key.split(" ", 1)[1])
-            except ConfigError:
+        refused &= wanted.keys()
+        for key in wanted.keys() - sockets.keys() - refused:
+            sock = self.node.client_socket(SocketKind.DEALER, routing_id=routing_id,
+                                           asyncio=True)
+            assert isinstance(sock, AsyncSocket)
+            if not self._connect(sock, key, wanted[key], counts):
                 sock.close()
-                counts["dropped-bad-endpoint"] += 1
+                refused.add(key)
                 continue
             sockets[key] = sock
             core.connect(key)
             send_ready([key])
             readers[key] = asyncio.ensure_future(read(key, sock))
 
-    def _run_loop(self) -> None:
-        assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
-        self._main = self._loop.create_task(self._serve_async())
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._main)
-        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+    def _run_loop(self, service: ServiceThread) -> None:
+        """The async worker's thread: its own event loop, closed when the worker stops."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # for handlers that ask for "the" loop
+        try:
+            loop.run_until_complete(self._serve_async(service))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
-    async def _serve_async(self) -> None:
+    async def _serve_async(self, service: ServiceThread) -> None:
         """One loop: a DEALER and a reader per submitter, up to ``slots`` handlers at once."""
         routing_id = wire.worker_routing_id(self.node.uuid, next(_INSTANCES))
         core = WorkerCore(self.slots + self.prefetch)
         semaphore = asyncio.Semaphore(self.slots)
-        changed = self._changed = asyncio.Event()
+        changed = self._loop_wakeup = LoopWakeup()
         counts: Counter[str] = Counter()
         sockets: dict[SubmitterKey, AsyncSocket] = {}
         readers: dict[SubmitterKey, asyncio.Task[None]] = {}
+        refused: set[SubmitterKey] = set()
         jobs: dict[tuple[SubmitterKey, int], _Job] = {}
         running: set[asyncio.Task[None]] = set()
         seqs = itertools.count(1)
+        service.ready()
 
         def send_ready(keys: Iterable[SubmitterKey]) -> None:
             for key in list(keys):
@@ -402,7 +426,7 @@ class Worker:
         async def read(key: SubmitterKey, sock: AsyncSocket) -> None:
             while True:
                 owed: set[SubmitterKey] = set()
-                self._intake(key, sock.raw, core, owed, counts, accept,
+                self._intake(key, sock, core, owed, counts, accept,
                              lambda submitter, task_id: jobs.get((submitter, task_id)))
                 send_ready(owed)
                 await sock.wait_readable(READY_INTERVAL)
@@ -410,14 +434,12 @@ class Worker:
         try:
             seen: tuple[int, str | None] = (-1, None)
             next_ready = time.monotonic() + READY_INTERVAL
-            while not self._stopping:
+            while not service.stopping and not self._closed:
                 if (version := self._discovery_version()) != seen:
                     seen = version
-                    self._follow_loop(core, sockets, readers, jobs, routing_id, read, send_ready,
-                                      counts)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), max(0.0, next_ready - time.monotonic()))
-                changed.clear()
+                    self._follow_loop(core, sockets, readers, refused, jobs, routing_id, read,
+                                      send_ready, counts)
+                await changed.wait(max(0.0, next_ready - time.monotonic()))
                 if time.monotonic() >= next_ready:
                     send_ready(sockets)  # restate: a lost message heals, and "still here"
                     next_ready = time.monotonic() + READY_INTERVAL
@@ -433,20 +455,12 @@ class Worker:
             self._count(counts)
 
 
-_NOBLOCK = int(zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-
-
 def _send(sock: Socket, frame: bytes, counts: Counter[str]) -> None:
-    """Send without waiting: a submitter that cannot take more (gone, queue full) loses it."""
-    if isinstance(sock, AsyncSocket):  # its send also wakes a reader parked on the same socket
-        if not sock.send_nowait(frame):
-            counts["dropped-unsent"] += 1
-        return
-    try:
-        sock.raw.send(frame, _NOBLOCK)
-    except zmq.Again:
+    """Send without waiting: a submitter that cannot take more (gone, queue full) loses it.
+
+    (An ``AsyncSocket``'s ``try_send`` also wakes a reader parked on the same socket.)
+    """
+    if not sock.try_send(frame):
         counts["dropped-unsent"] += 1
 
 
@@ -483,10 +497,10 @@ def serve_worker(node: Node, handler: Callable[[Any], Any], farm: str | None = N
                  slots: int = 1, prefetch: int = 0) -> Worker:
     """Run ``handler`` on the tasks of ``farm`` (default: the node's name) until the node closes.
 
-    Returns the running worker (``close()`` stops it early).
+    The same as ``Worker(...)``: returns the running worker (``close()`` stops it early).
 
     Raises:
         ClosedError: the node is not running.
         ConfigError: a bad farm name, slots or prefetch.
     """
-    return Worker(node, handler, farm, slots=slots, prefetch=prefetch).start()
+    return Worker(node, handler, farm, slots=slots, prefetch=prefetch)
