@@ -361,9 +361,13 @@ class Socket:
 
     def try_send_multipart(self, frames: list[bytes]) -> bool:
         """Send a multipart message if it can go at once; False when it would block."""
-        self.check_owner()
+        if threading.get_ident() != self.owner:
+            self.check_owner()
+        send = self.raw.send  # frame by frame: pyzmq's send_multipart checks each in Python
         try:
-            self.raw.send_multipart(frames, _NOBLOCK)
+            for frame in frames[:-1]:
+                send(frame, _NOBLOCK | _SNDMORE, copy=len(frame) < 65536)
+            send(frames[-1], _NOBLOCK, copy=len(frames[-1]) < 65536)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
@@ -408,9 +412,13 @@ class Socket:
 
     def send_multipart(self, frames: list[bytes]) -> None:
         """Send a multipart message; blocks at most ``options.send_timeout``."""
-        self.check_owner()
+        if threading.get_ident() != self.owner:
+            self.check_owner()
+        send = self.raw.send
         try:
-            self.raw.send_multipart(frames)
+            for frame in frames[:-1]:
+                send(frame, _SNDMORE, copy=len(frame) < 65536)
+            send(frames[-1], 0, copy=len(frames[-1]) < 65536)
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"sending on {self.kind.name}") from exc
 
