@@ -23,7 +23,7 @@ import errno
 import math
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -204,16 +204,7 @@ class Socket:
         Raises:
             ConfigError: the address cannot be bound (in use, or not an address of this host).
         """
-        self.check_owner()
-        try:
-            if ":" in host:
-                self.raw.ipv6 = True
-            self.raw.bind(format_endpoint(host, port or "*"))
-        except zmq.ZMQError as exc:
-            raise ConfigError(f"cannot bind {format_endpoint(host, port or '*')}: {exc}") from exc
-        endpoint = self.raw.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.endpoints.append(endpoint)
-        return endpoint
+        return self.bind_endpoint(format_endpoint(host, port or "*"))
 
     def bind_endpoint(self, endpoint: str) -> str:
         """Bind on a full endpoint (``inproc://name``, ``tcp://host:port``) and return it.
@@ -223,6 +214,8 @@ class Socket:
         """
         self.check_owner()
         try:
+            if "[" in endpoint:
+                self.raw.ipv6 = True
             self.raw.bind(endpoint)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
@@ -232,12 +225,7 @@ class Socket:
 
     def unbind(self, endpoint: str) -> None:
         """Stop listening on ``endpoint``; quietly nothing if it is not bound."""
-        self.check_owner()
-        try:
-            self.raw.unbind(endpoint)
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.ENOENT:
-                raise translate_zmq_error(exc, f"unbinding {endpoint}") from exc
+        self._undo(self.raw.unbind, endpoint, "unbinding")
         if endpoint in self.endpoints:
             self.endpoints.remove(endpoint)
 
@@ -257,12 +245,16 @@ class Socket:
 
     def disconnect(self, endpoint: str) -> None:
         """Drop the connection to ``endpoint``; quietly does nothing if it is not connected."""
+        self._undo(self.raw.disconnect, endpoint, "disconnecting")
+
+    def _undo(self, operation: Callable[[str], None], endpoint: str, doing: str) -> None:
+        """Unbind or disconnect ``endpoint``; one that was never there is not an error."""
         self.check_owner()
         try:
-            self.raw.disconnect(endpoint)
+            operation(endpoint)
         except zmq.ZMQError as exc:
             if exc.errno != errno.ENOENT:
-                raise translate_zmq_error(exc, f"disconnecting {endpoint}") from exc
+                raise translate_zmq_error(exc, f"{doing} {endpoint}") from exc
 
     def connect_peer(self, peer: Peer, role: str) -> str:
         """Connect to what ``peer`` serves as ``role``, under this socket's CURVE policy.
