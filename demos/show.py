@@ -258,7 +258,7 @@ class Show:
     def discovery(self) -> None:
         act = self.act("discovery")
         started = time.monotonic()
-        self.chat = Groups(self.node).start()
+        self.chat = Groups(self.node)
         self.chat.join("lobby")
         for name in ("calc", "calc-2"):
             self.spawn(name, "calc")

@@ -7,6 +7,7 @@ fail within their deadline.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -15,6 +16,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,30 +24,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from conftest import doc_section
 from hypothesis import given
 from hypothesis import strategies as st
-
 from zmqkit.patterns import groups
-from zmqkit.patterns.groups import GroupEvent, GroupEventKind, Groups, GroupsCore
+from zmqkit.patterns.groups import AsyncGroups, GroupEvent, GroupEventKind, Groups, GroupsCore
+
 from zmqkit import (
     BrokenError,
-    BusyError,
     ClosedError,
     ConfigError,
     EncodeError,
     EventKind,
+    Keypair,
+    Keyring,
     Node,
     Peer,
     PeerEvent,
     PeerNotFound,
+    SecurityError,
     Socket,
+    SocketKind,
     Timeout,
+    WrongThread,
     codec,
 )
 from zmqkit.codec import Kind
-from zmqkit.security import Keypair, Keyring, SecurityError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"interval": 0.2, "expiry": 0.6}
@@ -89,7 +93,7 @@ def test_groups_core_membership_from_beacon_headers() -> None:
 
 @given(st.lists(st.text(min_size=1, max_size=10), max_size=8))
 def test_groups_header_round_trips_valid_names(names: list[str]) -> None:
-    valid = {name for name in names if groups._valid_group(name)}
+    valid = {name for name in names if groups.wire.valid_group(name)}
     header = groups.format_groups(valid)
     assert groups.parse_groups(header) == (frozenset(valid), 0)
     assert (header is None) == (not valid)
@@ -235,24 +239,29 @@ def test_groups_asyncio_front_end_and_callbacks(make_node: Callable[[str], Node]
     a_node, b_node = make_node("a"), make_node("b")
 
     async def main() -> tuple[GroupEvent, GroupEvent, list[GroupEvent]]:
-        async with Groups(a_node) as a, Groups(b_node) as b:
+        async with AsyncGroups(a_node) as a, AsyncGroups(b_node) as b:
             heard: list[GroupEvent] = []
+            replies: list[asyncio.Task[None]] = []
 
-            def reply(event: GroupEvent) -> None:  # in the groups thread: must not wait
+            def reply(event: GroupEvent) -> None:  # on the loop: must not wait
                 heard.append(event)
                 if event.kind is GroupEventKind.WHISPER and event.body == "ping":
-                    b.submit_whisper(event.uuid, "pong")
+                    replies.append(asyncio.create_task(b.whisper(event.uuid, "pong")))
 
             b.on_event(reply)
-            a.join("room")
+            await a.join("room")
+            assert a.joined == frozenset({"room"})
             joined = await next_async(b, Join)
-            await a.whisper_async(b_node.uuid, "ping", timeout=5.0)
+            assert b.members("room") == [groups.Member("a", a_node.uuid)]
+            await a.whisper(b_node.uuid, "ping", timeout=5.0)
             pong = await next_async(a, GroupEventKind.WHISPER)
+            await asyncio.gather(*replies)
+            assert b.stats()["whispers"] == 1 and a.stats()["whispers"] == 1
             return joined, pong, heard
 
-    async def next_async(member: Groups, kind: GroupEventKind) -> GroupEvent:
+    async def next_async(member: AsyncGroups, kind: GroupEventKind) -> GroupEvent:
         async def first() -> GroupEvent:
-            async for event in member.aevents():
+            async for event in member.events():
                 if event.kind is kind:
                     return event
             raise AssertionError("the events ended")
@@ -263,6 +272,135 @@ def test_groups_asyncio_front_end_and_callbacks(make_node: Callable[[str], Node]
     assert (joined.peer, joined.group) == ("a", "room")
     assert (pong.peer, pong.body) == ("b", "pong")
     assert [e.kind for e in heard] == [Join, GroupEventKind.WHISPER]
+
+
+def test_async_groups_off_its_loop_say_what_to_use_instead(
+        make_node: Callable[[str], Node]) -> None:
+    node = make_node("a")
+    with pytest.raises(WrongThread, match=r"groups\.Groups"):
+        AsyncGroups(node)  # no running loop
+
+    async def make() -> AsyncGroups:
+        return AsyncGroups(node)
+
+    loop = asyncio.new_event_loop()
+    try:
+        member = loop.run_until_complete(make())
+        with pytest.raises(WrongThread, match="run_coroutine_threadsafe"):
+            member.shout("ops", "from a thread without its loop")
+        with pytest.raises(WrongThread, match=r"groups\.Groups"):
+            asyncio.run(member.whisper(uuid.uuid4(), "from another loop"))
+        with pytest.raises(WrongThread):
+            asyncio.run(member.join("ops"))
+        assert member.joined == frozenset()
+        assert node.parts == [member]
+        member.close()  # from outside its loop: fine
+        member.close()
+        assert node.parts == []
+    finally:
+        loop.close()
+
+
+def test_groups_write_paths_work_from_any_thread_and_from_callbacks(
+        make_node: Callable[[str], Node]) -> None:
+    """join, leave, shout and whisper from a user's thread while the owner shouts too, and
+    from an event callback (which runs in the groups thread); the sockets never leave it."""
+    a_node, b_node = make_node("a"), make_node("b")
+    with Groups(a_node) as a, Groups(b_node) as b:  # usable once made: no start()
+        assert a_node.parts == [a] and b_node.parts == [b]
+        a.join("ops")
+        b.join("ops")
+        while not a.members("ops"):
+            next_event(a, Join)
+        shout_until_heard(a, "ops", b)
+        failures: list[BaseException] = []
+
+        def user_thread() -> None:
+            try:
+                a.join("side")
+                for n in range(50):
+                    a.shout("ops", ["thread", n])
+                a.whisper(b_node.uuid, "from a thread", timeout=5.0)
+                a.leave("side")
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+
+        worker = threading.Thread(target=user_thread, name="test-user-thread")
+        worker.start()
+        for n in range(50):
+            a.shout("ops", ["main", n])
+        worker.join(10.0)
+        assert not worker.is_alive() and failures == []
+        heard: dict[str, list[int]] = {"thread": [], "main": []}
+        whispers: list[Any] = []
+        while len(heard["thread"]) < 50 or len(heard["main"]) < 50 or not whispers:
+            event = b.recv(5.0)
+            if event.kind is GroupEventKind.SHOUT and event.body != "warm-up over":
+                heard[event.body[0]].append(event.body[1])
+            elif event.kind is GroupEventKind.WHISPER:
+                whispers.append(event.body)
+        assert heard == {"thread": list(range(50)), "main": list(range(50))}  # each in order
+        assert whispers == ["from a thread"]
+
+        acks: list[concurrent.futures.Future[None]] = []
+
+        def answer(event: GroupEvent) -> None:  # in b's groups thread
+            if event.kind is GroupEventKind.WHISPER and event.body == "ping":
+                b.join("answered")
+                b.shout("ops", "pong shout")
+                acks.append(b.submit_whisper(event.uuid, "pong whisper"))
+
+        b.on_event(answer)
+        a.whisper(b_node.uuid, "ping", timeout=5.0)
+        wanted = {(GroupEventKind.JOIN, "answered"), (GroupEventKind.SHOUT, "pong shout"),
+                  (GroupEventKind.WHISPER, "pong whisper")}
+        seen: set[tuple[GroupEventKind, Any]] = set()
+        while not wanted <= seen:
+            event = a.recv(5.0)
+            seen.add((event.kind, event.group if event.kind is Join else event.body))
+        assert acks[0].result(5.0) is None and "answered" in b.joined
+
+        def close_from_callback(event: GroupEvent) -> None:
+            if event.kind is GroupEventKind.WHISPER and event.body == "bye":
+                b.close()
+
+        b.on_event(close_from_callback)
+        a.whisper(b_node.uuid, "bye", timeout=5.0)  # acknowledged, then b closes itself
+        gone = next_event(a, Gone)
+        assert (gone.peer, gone.body) == ("b", "closed")
+        assert b_node.parts == [] and b_node.endpoints == {}
+        with pytest.raises(ClosedError):
+            b.shout("ops", "after close")
+        stats = a.stats()
+        assert isinstance(stats, dict) and stats is not a.stats() and stats["shouts"] >= 1
+
+
+def test_groups_close_from_another_thread_and_by_the_node(
+        make_node: Callable[[str], Node]) -> None:
+    node = make_node("a")
+    member = Groups(node)
+    member.join("ops")
+    waiting: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            member.recv(10.0)
+        except ClosedError as exc:
+            waiting.append(exc)
+
+    thread = threading.Thread(target=reader, name="test-reader")
+    thread.start()
+    time.sleep(0.1)
+    closer = threading.Thread(target=member.close, name="test-closer")
+    closer.start()
+    closer.join(5.0)
+    thread.join(5.0)
+    assert len(waiting) == 1 and node.parts == [] and "groups" not in node.headers
+    member.close()  # again: nothing
+    second = Groups(node)  # its roles were withdrawn: the node may have groups again
+    node.close()  # closes its parts
+    with pytest.raises(ClosedError):
+        second.join("ops")
 
 
 def test_groups_whisper_failures_are_clear_errors(make_node: Callable[[str], Node]) -> None:
@@ -285,13 +423,13 @@ def test_groups_whisper_failures_are_clear_errors(make_node: Callable[[str], Nod
         def whisper_from_callback(event: GroupEvent) -> None:
             try:
                 b.whisper(event.uuid, "would wait for itself")
-            except BusyError as exc:
+            except WrongThread as exc:
                 failures.append(exc)
 
         b.on_event(whisper_from_callback)
         a.join("x")
         next_event(b, Join)
-        assert len(failures) == 1
+        assert len(failures) == 1 and "submit_whisper" in str(failures[0])
     with pytest.raises(ClosedError):
         a.shout("x", "after close")
     with pytest.raises(ClosedError):
@@ -324,7 +462,7 @@ def test_groups_with_curve_talk_only_within_the_keyring(beacon_port: int) -> Non
 
 def test_groups_whisper_endpoint_answers_bad_requests_and_keeps_serving(
         make_node: Callable[[str], Node]) -> None:
-    with Groups(make_node("a")) as a, Socket(zmq.DEALER) as dealer:
+    with Groups(make_node("a")) as a, Socket(SocketKind.DEALER) as dealer:
         dealer.connect(a.endpoint)
 
         def ask(frame: bytes) -> list[Any]:
@@ -453,8 +591,8 @@ def test_groups_protocol_doc_examples_are_what_the_code_sends(beacon_port: int) 
     assert core.stats["gaps"] == 0
     # what a real node sends: the same bytes, but for its own UUID and name
     with Node("alice", port=beacon_port, **FAST) as node, Groups(node) as member, \
-            Socket(zmq.SUB) as sub:
-        sub.raw.subscribe(b"")
+            Socket(SocketKind.SUB) as sub:
+        sub.subscribe(b"")
         sub.connect(member.pub_endpoint)
         sent = b""
         deadline = time.monotonic() + 5.0

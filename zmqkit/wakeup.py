@@ -32,10 +32,16 @@ class Wakeup:
         return self._reader.fileno()
 
     def take(self) -> None:
-        """In the waiting thread, once woken: drain, so that the next ``set`` wakes again."""
-        self._pending = False
+        """In the waiting thread, once woken: drain, so that the next ``set`` wakes again.
+
+        Drain first, then clear: a ``set`` between the two writes nothing (the waiter is awake
+        and looks at its work after this), whereas clearing first would let the drain eat the
+        byte of a ``set`` that came in between and leave ``_pending`` set for good, so that no
+        later ``set`` would ever wake the waiter again.
+        """
         with contextlib.suppress(OSError):  # drained already, or closed
             self._reader.recv(4096)
+        self._pending = False
 
     def register(self, poller: Any) -> None:
         """Transitional: watch this wake-up on a raw ``zmq.Poller`` (use ``Poller`` instead)."""
