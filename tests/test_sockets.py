@@ -725,3 +725,35 @@ def test_the_public_names_are_exported() -> None:
         assert name in zmqkit.__all__
     assert zmqkit.Socket is Socket
     assert zmqkit.Timeout is Timeout
+
+
+def test_a_wakeup_is_never_lost_when_set_races_take() -> None:
+    """A ``set`` that lands while the woken thread takes its wake-up must not leave the Wakeup
+    deaf: a later ``set`` must still wake the poller (it once went deaf for good)."""
+    from zmqkit import Poller, Wakeup
+
+    wakeup = Wakeup()
+    reader = wakeup._reader
+
+    class SetLandsDuringTake:
+        """The reader, with another thread's ``set`` arriving just as the drain begins."""
+
+        def fileno(self) -> int:
+            return reader.fileno()
+
+        def recv(self, size: int) -> bytes:
+            wakeup.set()
+            return reader.recv(size)
+
+        def close(self) -> None:
+            reader.close()
+
+    wakeup._reader = SetLandsDuringTake()  # type: ignore[assignment]
+    poller = Poller([wakeup])
+    try:
+        wakeup.set()
+        assert wakeup in poller.poll(1.0)  # taken: the racing set() lands inside the drain
+        wakeup.set()
+        assert wakeup in poller.poll(1.0), "the set() after the race did not wake the poller"
+    finally:
+        wakeup.close()
