@@ -96,13 +96,16 @@ class Funnel:
                 return
             self._closed = True
             pushes, self._pushes = self._pushes, []
-        for push in pushes:  # their frames are queued at the PULL already (inproc)
-            push.close()
         if self._service.alive:
+            # held open until the thread ends: an inproc message whose sender closes before the
+            # receiver has attached the pipe is lost, and the proxy would never stop
             with Socket(SocketKind.PAIR) as control:
                 control.connect(self._address + "-control")
                 control.send(b"TERMINATE")
+                self._service.stop()  # it forwards what the pushes queued (inproc: at the PULL)
         self._service.stop()
+        for push in pushes:  # after the proxy ended: closing a pipe under it makes it fail
+            push.close()
 
     def _run(self, service: ServiceThread) -> None:
         pull = Socket(SocketKind.PULL, options=self.options)

@@ -53,6 +53,7 @@ class ServiceThread:
         self.name = name
         self._wakeup: Wakeup | None = None  # made by start(): an unstarted service holds nothing
         self.error: BaseException | None = None
+        self._startup_error: BaseException | None = None  # raised by run before ready()
         self._run = run
         self._ready = threading.Event()
         self._stopping = False
@@ -75,11 +76,12 @@ class ServiceThread:
         if not self._ready.wait(check_timeout(timeout)):
             self.stop()
             raise Timeout(f"{self.name} was not ready in {timeout:g} s")
-        if self.error is not None:
+        error = self._startup_error
+        if error is not None:
             self.stop()
-            if isinstance(self.error, ZmqkitError):
-                raise self.error
-            raise BrokenError(f"{self.name} failed to start: {self.error!r}") from self.error
+            if isinstance(error, ZmqkitError):
+                raise error
+            raise BrokenError(f"{self.name} failed to start: {error!r}") from error
 
     def ready(self) -> None:
         """Called by ``run`` once its sockets are made: ``start`` returns."""
@@ -135,8 +137,10 @@ class ServiceThread:
             self._run(self)
         except BaseException as exc:
             self.error = exc
-            if self._ready.is_set():  # start() has returned: nobody else will report it
+            if self._ready.is_set():  # start() returns (or has returned) without it: log it
                 log.exception("%s failed", self.name)
+            else:
+                self._startup_error = exc
         finally:
             self._ready.set()
             self.wakeup.close()  # a late wake() after this is quiet

@@ -330,11 +330,15 @@ class Socket:
     @property
     def readable(self) -> bool:
         """Whether a message is queued now (no wait)."""
+        if threading.get_ident() != self.owner:
+            self.check_owner()
         return bool(int(self.raw.getsockopt(_EVENTS)) & _POLLIN)
 
     @property
     def writable(self) -> bool:
         """Whether a send would not block now (no wait)."""
+        if threading.get_ident() != self.owner:
+            self.check_owner()
         return bool(int(self.raw.getsockopt(_EVENTS)) & _POLLOUT)
 
     def try_send(self, frame: bytes, *, more: bool = False) -> bool:
@@ -637,10 +641,18 @@ def forward(frontend: Socket, backend: Socket, control: Socket) -> None:
     until ``control`` receives b"TERMINATE". All three belong to the calling thread."""
     for sock in (frontend, backend, control):
         sock.check_owner()
-    try:
-        zmq.proxy_steerable(frontend.raw, backend.raw, None, control.raw)
-    except zmq.ZMQError as exc:
-        if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+    while True:
+        try:
+            zmq.proxy_steerable(frontend.raw, backend.raw, None, control.raw)
+            return
+        except zmq.Again:
+            # libzmq's proxy gives up with EAGAIN when a poll said "readable" and the first
+            # receive then found nothing (a connected pipe that was just closed does that):
+            # nothing is wrong, so forward again until TERMINATE comes
+            continue
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                return
             raise translate_zmq_error(exc, "forwarding") from exc
 
 
@@ -655,13 +667,21 @@ class Poller:
     """
 
     def __init__(self, items: Iterable[Socket | Wakeup] = ()) -> None:
+        self.owner = threading.get_ident()  # polls the sockets of this thread, in this thread
         self._poller = zmq.Poller()
         self._items: dict[Any, Socket | Wakeup] = {}
         for item in items:
             self.register(item)
 
     def register(self, item: Socket | Wakeup) -> None:
-        """Watch ``item`` for incoming messages (a Wakeup: for ``set``)."""
+        """Watch ``item`` for incoming messages (a Wakeup: for ``set``).
+
+        Raises:
+            WrongThread: called off the poller's thread, or ``item`` is another thread's socket.
+        """
+        self._check_thread()
+        if isinstance(item, Socket) and item.owner != self.owner:
+            raise WrongThread(f"{item!r} belongs to another thread than this poller's")
         key = item.raw if isinstance(item, Socket) else item.fileno()
         self._poller.register(key, zmq.POLLIN)
         self._items[key] = item
@@ -672,6 +692,10 @@ class Poller:
         if self._items.pop(key, None) is not None:
             self._poller.unregister(key)
 
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self.owner:
+            raise WrongThread("a Poller is used by the thread that made it; make one per thread")
+
     def __contains__(self, item: object) -> bool:
         return any(watched is item for watched in self._items.values())
 
@@ -679,7 +703,12 @@ class Poller:
         """The registered items that are ready, after waiting at most ``timeout`` seconds.
 
         A Wakeup that is returned has been taken: it stays quiet until the next ``set``.
+
+        Raises:
+            WrongThread: called off the thread that made the poller.
         """
+        if threading.get_ident() != self.owner:
+            self._check_thread()
         try:
             events = self._poller.poll(_milliseconds(timeout))
         except zmq.ZMQError as exc:
