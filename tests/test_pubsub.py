@@ -1,10 +1,11 @@
 """Pub/sub by topic: exact and wildcard matching, sequence gaps, discovery of publishers, the
-sync, asyncio and callback front-ends, and a subscriber that falls behind.
+sync, asyncio and callback front-ends, publishing from any thread (RPC handlers of each kind
+included), and a subscriber that falls behind.
 
 Network tests run two nodes on a private beacon port. ZeroMQ's slow joiner means a subscriber
 only sees what is published after its connection is up, so each such test first calls
 ``warm_up``: it publishes on ``WARM`` until the subscriber has received one, then runs the real
-check and ignores what is left of the warm-up. The gap logic is tested on ``_Intake`` alone,
+check and ignores what is left of the warm-up. The gap logic is tested on ``Intake`` alone,
 fed hand-made frames, with no socket at all.
 """
 
@@ -28,10 +29,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zmqkit.patterns import pubsub, rpc
+from zmqkit.patterns.pubsub import Intake, Message
 
-from zmqkit.patterns import pubsub
-from zmqkit.patterns.pubsub import Message, _Intake
-from zmqkit import ClosedError, ConfigError, Node, PeerNotFound, Timeout, codec
+from zmqkit import ClosedError, ConfigError, Node, PeerNotFound, Timeout, WrongThread, codec
 
 WARM = "_warm"
 WARM_TIMEOUT = 5.0
@@ -198,22 +199,22 @@ def test_a_second_publisher_on_one_node_is_refused(pub_node: Node) -> None:
         assert pub_node.endpoints["pub"] == second.endpoint
 
 
-# -- _Intake: gaps, batches and garbage, without sockets ----------------------------------------
+# -- Intake: gaps, batches and garbage, without sockets -----------------------------------------
 
 SENDER_A = uuid.UUID(int=0xA).bytes
 SENDER_B = uuid.UUID(int=0xB).bytes
 
 
-def make_intake(*topics: str) -> _Intake:
-    """An _Intake over a stand-in node that knows publisher A by name (B stays unknown)."""
+def make_intake(*topics: str) -> Intake:
+    """An Intake over a stand-in node that knows publisher A by name (B stays unknown)."""
     peer_a = SimpleNamespace(name="alpha", uuid=uuid.UUID(bytes=SENDER_A), endpoints={})
     node = SimpleNamespace(
         name="me", uuid=uuid.UUID(int=1), endpoints={}, peers=lambda name=None: [peer_a]
     )
-    return _Intake(node, topics)  # type: ignore[arg-type]
+    return Intake(node, topics)  # type: ignore[arg-type]
 
 
-def take_all(intake: _Intake, *frames: bytes) -> list[Message]:
+def take_all(intake: Intake, *frames: bytes) -> list[Message]:
     for frame in frames:
         intake.take(frame)
     taken = list(intake.ready)
@@ -236,7 +237,7 @@ def test_intake_counts_skipped_sequence_numbers_as_gaps() -> None:
 
 def test_intake_tables_stay_bounded_when_every_message_claims_a_new_sender(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pubsub, "MAX_STREAMS", 50)
+    monkeypatch.setattr(pubsub.core, "MAX_STREAMS", 50)
     intake = make_intake("t")
     take_all(intake, codec.encode_publish("t", SENDER_A, 1, "real"))
     for seq in range(3, 23, 2):  # a real stream that keeps talking through a flood of made-up ones
@@ -315,10 +316,10 @@ GARBAGE = [
 def test_intake_counts_garbage_as_dropped_and_never_raises() -> None:
     intake = make_intake("t")
     assert take_all(intake, *GARBAGE) == []
-    assert intake.stats["dropped-malformed"] == len(GARBAGE)
+    assert intake.counts["dropped-malformed"] == len(GARBAGE)
     not_publish = [codec.encode_request(1, "add", [1, 2], {}), codec.encode_reply(1, 3)]
     assert take_all(intake, *not_publish) == []
-    assert intake.stats["dropped-not-publish"] == 2
+    assert intake.counts["dropped-not-publish"] == 2
     assert intake.received == 0
     # and a good frame after all that is still taken
     good = codec.encode_publish("t", SENDER_A, 1, "ok")
@@ -330,7 +331,7 @@ def test_intake_counts_garbage_as_dropped_and_never_raises() -> None:
 def test_intake_never_raises_on_random_bytes(frame: bytes) -> None:
     intake = make_intake("*")  # every topic: a frame is either taken whole or dropped
     intake.take(frame)
-    dropped = sum(n for key, n in intake.stats.items() if key.startswith("dropped"))
+    dropped = sum(n for key, n in intake.stats().items() if key.startswith("dropped"))
     assert intake.received == len(intake.ready)
     assert dropped + (len(intake.ready) > 0) == 1
 
@@ -462,40 +463,39 @@ def test_messages_ends_after_the_idle_timeout(publisher: pubsub.Publisher, sub_n
 # -- the asyncio front-end ----------------------------------------------------------------------
 
 
-def test_async_subscriber_with_recv_async_and_amessages(
+def test_async_subscriber_with_recv_and_messages(
     publisher: pubsub.Publisher, sub_node: Node
 ) -> None:
     async def main() -> tuple[Message, list[Message], float]:
-        async with pubsub.Subscriber(sub_node, "aio", WARM) as subscriber:
+        async with pubsub.AsyncSubscriber(sub_node, "aio", WARM) as subscriber:
             deadline = time.monotonic() + WARM_TIMEOUT
             while True:  # the async warm-up
                 assert time.monotonic() < deadline, "nothing received in the async warm-up"
                 publisher.publish(WARM, "warm")
                 try:
-                    await subscriber.recv_async(0.02)
+                    await subscriber.recv(0.02)
                     break
                 except Timeout:
                     pass
             publisher.publish("aio", "one")
-            while (first := await subscriber.recv_async(2.0)).topic == WARM:
+            while (first := await subscriber.recv(2.0)).topic == WARM:
                 pass
             for i in range(5):
                 publisher.publish("aio", i)
 
             async def five() -> list[Message]:
                 got = []
-                async for message in subscriber.amessages():
+                async for message in subscriber.messages():
                     if message.topic != WARM:
                         got.append(message)
                     if len(got) == 5:
                         return got
-                raise AssertionError("amessages ended")
+                raise AssertionError("messages() ended")
 
             many = await asyncio.wait_for(five(), 3.0)
             start = time.monotonic()
-            with pytest.raises(Timeout):
-                while True:  # leftovers of the warm-up may still come; then silence
-                    await subscriber.recv_async(0.3)
+            leftovers = [m async for m in subscriber.messages(idle_timeout=0.3)]
+            assert all(m.topic == WARM for m in leftovers)
             return first, many, time.monotonic() - start
 
     first, many, waited = asyncio.run(main())
@@ -504,12 +504,12 @@ def test_async_subscriber_with_recv_async_and_amessages(
     assert 0.3 <= waited < 2.0
 
 
-def test_amessages_is_bounded_by_wait_for(sub_node: Node) -> None:
+def test_async_messages_is_bounded_by_wait_for(sub_node: Node) -> None:
     async def main() -> None:
-        with pubsub.Subscriber(sub_node, "nothing") as subscriber:
+        async with pubsub.AsyncSubscriber(sub_node, "nothing") as subscriber:
 
             async def drain() -> None:
-                async for _ in subscriber.amessages():
+                async for _ in subscriber.messages():
                     raise AssertionError("no message was published")
 
             start = time.monotonic()
@@ -520,12 +520,119 @@ def test_amessages_is_bounded_by_wait_for(sub_node: Node) -> None:
     asyncio.run(main())
 
 
-def test_recv_async_on_a_subscriber_made_outside_a_loop_is_refused(sub_node: Node) -> None:
-    with pubsub.Subscriber(sub_node, "x") as subscriber, pytest.raises(ConfigError):
-        asyncio.run(subscriber.recv_async(0.1))
+def test_async_wait_for_publishers(publisher: pubsub.Publisher, sub_node: Node) -> None:
+    async def main() -> Message:
+        async with pubsub.AsyncSubscriber(sub_node, "now") as subscriber:
+            assert await subscriber.wait_for_publishers(1, timeout=5.0) == 1
+            publisher.publish("now", "right away")
+            with pytest.raises(PeerNotFound):
+                await subscriber.wait_for_publishers(2, timeout=0.1)
+            return await subscriber.recv(2.0)
+
+    assert asyncio.run(main()).data == "right away"
+
+
+def test_a_subscriber_made_inside_a_running_loop_stays_sync(
+    publisher: pubsub.Publisher, sub_node: Node
+) -> None:
+    async def main() -> Message:
+        with pubsub.Subscriber(sub_node, "sync") as subscriber:
+            assert not hasattr(subscriber, "recv_async")
+            subscriber.wait_for_publishers(timeout=5.0)
+            warm_up(publisher, subscriber)
+            publisher.publish("sync", "blocking, inside a loop")
+            return recv_real(subscriber, 2.0)  # a plain blocking call, no coroutine
+
+    assert asyncio.run(main()).data == "blocking, inside a loop"
+
+
+def test_an_async_subscriber_needs_a_running_loop(sub_node: Node) -> None:
+    with pytest.raises(WrongThread, match=r"pubsub\.Subscriber"):
+        pubsub.AsyncSubscriber(sub_node, "x")
+    assert not sub_node.parts  # nothing attached, and the leak check: no socket open
+
+
+def test_an_async_subscriber_used_off_its_loop_raises_wrong_thread(sub_node: Node) -> None:
+    made: queue.Queue[pubsub.AsyncSubscriber] = queue.Queue()
+    release = threading.Event()
+
+    async def own_loop() -> None:
+        async with pubsub.AsyncSubscriber(sub_node, "x") as subscriber:
+            made.put(subscriber)
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=asyncio.run, args=(own_loop(),))
+    thread.start()
+    try:
+        subscriber = made.get(timeout=5.0)
+        with pytest.raises(WrongThread, match="run_coroutine_threadsafe"):
+            asyncio.run(subscriber.recv(0.1))  # another thread, another loop
+        with pytest.raises(WrongThread, match=r"pubsub\.Subscriber"):
+            subscriber.subscribe("y")
+    finally:
+        release.set()
+        thread.join(5.0)
+
+
+def test_an_async_subscriber_closed_from_another_thread_ends_a_waiting_recv(
+    sub_node: Node,
+) -> None:
+    async def main() -> float:
+        subscriber = pubsub.AsyncSubscriber(sub_node, "quiet")
+        closer = threading.Thread(target=subscriber.close)
+        asyncio.get_running_loop().call_later(0.2, closer.start)
+        start = time.monotonic()
+        with pytest.raises(ClosedError):
+            await subscriber.recv(5.0)
+        waited = time.monotonic() - start
+        subscriber.close()  # idempotent
+        await asyncio.to_thread(closer.join, 5.0)
+        assert subscriber.closed and subscriber not in sub_node.parts
+        return waited
+
+    assert asyncio.run(main()) < 2.0
+
+
+def test_node_close_from_another_thread_closes_an_async_subscriber_on_its_loop(
+    beacon_port: int,
+) -> None:
+    async def main() -> None:
+        node = Node("aio-owner", port=beacon_port).start()
+        subscriber = pubsub.AsyncSubscriber(node, "x")
+        closer = threading.Thread(target=node.close)
+        closer.start()
+        with pytest.raises(ClosedError):
+            await subscriber.recv(5.0)
+        closer.join(5.0)
+        assert subscriber.closed
+
+    asyncio.run(main())
+
+
+# -- the blocking subscriber, closed from elsewhere ---------------------------------------------
+
+
+def test_a_subscriber_closed_from_another_thread_ends_a_waiting_recv(sub_node: Node) -> None:
+    subscriber = pubsub.Subscriber(sub_node, "quiet")
+    closer = threading.Timer(0.2, subscriber.close)
+    closer.start()
+    start = time.monotonic()
+    with pytest.raises(ClosedError):
+        subscriber.recv(5.0)
+    assert time.monotonic() - start < 2.0
+    closer.join()
+    subscriber.close()  # idempotent
+    assert subscriber.closed and subscriber not in sub_node.parts
+    with pytest.raises(ClosedError):
+        subscriber.recv(0.1)
 
 
 # -- the callback front-end ---------------------------------------------------------------------
+
+
+def subscription_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("zmqkit-sub")]
 
 
 def test_callback_runs_in_its_own_thread_and_stops_when_the_node_closes(
@@ -537,8 +644,9 @@ def test_callback_runs_in_its_own_thread_and_stops_when_the_node_closes(
         subscription = pubsub.subscribe(
             node, "cb", WARM, callback=lambda m: arrived.put((m, threading.current_thread()))
         )
-        thread = subscription._thread
-        assert thread.is_alive() and thread.name.startswith("zmqkit-sub")
+        assert isinstance(subscription, pubsub.Subscription)
+        [thread] = subscription_threads()
+        assert thread.name == f"zmqkit-sub:cb,{WARM}"
         deadline = time.monotonic() + WARM_TIMEOUT
         while arrived.empty():
             assert time.monotonic() < deadline, "the callback was never called"
@@ -547,6 +655,7 @@ def test_callback_runs_in_its_own_thread_and_stops_when_the_node_closes(
         publisher.publish("cb", "to the callback")
         while (item := arrived.get(timeout=2.0))[0].topic == WARM:
             pass
+        assert subscription.stats()["received"] >= 2
     assert not thread.is_alive(), "the subscription thread outlived its node"
     message, called_from = item
     assert (message.topic, message.data, message.publisher) == ("cb", "to the callback", "pub-node")
@@ -576,7 +685,8 @@ def test_a_callback_that_raises_does_not_end_the_subscription(
         publisher.publish("cb", "after")
         while (message := arrived.get(timeout=2.0)).topic == WARM:
             pass
-        assert subscription._thread.is_alive()
+        assert all(t.is_alive() for t in subscription_threads())
+        assert subscription.stats()["callback-failures"] == 1
     assert (message.data, message.seq) == ("after", 2)
     assert any("boom" in (r.exc_text or "") for r in caplog.records), "the failure was not logged"
 
@@ -586,6 +696,7 @@ def test_a_callback_subscription_to_a_bad_topic_raises_at_once(pub_node: Node) -
     with pytest.raises(ConfigError):
         pubsub.subscribe(pub_node, "ok", "", callback=lambda m: None)
     assert time.monotonic() - start < 1.0
+    assert not pub_node.parts
 
 
 def test_a_callback_subscription_on_a_closed_node_starts_no_thread(beacon_port: int) -> None:
@@ -596,10 +707,125 @@ def test_a_callback_subscription_on_a_closed_node_starts_no_thread(beacon_port: 
 
 
 def test_closing_a_subscription_early_stops_its_thread(pub_node: Node) -> None:
-    subscription = pubsub.subscribe(pub_node, "x", callback=lambda m: None)
-    assert subscription._thread.is_alive()
-    subscription.close()
-    assert not subscription._thread.is_alive()
+    with pubsub.Subscription(pub_node, "x", callback=lambda m: None) as subscription:
+        [thread] = subscription_threads()
+    assert not thread.is_alive()
+    subscription.close()  # idempotent
+    assert not pub_node.parts
+
+
+def test_a_callback_may_close_its_own_subscription(
+    beacon_port: int, publisher: pubsub.Publisher
+) -> None:
+    seen: list[Message] = []
+    with Node("cb-node", port=beacon_port) as node:
+        node.wait_for("pub-node", timeout=5.0)
+
+        def once(message: Message) -> None:
+            seen.append(message)
+            subscription.close()  # from its own thread: no deadlock, the thread then ends
+
+        subscription = pubsub.subscribe(node, WARM, callback=once)
+        [thread] = subscription_threads()
+        deadline = time.monotonic() + WARM_TIMEOUT
+        while thread.is_alive():
+            assert time.monotonic() < deadline, "the callback never closed its subscription"
+            publisher.publish(WARM, "warm")
+            time.sleep(0.02)
+        assert len(seen) == 1 and node.parts == []
+
+
+# -- publishing from any thread -----------------------------------------------------------------
+
+
+def test_a_publisher_made_in_main_publishes_from_another_thread_while_main_does_too(
+    publisher: pubsub.Publisher, sub_node: Node
+) -> None:
+    count = 2000
+    with pubsub.Subscriber(sub_node, "both") as subscriber:
+        warm_up(publisher, subscriber)
+
+        def other() -> None:
+            for i in range(count):
+                publisher.publish("both", ["other", i])
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        for i in range(count):
+            publisher.publish("both", ["main", i])
+        thread.join(10.0)
+        received = collect(subscriber, idle=0.5)
+    by_thread = {name: [m.data[1] for m in received if m.data[0] == name]
+                 for name in ("main", "other")}
+    assert by_thread == {"main": list(range(count)), "other": list(range(count))}
+    # one order for every thread: the topic's numbers arrive in order, and no gap is invented
+    assert [m.seq for m in received] == list(range(1, 2 * count + 1))
+    assert subscriber.gaps == 0
+    assert publisher.stats()["published"] >= 2 * count
+
+
+def test_several_threads_publish_at_once_while_the_publisher_closes(pub_node: Node) -> None:
+    publisher = pubsub.Publisher(pub_node)
+    outcomes: queue.Queue[str] = queue.Queue()
+
+    def keep_publishing() -> None:
+        try:
+            while True:
+                publisher.publish("t", "x")
+        except ClosedError:
+            outcomes.put("closed")
+
+    threads = [threading.Thread(target=keep_publishing) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5.0
+    while publisher.stats()["published"] < 1000:  # they are all publishing
+        assert time.monotonic() < deadline, "the threads did not publish"
+        time.sleep(0.01)
+    closer = threading.Thread(target=publisher.close)
+    closer.start()
+    for thread in [*threads, closer]:
+        thread.join(5.0)
+    assert [outcomes.get(timeout=1.0) for _ in threads] == ["closed"] * 4
+    assert "pub" not in pub_node.endpoints
+
+
+class Events:
+    """An RPC service whose handlers of each kind publish with a Publisher made in main."""
+
+    def __init__(self, publisher: pubsub.Publisher) -> None:
+        self.publisher = publisher
+
+    def plain(self, n: int) -> int:
+        return self.publisher.publish("events", ["plain", n])
+
+    @rpc.blocking
+    def waits(self, n: int) -> int:
+        time.sleep(0.001)
+        return self.publisher.publish("events", ["blocking", n])
+
+    async def later(self, n: int) -> int:
+        await asyncio.sleep(0.001)
+        return self.publisher.publish("events", ["async", n])
+
+
+def test_rpc_handlers_of_each_kind_publish_with_a_publisher_made_in_main(
+    pub_node: Node, sub_node: Node
+) -> None:
+    publisher = pubsub.Publisher(pub_node)
+    rpc.serve(pub_node, Events(publisher))
+    with (
+        pubsub.Subscriber(sub_node, "events", WARM) as subscriber,
+        rpc.Client(sub_node, "pub-node") as client,
+    ):
+        warm_up(publisher, subscriber)
+        seqs = [client.call(method, n) for n in range(3) for method in ("plain", "waits", "later")]
+        received = collect(subscriber)
+    assert seqs == list(range(1, 10))
+    assert [m.data for m in received] == [
+        [kind, n] for n in range(3) for kind in ("plain", "blocking", "async")
+    ]
+    assert [m.seq for m in received] == seqs
 
 
 # -- a subscriber that falls behind -------------------------------------------------------------
