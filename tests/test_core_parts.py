@@ -2,7 +2,7 @@
 
 ``Socket``'s non-blocking and option methods, ``Poller`` over sockets and ``Wakeup``s, the node's
 socket factory (CURVE applied by construction), ``ServiceThread``, ``LoopWakeup``,
-``call_on_loop``, ``Funnel``, ``check_timeout``, and ``WrongThread`` for a socket touched by a
+``call_on_loop``, ``check_timeout``, and ``WrongThread`` for a socket touched by a
 thread that does not own it. Everything runs in-process, on inproc endpoints or loopback.
 """
 
@@ -25,7 +25,6 @@ from zmqkit import (
     ClosedError,
     ConfigError,
     Deadline,
-    Funnel,
     Keypair,
     Keyring,
     LoopWakeup,
@@ -590,67 +589,6 @@ def test_call_on_loop_gives_up_on_a_stuck_loop() -> None:
         assert call_on_loop(loop, lambda: "too late", timeout=0.2) is None
         assert time.monotonic() - start < 2.0
         release.set()
-
-
-# -- Funnel -----------------------------------------------------------------------------------
-
-
-def funnel_into_pull() -> tuple[Funnel, Socket]:
-    """A funnel whose target is a PUSH bound on inproc, and the PULL that reads it."""
-    target = inproc()
-
-    def make_target() -> Socket:
-        push = Socket(SocketKind.PUSH)
-        push.bind_endpoint(target)
-        return push
-
-    funnel = Funnel("test-funnel", make_target, options=SocketOptions())
-    pull = Socket(SocketKind.PULL)
-    pull.connect(funnel.endpoint)
-    return funnel, pull
-
-
-def test_funnel_carries_sends_from_three_threads_in_per_thread_order() -> None:
-    funnel, pull = funnel_into_pull()
-    try:
-        per_thread = 300
-        go = threading.Barrier(3)
-
-        def send(who: int) -> None:
-            go.wait(WAIT)
-            for i in range(per_thread):
-                funnel.send(f"{who}:{i}".encode())
-
-        threads = [threading.Thread(target=send, args=(n,), name=f"sender-{n}") for n in range(3)]
-        for thread in threads:
-            thread.start()
-        received = [pull.recv(WAIT).decode() for _ in range(3 * per_thread)]
-        for thread in threads:
-            thread.join(WAIT)
-        for who in range(3):
-            mine = [int(f.split(":")[1]) for f in received if f.startswith(f"{who}:")]
-            assert mine == list(range(per_thread)), f"thread {who}: lost or out of order"
-        assert pull.try_recv() is None
-    finally:
-        funnel.close()
-        pull.close()
-
-
-def test_funnel_closed_from_another_thread_leaves_no_socket_and_refuses_sends() -> None:
-    sockets_before = set(open_sockets())
-    funnel, pull = funnel_into_pull()
-    funnel.send(b"before close")  # main's own PUSH
-    assert in_thread(lambda: funnel.send(b"from a thread")) is None
-    assert sorted([pull.recv(WAIT), pull.recv(WAIT)]) == [b"before close", b"from a thread"]
-    assert in_thread(funnel.close) is None
-    funnel.close()  # again: fine
-    assert funnel.closed
-    pull.close()
-    assert [s for s in open_sockets() if s not in sockets_before] == []
-    assert not any(t.name == "test-funnel" for t in threading.enumerate())
-    with pytest.raises(ClosedError):
-        funnel.send(b"after close")
-    assert isinstance(in_thread(lambda: funnel.send(b"after close")), ClosedError)
 
 
 # -- check_timeout ----------------------------------------------------------------------------

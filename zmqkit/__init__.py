@@ -12,7 +12,6 @@ the terminal demo nodes in ``zmqkit.demos``; the repository keeps them in its to
 - ``sockets``  socket blocks: the only place that creates ZeroMQ sockets and sets options
 - ``zap``      the ZAP handler thread that admits CURVE peers by keyring
 - ``service``  ``ServiceThread``: the named thread that owns a part's sockets; ``call_on_loop``
-- ``funnel``   ``Funnel``: frames sent from any thread onto one socket a service thread owns
 - ``peers``    the peer table: fed datagrams and ``now``, returns presence events (pure)
 - ``beacon``   the UDP beacon thread and discovery scopes
 - ``node``     ``Node``: a named identity, its beacon, its parts, and the sockets they get
@@ -45,7 +44,6 @@ from .errors import (
     ZmqkitError,
     remote_error,
 )
-from .funnel import Funnel
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 from .security import Keypair, Keyring
@@ -67,7 +65,6 @@ __all__ = [
     "Deadline",
     "EncodeError",
     "EventKind",
-    "Funnel",
     "Keypair",
     "Keyring",
     "Kind",

@@ -45,7 +45,6 @@ __all__ = [
     "SocketKind",
     "SocketOptions",
     "format_endpoint",
-    "forward",
     "open_sockets",
     "translate_zmq_error",
 ]
@@ -634,26 +633,6 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-
-
-def forward(frontend: Socket, backend: Socket, control: Socket) -> None:
-    """Move messages from ``frontend`` to ``backend`` (and back) inside libzmq, without the GIL,
-    until ``control`` receives b"TERMINATE". All three belong to the calling thread."""
-    for sock in (frontend, backend, control):
-        sock.check_owner()
-    while True:
-        try:
-            zmq.proxy_steerable(frontend.raw, backend.raw, None, control.raw)
-            return
-        except zmq.Again:
-            # libzmq's proxy gives up with EAGAIN when a poll said "readable" and the first
-            # receive then found nothing (a connected pipe that was just closed does that):
-            # nothing is wrong, so forward again until TERMINATE comes
-            continue
-        except zmq.ZMQError as exc:
-            if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                return
-            raise translate_zmq_error(exc, "forwarding") from exc
 
 
 class Poller:
