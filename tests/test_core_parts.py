@@ -41,7 +41,6 @@ from zmqkit import (
     call_on_loop,
     check_timeout,
 )
-from zmqkit.sockets import open_sockets
 
 FAST = {"interval": 0.2, "expiry": 0.6}
 WAIT = 5.0
