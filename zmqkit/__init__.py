@@ -47,7 +47,7 @@ from .errors import (
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 from .security import Keypair, Keyring
-from .service import ServiceThread, call_on_loop
+from .service import LoopOwner, ServiceThread, call_on_loop
 from .sockets import AsyncSocket, Poller, Socket, SocketKind, SocketOptions
 from .wakeup import LoopWakeup, Wakeup
 
@@ -68,6 +68,7 @@ __all__ = [
     "Keypair",
     "Keyring",
     "Kind",
+    "LoopOwner",
     "LoopWakeup",
     "MessageTooLarge",
     "MethodNotFound",

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .deadline import check_timeout
-from .errors import BrokenError, ClosedError, Timeout, ZmqkitError
+from .errors import BrokenError, ClosedError, Timeout, WrongThread, ZmqkitError
 from .wakeup import Wakeup
 
-__all__ = ["ServiceThread", "call_on_loop"]
+__all__ = ["LoopOwner", "ServiceThread", "call_on_loop"]
 
 log = logging.getLogger("zmqkit.service")
 
@@ -177,3 +177,43 @@ def call_on_loop(loop: asyncio.AbstractEventLoop, function: Callable[[], T],
     except concurrent.futures.TimeoutError:
         log.warning("the loop of %r did not run %r within %g s", loop, function, timeout)
         return None
+
+
+class LoopOwner:
+    """The event loop an asyncio part belongs to, and the one check that it is used there.
+
+        self._owner = LoopOwner("an AsyncSubmitter", instead="farm.Submitter")  # in __init__
+        self._owner.check(self)          # first thing in every method but close and stats
+        self._owner.call(self._close)    # close from any thread: runs on the part's loop
+
+    Made inside a coroutine (on the running loop); elsewhere ``WrongThread`` says to use
+    ``instead``, the part's blocking twin.
+    """
+
+    def __init__(self, part: str, *, instead: str) -> None:
+        self.instead = instead
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongThread(
+                f"{part} is made in a coroutine, on the event loop that will use it; "
+                f"in plain threads, use {instead}"
+            ) from None
+        self.thread = threading.get_ident()
+
+    def check(self, part: object) -> None:
+        """Raise ``WrongThread`` unless called on the part's own loop (its thread)."""
+        if threading.get_ident() != self.thread:
+            raise WrongThread(
+                f"{part!r} belongs to the event loop it was made on; from another thread, "
+                f"use {self.instead}, or asyncio.run_coroutine_threadsafe(..., its loop)"
+            )
+
+    @property
+    def is_current(self) -> bool:
+        """Whether the caller runs on the part's loop thread."""
+        return threading.get_ident() == self.thread
+
+    def call(self, function: Callable[[], T], timeout: float = 2.0) -> T | None:
+        """``call_on_loop`` on the part's loop: run ``function`` there, from any thread."""
+        return call_on_loop(self.loop, function, timeout)
