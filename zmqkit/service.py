@@ -202,11 +202,19 @@ class LoopOwner:
         self.thread = threading.get_ident()
 
     def check(self, part: object) -> None:
-        """Raise ``WrongThread`` unless called on the part's own loop (its thread)."""
-        if threading.get_ident() != self.thread:
+        """Raise ``WrongThread`` unless called on the part's own loop, running.
+
+        On its thread but with that loop stopped (or another loop running there), the part's
+        sockets cannot be waited on either: that is the wrong place too.
+        """
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self.loop:
             raise WrongThread(
-                f"{part!r} belongs to the event loop it was made on; from another thread, "
-                f"use {self.instead}, or asyncio.run_coroutine_threadsafe(..., its loop)"
+                f"{part!r} belongs to the event loop it was made on; from another thread or "
+                f"loop, use {self.instead}, or asyncio.run_coroutine_threadsafe(..., its loop)"
             )
 
     @property

@@ -21,6 +21,7 @@ only the workers whose key the submitter's keyring holds, and a worker only trus
 
 - ``wire``             the farm's messages (docs/protocol.md, section 9.1)
 - ``core``             the logic, written once: queue, credit, reassignment, duplicates (pure)
+- ``base``             what both submitters share: set-up, checks, reading results, ROUTER I/O
 - ``submitter``        ``Submitter``: a service thread owns the ROUTER; any thread submits
 - ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER (loop only)
 - ``worker``           ``Worker`` and ``serve_worker``: slot threads or an asyncio loop

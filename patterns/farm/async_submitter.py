@@ -20,19 +20,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from zmqkit import (
-    AsyncSocket,
-    BrokenError,
-    ClosedError,
-    Deadline,
-    Node,
-    SocketKind,
-    Timeout,
-    WrongThread,
-    call_on_loop,
-)
+from zmqkit import AsyncSocket, Deadline, LoopOwner, Node, SocketKind, Timeout
 
-from . import wire
+from .base import BATCH, DEFAULT_WAIT, TICK, BaseSubmitter, drain, send_all, waiting_message
 from .core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_PENDING,
@@ -40,17 +30,6 @@ from .core import (
     DEFAULT_WORKER_EXPIRY,
     SubmitterCore,
     TaskResult,
-    WorkerInfo,
-)
-from .submitter import (
-    BATCH,
-    DEFAULT_WAIT,
-    TICK,
-    check_can_submit,
-    core_stats,
-    drain,
-    send_all,
-    waiting_message,
 )
 
 __all__ = ["AsyncSubmitter"]
@@ -58,7 +37,7 @@ __all__ = ["AsyncSubmitter"]
 log = logging.getLogger("zmqkit.farm")
 
 
-class AsyncSubmitter:
+class AsyncSubmitter(BaseSubmitter):
     """``Submitter`` for asyncio code: the same options, awaitable waits, one loop.
 
     Made inside a running loop, it is usable at once and attached to its node; ``async with``
@@ -75,25 +54,15 @@ class AsyncSubmitter:
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  worker_expiry: float = DEFAULT_WORKER_EXPIRY,
                  max_pending: int = DEFAULT_MAX_PENDING) -> None:
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise WrongThread("an AsyncSubmitter is made inside a running event loop (in async "
-                              "code); in plain threads use farm.Submitter") from None
-        self.node = node
-        self.farm = wire.check_farm_name(farm)
-        self.role = wire.role_of(farm)
-        self.endpoint = ""
-        self._core = SubmitterCore(task_timeout=task_timeout, max_attempts=max_attempts,
-                                   worker_expiry=worker_expiry, max_pending=max_pending)
-        self._closed = False
-        self._failure: BaseException | None = None  # what stopped the pump, if not close()
+        self._owner = LoopOwner("an AsyncSubmitter", instead="farm.Submitter")
+        super().__init__(node, farm, SubmitterCore(
+            task_timeout=task_timeout, max_attempts=max_attempts, worker_expiry=worker_expiry,
+            max_pending=max_pending))
         self._sock: AsyncSocket | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # replaced each time it is set: waiters hold the old one
         self._seen_version = -1
         self._seen_results = 0
-        check_can_submit(node, self.role, self.farm)
         node.attach(self)
         try:
             sock = node.server_socket(SocketKind.ROUTER, asyncio=True)
@@ -104,12 +73,8 @@ class AsyncSubmitter:
         except BaseException:
             self.close()
             raise
-        self._pump_task = self._loop.create_task(self._pump(),
-                                                 name=f"zmqkit-farm-submitter:{self.farm}")
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self.endpoint or "starting"
-        return f"<zmqkit farm.AsyncSubmitter {self.farm!r} {state}>"
+        self._pump_task = self._owner.loop.create_task(
+            self._pump(), name=f"zmqkit-farm-submitter:{self.farm}")
 
     async def __aenter__(self) -> AsyncSubmitter:
         return self
@@ -126,15 +91,14 @@ class AsyncSubmitter:
         (at once when that loop has ended).
         """
         if not self._closed:
-            call_on_loop(self._loop, self._close)
+            self._owner.call(self._close)
 
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.endpoint and self.node.endpoints.get(self.role) == self.endpoint:
-            self.node.withdraw(self.role)
-        loop_open = not self._loop.is_closed()
+        self._withdraw()
+        loop_open = not self._owner.loop.is_closed()
         if self._pump_task is not None and loop_open:
             self._pump_task.cancel()
         if self._sock is not None:
@@ -155,7 +119,7 @@ class AsyncSubmitter:
             BrokenError: its pump stopped on an error.
             WrongThread: called off the submitter's loop.
         """
-        self._check_usable()
+        self._check_open()
         task_id = self._core.submit(payload)
         assert self._sock is not None
         send_all(self._sock, self._core.frames_out(time.monotonic()))
@@ -165,14 +129,9 @@ class AsyncSubmitter:
         """The value of task ``task_id``, waiting at most ``timeout`` seconds (see
         ``Submitter.result`` for the errors)."""
         deadline = Deadline.after(timeout)
-        while True:
-            self._check_usable()
-            outcome = self._core.take(task_id)
-            if outcome is not None:
-                return outcome.unwrap()
-            if deadline.expired():
-                raise Timeout(waiting_message(self._core, f"task {task_id}", timeout))
+        while (outcome := self._look_for_result(task_id, deadline, timeout)) is None:
             await self._wait_for_results(deadline)
+        return outcome.unwrap()
 
     def as_completed(self, timeout: float = DEFAULT_WAIT) -> AsyncIterator[TaskResult]:
         """``async for`` each result as its task finishes (see ``Submitter.as_completed``)."""
@@ -180,7 +139,7 @@ class AsyncSubmitter:
 
     async def _as_completed(self, deadline: Deadline, timeout: float) -> AsyncIterator[TaskResult]:
         while True:
-            self._check_usable()
+            self._check_open()
             outcome = self._core.take_next()
             if outcome is not None:
                 yield outcome
@@ -192,41 +151,15 @@ class AsyncSubmitter:
                 raise Timeout(waiting_message(self._core, what, timeout))
             await self._wait_for_results(deadline)
 
-    @property
-    def duplicates(self) -> int:
-        """Results that came for tasks already done (at-least-once delivery at work)."""
-        self._check_loop()
-        return self._core.stats["duplicates"]
-
-    def stats(self) -> dict[str, int]:
-        """Counters, as ``Submitter.stats``."""
-        self._check_loop()
-        return core_stats(self._core)
-
-    def workers(self) -> list[WorkerInfo]:
-        """The workers that asked for work, as ``Submitter.workers``."""
-        self._check_loop()
-        return self._core.workers()
-
     # -- the parts -----------------------------------------------------------------------------
 
-    def _check_loop(self) -> None:
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not self._loop:
-            raise WrongThread(
-                f"{self!r} belongs to the event loop that made it; from another thread use "
-                "farm.Submitter, or hand the call to its loop with "
-                "asyncio.run_coroutine_threadsafe (loop.call_soon_threadsafe for submit)")
+    def _check_open(self) -> None:
+        self._owner.check(self)
+        super()._check_open()
 
-    def _check_usable(self) -> None:
-        self._check_loop()
-        if self._failure is not None:
-            raise BrokenError(f"{self!r} stopped: {self._failure!r}") from self._failure
-        if self._closed:
-            raise ClosedError(f"{self!r} is closed (use it inside its async with block)")
+    def _holding_core(self) -> contextlib.nullcontext[None]:
+        self._owner.check(self)  # the core is the loop's: only the loop reads it
+        return contextlib.nullcontext()
 
     async def _wait_for_results(self, deadline: Deadline) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

@@ -51,6 +51,7 @@ with zmqkit.Node("bench-worker", port=port) as node:
 
 
 def free_udp_port() -> int:
+    """A UDP port free now on loopback, for the bench's own beacon."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -70,6 +71,7 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def run_sync(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
+    """Tasks per second of ``runs`` rounds through a ``Submitter``, once ``workers`` are seen."""
     with Submitter(node, "bench") as submitter:
         deadline = time.monotonic() + 10
         while len({w.node for w in submitter.workers()}) < workers:
@@ -87,6 +89,7 @@ def run_sync(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
 
 
 async def run_async(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
+    """Tasks per second of ``runs`` rounds through an ``AsyncSubmitter``, as ``run_sync``."""
     async with AsyncSubmitter(node, "bench") as submitter:
         deadline = time.monotonic() + 10
         while len({w.node for w in submitter.workers()}) < workers:
@@ -138,6 +141,7 @@ def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the bench from the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m zmqkit.patterns.farm.bench",
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--kinds", nargs="+", default=["trivial", "cpu-1ms"],

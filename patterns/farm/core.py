@@ -70,6 +70,7 @@ class TaskResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the task succeeded (no error)."""
         return self.error is None
 
     def unwrap(self) -> Any:
@@ -222,9 +223,11 @@ class SubmitterCore:
 
     @property
     def queued(self) -> int:
+        """Tasks waiting for a worker."""
         return sum(1 for task_id in self._queue if self._waiting(task_id))
 
     def workers(self) -> list[WorkerInfo]:
+        """The workers known now, with their tasks in flight, completions and credit."""
         return [WorkerInfo(w.node, len(w.assigned), w.completed, max(0, w.available))
                 for w in self._workers.values()]
 
@@ -474,9 +477,11 @@ class WorkerCore:
 
     @property
     def held(self) -> int:
+        """Tasks held in all (running or waiting), across submitters."""
         return self._total
 
     def connect(self, submitter: Hashable) -> None:
+        """Know ``submitter``, newly connected: nothing held from it yet, READYs owed to it."""
         self._held.setdefault(submitter, {})
         self._last_dispatch.setdefault(submitter, 0)
 
@@ -520,4 +525,5 @@ class WorkerCore:
         return max(0, self.capacity - len(held)), last_dispatch, list(held)
 
     def ready_frame(self, submitter: Hashable, seq: int) -> bytes:
+        """The READY frame owed to ``submitter``, numbered ``seq``."""
         return wire.encode_ready(seq, *self.ready(submitter))

@@ -20,20 +20,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from zmqkit import (
-    BrokenError,
-    ClosedError,
-    ConfigError,
-    Deadline,
-    Node,
-    Poller,
-    ServiceThread,
-    Socket,
-    SocketKind,
-    Timeout,
-)
+from zmqkit import Deadline, Node, Poller, ServiceThread, Socket, SocketKind, Timeout
 
-from . import wire
+from .base import DEFAULT_WAIT, TICK, BaseSubmitter, drain, send_all, waiting_message
 from .core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_PENDING,
@@ -41,40 +30,12 @@ from .core import (
     DEFAULT_WORKER_EXPIRY,
     SubmitterCore,
     TaskResult,
-    WorkerInfo,
 )
 
 __all__ = ["DEFAULT_WAIT", "Submitter"]
 
-DEFAULT_WAIT = 30.0  # how long result() and as_completed() wait unless told
-TICK = 0.1  # seconds between looks at discovery, task deadlines and the stop flag
-BATCH = 1000  # frames taken before the submitter sends what they earned
 
-
-def waiting_message(core: SubmitterCore, what: str, timeout: float) -> str:
-    """Why a wait ended empty, in words that point at the likely cause."""
-    workers = core.workers()
-    if not workers:
-        why = "no worker has asked for work: is any node serving this farm (with keys it admits)?"
-    else:
-        why = f"{len(workers)} workers, {core.outstanding} tasks not done"
-    return f"{what} not done in {timeout:g} s ({why})"
-
-
-def check_can_submit(node: Node, role: str, farm: str) -> None:
-    """A submitter needs a running node that has none for this farm yet.
-
-    Raises:
-        ClosedError: the node is not running (unannounced, no worker could ever find it).
-        ConfigError: the node already has a submitter for this farm.
-    """
-    if not node.running:
-        raise ClosedError(f"{node!r} is not running; start it first")
-    if role in node.endpoints:
-        raise ConfigError(f"{node!r} already submits to farm {farm!r}; share that submitter")
-
-
-class Submitter:
+class Submitter(BaseSubmitter):
     """Hands tasks of farm ``farm`` to the workers that ask for them; keeps their results.
 
     Usable once made: its thread runs, its endpoint is advertised, and it is attached to the
@@ -101,23 +62,13 @@ class Submitter:
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  worker_expiry: float = DEFAULT_WORKER_EXPIRY,
                  max_pending: int = DEFAULT_MAX_PENDING) -> None:
-        self.node = node
-        self.farm = wire.check_farm_name(farm)
-        self.role = wire.role_of(farm)
-        self.endpoint = ""
-        self._core = SubmitterCore(task_timeout=task_timeout, max_attempts=max_attempts,
-                                   worker_expiry=worker_expiry, max_pending=max_pending)
+        super().__init__(node, farm, SubmitterCore(
+            task_timeout=task_timeout, max_attempts=max_attempts, worker_expiry=worker_expiry,
+            max_pending=max_pending))
         self._changed = threading.Condition()  # guards the core; notified on results and close
-        self._closed = False
-        self._failure: BaseException | None = None  # what stopped the thread, if not close()
         self._unsubscribe: Callable[[], None] | None = None
-        check_can_submit(node, self.role, self.farm)
         self._service = ServiceThread(f"zmqkit-farm-submitter:{farm}", self._run)
-        try:
-            node.attach(self)  # first: a closed node refuses before a thread is started
-        except BaseException:
-            self._service.stop()  # never started: this only closes its wake-up
-            raise
+        node.attach(self)  # first: a closed node refuses before a thread is started
         try:
             self._service.start()
             self._unsubscribe = node.on_event(lambda _: self._service.wake())  # react at once
@@ -125,10 +76,6 @@ class Submitter:
         except BaseException:
             self.close()
             raise
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self.endpoint or "starting"
-        return f"<zmqkit farm.Submitter {self.farm!r} {state}>"
 
     def __enter__(self) -> Submitter:
         return self
@@ -146,8 +93,7 @@ class Submitter:
                 return
             self._closed = True
             self._changed.notify_all()
-        if self.endpoint and self.node.endpoints.get(self.role) == self.endpoint:
-            self.node.withdraw(self.role)
+        self._withdraw()
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._service.stop()
@@ -181,14 +127,9 @@ class Submitter:
         """
         deadline = Deadline.after(timeout)
         with self._changed:
-            while True:
-                self._check_open()
-                outcome = self._core.take(task_id)
-                if outcome is not None:
-                    return outcome.unwrap()
-                if deadline.expired():
-                    raise Timeout(waiting_message(self._core, f"task {task_id}", timeout))
+            while (outcome := self._look_for_result(task_id, deadline, timeout)) is None:
                 self._changed.wait(deadline.remaining())
+        return outcome.unwrap()
 
     def as_completed(self, timeout: float = DEFAULT_WAIT) -> Iterator[TaskResult]:
         """Yield each result not taken yet as its task finishes, tasks submitted meanwhile too.
@@ -213,30 +154,8 @@ class Submitter:
                     self._changed.wait(deadline.remaining())
             yield outcome
 
-    @property
-    def duplicates(self) -> int:
-        """Results that came for tasks already done (at-least-once delivery at work)."""
-        with self._changed:
-            return self._core.stats["duplicates"]
-
-    def stats(self) -> dict[str, int]:
-        """Counters: submitted, completed, duplicates, reassigned, timed-out, worker-lost, ..."""
-        with self._changed:
-            return core_stats(self._core)
-
-    def workers(self) -> list[WorkerInfo]:
-        """The workers that asked for work: node UUID, tasks in flight, completed, credit.
-
-        One entry per worker connection: each slot of a plain-function worker is one.
-        """
-        with self._changed:
-            return self._core.workers()
-
-    def _check_open(self) -> None:
-        if self._failure is not None:
-            raise BrokenError(f"{self!r} stopped: {self._failure!r}") from self._failure
-        if self._closed:
-            raise ClosedError(f"{self!r} is closed")
+    def _holding_core(self) -> threading.Condition:
+        return self._changed
 
     # -- the submitter thread ------------------------------------------------------------------
 
@@ -276,32 +195,3 @@ class Submitter:
                     changed.notify_all()
             send_all(router, outgoing)
 
-
-def core_stats(core: SubmitterCore) -> dict[str, int]:
-    """A submitter's counters, with its gauges: outstanding, untaken, workers."""
-    return dict(core.stats, outstanding=core.outstanding, untaken=core.untaken,
-                workers=len(core.workers()))
-
-
-def drain(router: Socket) -> tuple[list[tuple[bytes, bytes]], int]:
-    """Up to BATCH (routing id, frame) pairs waiting on a ROUTER, and how many messages of more
-    than one frame were dropped (every farm message is one frame)."""
-    items: list[tuple[bytes, bytes]] = []
-    dropped = 0
-    for _ in range(BATCH):
-        if not router.readable:  # cheaper than the failed receive that would say so
-            break
-        message = router.try_recv_multipart()
-        if message is None:
-            break
-        if len(message) != 2:
-            dropped += 1
-            continue
-        items.append((message[0], message[1]))
-    return items, dropped
-
-
-def send_all(router: Socket, outgoing: list[tuple[bytes, bytes]]) -> None:
-    """Send (routing id, frame) pairs; a ROUTER drops, never blocks, what it cannot send."""
-    for key, frame in outgoing:
-        router.try_send_multipart([key, frame])

@@ -109,10 +109,12 @@ class Stranger(NamedTuple):
 
 
 def encode_ready(seq: int, free: int, last_dispatch: int, held: list[int]) -> bytes:
+    """A worker's READY: how many more tasks it takes, the last dispatch seen, the tasks held."""
     return codec.encode_request(seq, READY_METHOD, [free, last_dispatch, held], {})
 
 
 def encode_leave(seq: int) -> bytes:
+    """A worker's LEAVE: it hands back every task it holds and asks for no more."""
     return codec.encode_request(seq, LEAVE_METHOD, [], {})
 
 

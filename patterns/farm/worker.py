@@ -129,12 +129,7 @@ class Worker:
         else:
             self._services = [ServiceThread(f"zmqkit-farm-slot:{self.farm}:{index}",
                                             self._serve_slot) for index in range(slots)]
-        try:
-            node.attach(self)  # first: a closed node refuses before a thread is started
-        except BaseException:
-            for service in self._services:
-                service.stop()  # never started: this only closes its wake-up
-            raise
+        node.attach(self)  # first: a closed node refuses before a thread is started
         try:
             for service in self._services:
                 service.start()

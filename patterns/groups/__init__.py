@@ -29,6 +29,7 @@ every event too (``Groups``: in the groups thread; ``AsyncGroups``: on the loop)
 - ``engine``        the loop of the groups thread, which alone owns the sockets
 - ``runner``        that thread's life, and the hand-off to it from any thread
 - ``inbox``         events waiting for their reader, bounded
+- ``base``          what both front-ends share: life cycle, membership, shouts, callbacks
 - ``groups``        ``Groups``: the blocking front-end, usable from any thread
 - ``async_groups``  ``AsyncGroups``: the asyncio front-end, on one loop
 """

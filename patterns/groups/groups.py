@@ -15,23 +15,19 @@ for the thread that runs the callback).
 from __future__ import annotations
 
 import concurrent.futures
-import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from zmqkit import ClosedError, ConfigError, Node, Timeout, WrongThread, ZmqkitError
+from zmqkit import ClosedError, Timeout, WrongThread, ZmqkitError
 
-from .core import GroupEvent, Member
-from .inbox import Inbox
-from .runner import DEFAULT_TIMEOUT, GroupsRunner, PeerRef
+from .base import BaseGroups
+from .core import GroupEvent
+from .runner import DEFAULT_TIMEOUT, PeerRef
 
 __all__ = ["Groups"]
 
-log = logging.getLogger("zmqkit.groups")
 
-
-class Groups:
+class Groups(BaseGroups):
     """This node's part in groups: membership, shouts, whispers and the events they make.
 
     Made, it has started (one named thread owns its sockets), advertises the node's roles
@@ -49,67 +45,11 @@ class Groups:
         ClosedError: the node is not running (or closed).
     """
 
-    def __init__(self, node: Node, *, inbox: bool = True,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.node = node
-        self._inbox = Inbox(f"groups of {node.name!r}") if inbox else None
-        self._listeners: list[Callable[[GroupEvent], None]] = []
-        self._closed = False
-        self._closing = threading.Lock()
-        self._runner = GroupsRunner(node, self._deliver, timeout=timeout)
-        try:
-            node.attach(self)
-        except BaseException:  # the node closed meanwhile
-            self._runner.close()
-            raise
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "running"
-        return f"<zmqkit groups.Groups {self.node.name!r} in {sorted(self.joined)} {state}>"
-
     def __enter__(self) -> Groups:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Leave every group, stop the groups thread and join it. Safe to call twice, from any
-        thread (from a callback: the thread stops when the callback returns)."""
-        with self._closing:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            self._runner.close(timeout)
-        finally:
-            if self._inbox is not None:
-                self._inbox.close()
-            self.node.detach(self)
-
-    @property
-    def endpoint(self) -> str:
-        """Where this node takes whispers (role ``groups``)."""
-        return self._runner.endpoint
-
-    @property
-    def pub_endpoint(self) -> str:
-        """Where this node publishes its shouts (role ``groups-pub``)."""
-        return self._runner.pub_endpoint
-
-    def stats(self) -> dict[str, int]:
-        """Counters: shouts, whispers, gaps, dropped-* by reason, ..."""
-        counts = self._runner.stats()
-        if self._inbox is not None and self._inbox.dropped:
-            counts["dropped-inbox"] = self._inbox.dropped
-        return counts
-
-    # -- membership ------------------------------------------------------------------------------
-
-    @property
-    def joined(self) -> frozenset[str]:
-        """The groups this node is in."""
-        return self._runner.joined
 
     def join(self, group: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Join ``group``: receive its shouts, and let peers see this node in it.
@@ -125,26 +65,7 @@ class Groups:
         """Leave ``group``: peers see LEAVE, and its shouts stop reaching this node."""
         _wait(self._runner.change(group, False), timeout, f"leaving {group!r}")
 
-    def members(self, group: str) -> list[Member]:
-        """The peers known to be in ``group`` (not this node), sorted."""
-        return self._runner.members(group)
-
-    def groups(self) -> dict[str, list[Member]]:
-        """Every group a known peer is in, with its members."""
-        return self._runner.groups()
-
     # -- sending ---------------------------------------------------------------------------------
-
-    def shout(self, group: str, body: Any) -> int:
-        """Send ``body`` to every member of ``group`` (this node need not be one); returns its
-        sequence number on the group's topic. Never waits.
-
-        Raises:
-            ConfigError: not a valid group name.
-            EncodeError: ``body`` cannot travel on the wire.
-            ClosedError: closed.
-        """
-        return self._runner.shout(group, body)
 
     def submit_whisper(self, peer: PeerRef, body: Any,
                        timeout: float = DEFAULT_TIMEOUT) -> concurrent.futures.Future[None]:
@@ -185,17 +106,6 @@ class Groups:
 
     # -- receiving -------------------------------------------------------------------------------
 
-    def on_event(self, callback: Callable[[GroupEvent], None]) -> Callable[[], None]:
-        """Call ``callback(event)`` for every event, in the groups thread; returns a function
-        that unsubscribes. A callback may join, leave, shout and ``submit_whisper``."""
-        self._listeners.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._listeners:
-                self._listeners.remove(callback)
-
-        return unsubscribe
-
     def recv(self, timeout: float) -> GroupEvent:
         """The next event, waiting at most ``timeout`` seconds.
 
@@ -215,21 +125,11 @@ class Groups:
             except (Timeout, ClosedError):
                 return
 
-    def _need_inbox(self) -> Inbox:
-        if self._inbox is None:
-            raise ConfigError(f"{self!r} was made with inbox=False: use on_event")
-        return self._inbox
-
     def _deliver(self, events: list[GroupEvent]) -> None:
         """In the groups thread: the inbox first, then the callbacks."""
         if self._inbox is not None:
             self._inbox.put(events)
-        for event in events:
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # a user's callback must not stop the groups; logged loudly
-                    log.exception("group event callback %r failed on %s", listener, event)
+        self._call_listeners(events)
 
 
 def _wait(future: concurrent.futures.Future[None], timeout: float, what: str) -> None:

@@ -125,14 +125,17 @@ class GroupsRunner:
 
     @property
     def endpoint(self) -> str:
+        """Where this node takes whispers ("" until the thread made its sockets)."""
         return self._engine.endpoint if self._engine is not None else ""
 
     @property
     def pub_endpoint(self) -> str:
+        """Where this node publishes its shouts ("" until the thread made its sockets)."""
         return self._engine.pub_endpoint if self._engine is not None else ""
 
     @property
     def joined(self) -> frozenset[str]:
+        """The groups this node is in, as the groups thread last published them."""
         return self._engine.joined if self._engine is not None else frozenset()
 
     def members(self, group: str) -> list[Member]:
@@ -231,31 +234,37 @@ class GroupsRunner:
     # -- the Host of the engine (the groups thread) ----------------------------------------------
 
     def take_commands(self) -> list[Command]:
+        """See ``Host.take_commands``."""
         with self._lock:
             commands, self._commands = self._commands, []
         return commands
 
     def take_shouts(self) -> list[tuple[str, int, bytes]]:
+        """See ``Host.take_shouts``."""
         with self._lock:
             shouts, self._outbox = self._outbox, []
         return shouts
 
     def take_presence(self) -> list[PeerEvent]:
+        """See ``Host.take_presence``."""
         events = []
         while self._presence:
             events.append(self._presence.popleft())
         return events
 
     def announce(self, joined: frozenset[str]) -> None:
+        """See ``Host.announce``: refused once closing, the header being withdrawn."""
         with self._announcing:
             if self._closed:
                 raise ClosedError(f"{self!r} is closing")
             self.node.set_header(wire.GROUPS_HEADER, wire.format_groups(joined))
 
     def deliver(self, events: list[GroupEvent]) -> None:
+        """See ``Host.deliver``: to the front-end."""
         self._deliver(events)
 
     def stop_accepting(self) -> list[Command]:
+        """See ``Host.stop_accepting``."""
         with self._lock:
             self._accepting = False
         return self.take_commands()

@@ -31,6 +31,7 @@ it matters.
 - ``publisher``         ``Publisher``: publish from any thread
 - ``publishers``        the publishers a SUB socket is connected to, kept in step with discovery
 - ``feed``              one SUB socket's subscriptions, connections and intake, for both fronts
+- ``base``              what both subscribers share: attaching, subscribe, the publishers' wait
 - ``subscriber``        ``Subscriber``: receive in the thread that made it
 - ``async_subscriber``  ``AsyncSubscriber``: receive on the loop that made it
 - ``subscription``      ``subscribe`` and ``Subscription``: a callback called from a thread

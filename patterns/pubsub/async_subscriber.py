@@ -2,36 +2,33 @@
 
 It belongs to the loop it was made on, which owns its SUB socket (the loop watches the socket's
 descriptor: no thread of its own). Used from another thread or loop it raises ``WrongThread``.
-``close`` works from any thread: it closes the socket on the loop (``call_on_loop``), and a
+``close`` works from any thread: it closes the socket on the loop (``LoopOwner.call``), and a
 receive waiting then ends with ``ClosedError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 from zmqkit import (
     AsyncSocket,
     ClosedError,
     Deadline,
+    LoopOwner,
     Node,
-    PeerNotFound,
     SocketOptions,
     Timeout,
-    WrongThread,
-    call_on_loop,
 )
 
+from .base import SETTLE, SLICE, BaseSubscriber
 from .core import Message
-from .feed import Feed, FeedReader
-from .subscriber import SETTLE, SLICE
 
 __all__ = ["AsyncSubscriber"]
 
 
-class AsyncSubscriber(FeedReader):
+class AsyncSubscriber(BaseSubscriber):
     """``Subscriber`` for asyncio code, made and used on one event loop.
 
         async with pubsub.AsyncSubscriber(node, "ticks") as ticks:
@@ -48,22 +45,8 @@ class AsyncSubscriber(FeedReader):
     """
 
     def __init__(self, node: Node, *topics: str, options: SocketOptions | None = None) -> None:
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise WrongThread(
-                "an AsyncSubscriber is made inside a running event loop (in async code); "
-                "in a thread, use pubsub.Subscriber"
-            ) from None
-        self._thread = threading.get_ident()
-        self.node = node
-        self._closed = False
-        node.attach(self)  # first: a closed node refuses before a socket is made
-        try:
-            self._feed = Feed.open(node, topics, options, asyncio=True)
-        except BaseException:
-            node.detach(self)
-            raise
+        self._owner = LoopOwner("an AsyncSubscriber", instead="pubsub.Subscriber")
+        self._open(node, topics, options, asyncio=True)
         assert isinstance(self._feed.sock, AsyncSocket)
         self._sock = self._feed.sock
 
@@ -75,30 +58,21 @@ class AsyncSubscriber(FeedReader):
 
     def _check_loop(self) -> None:
         """Raise ``WrongThread`` off the subscriber's loop, ``ClosedError`` once closed."""
-        if threading.get_ident() != self._thread:
-            raise WrongThread(
-                f"{self!r} belongs to the event loop it was made on; in another thread use "
-                "pubsub.Subscriber, or run the call on that loop with "
-                "asyncio.run_coroutine_threadsafe"
-            )
+        self._owner.check(self)
         if self._closed:
             raise ClosedError(f"{self!r} is closed")
 
-    def subscribe(self, topic: str) -> None:
-        """Also receive ``topic`` (exact) or a ``prefix*`` pattern (on the loop).
-
-        Raises:
-            ConfigError: not a topic or a pattern.
-        """
+    @contextmanager
+    def _owned(self) -> Iterator[None]:
         self._check_loop()
-        self._feed.subscribe(topic)
+        yield
 
     def close(self) -> None:
         """Stop receiving and close the socket on the loop. Idempotent; from any thread."""
         if self._closed:
             return
         self._closed = True
-        call_on_loop(self._loop, self._sock.close)
+        self._owner.call(self._sock.close)
         self.node.detach(self)
 
     async def wait_for_publishers(self, count: int = 1, timeout: float = 5.0) -> int:
@@ -110,16 +84,10 @@ class AsyncSubscriber(FeedReader):
             PeerNotFound: fewer than ``count`` publishers were found in time.
         """
         deadline = Deadline.after(timeout)
-        while True:
-            self._check_loop()
-            self._feed.refresh()
-            connected = len(self._feed.publishers)
-            if connected >= count:
-                await asyncio.sleep(min(SETTLE, deadline.remaining()))
-                return connected
-            if deadline.expired():
-                raise PeerNotFound(f"{connected} of {count} publishers found in {timeout:g} s")
+        while (connected := self._look_for_publishers(count, deadline, timeout)) is None:
             await asyncio.sleep(min(0.01, deadline.remaining()))
+        await asyncio.sleep(min(SETTLE, deadline.remaining()))  # the subscription travels
+        return connected
 
     async def recv(self, timeout: float) -> Message:
         """The next message, waiting at most ``timeout`` seconds.
@@ -130,7 +98,7 @@ class AsyncSubscriber(FeedReader):
             WrongThread: called off the subscriber's loop.
         """
         ready = self._feed.ready
-        if ready and threading.get_ident() == self._thread:
+        if ready and self._owner.is_current:
             return ready.popleft()
         self._check_loop()
         deadline = Deadline.after(timeout)

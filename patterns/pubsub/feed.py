@@ -12,7 +12,7 @@ from zmqkit import Node, Socket, SocketKind, SocketOptions
 from .core import Intake
 from .publishers import Publishers
 
-__all__ = ["DRAIN_BATCH", "Feed", "FeedReader"]
+__all__ = ["DRAIN_BATCH", "Feed"]
 
 DRAIN_BATCH = 256  # frames taken per look at the socket
 
@@ -87,29 +87,3 @@ class Feed:
             take(frame)
         return bool(self.ready)
 
-
-class FeedReader:
-    """What ``Subscriber`` and ``AsyncSubscriber`` answer alike from their feed."""
-
-    _feed: Feed
-    _closed: bool
-
-    def __repr__(self) -> str:
-        topics = self._feed.intake.topics.names()
-        publishers = len(self._feed.publishers)
-        return f"<zmqkit pubsub.{type(self).__name__} {topics} from {publishers} publishers>"
-
-    @property
-    def gaps(self) -> int:
-        """Messages missed in total, across publishers and topics."""
-        return self._feed.intake.gaps
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``close`` has been called (or the node closed it)."""
-        return self._closed
-
-    def stats(self) -> dict[str, int]:
-        """Counters: received, gaps, publishers (connected now), dropped-* by reason,
-        refused-publishers."""
-        return self._feed.stats()

@@ -11,28 +11,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from zmqkit import (
     ClosedError,
     Deadline,
     Node,
-    PeerNotFound,
     Poller,
     SocketOptions,
     Timeout,
     Wakeup,
 )
 
+from .base import SETTLE, SLICE, BaseSubscriber
 from .core import Message
-from .feed import Feed, FeedReader
 
-__all__ = ["SETTLE", "SLICE", "Subscriber"]
-
-SLICE = 0.25  # while waiting, look at discovery this often to connect new publishers
-SETTLE = 0.05  # after connecting, time for the subscription to reach the publishers
+__all__ = ["Subscriber"]
 
 
-class Subscriber(FeedReader):
+class Subscriber(BaseSubscriber):
     """Receives ``topics`` from every publisher that discovery finds, joining late ones too.
 
     A topic is exact (``news`` never receives ``newsletter``), or a ``prefix*`` pattern.
@@ -46,16 +43,9 @@ class Subscriber(FeedReader):
     """
 
     def __init__(self, node: Node, *topics: str, options: SocketOptions | None = None) -> None:
-        self.node = node
         self._lock = threading.Lock()  # held by the owner thread whenever it uses the socket
         self._closing = False
-        self._closed = False
-        node.attach(self)  # first: a closed node refuses before a socket is made
-        try:
-            self._feed = Feed.open(node, topics, options, asyncio=False)
-        except BaseException:
-            node.detach(self)
-            raise
+        self._open(node, topics, options, asyncio=False)
         self._wakeup = Wakeup()  # set by close() from another thread: a waiting recv stops
         self._poller = Poller([self._feed.sock, self._wakeup])
 
@@ -64,16 +54,6 @@ class Subscriber(FeedReader):
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-    def subscribe(self, topic: str) -> None:
-        """Also receive ``topic`` (exact) or a ``prefix*`` pattern.
-
-        Raises:
-            ConfigError: not a topic or a pattern.
-        """
-        with self._lock:
-            self._check_open()
-            self._feed.subscribe(topic)
 
     def close(self) -> None:
         """Stop receiving and close the socket. Idempotent; from any thread (a ``recv``
@@ -93,6 +73,12 @@ class Subscriber(FeedReader):
         if self._closing:
             raise ClosedError(f"{self!r} is closed")
 
+    @contextmanager
+    def _owned(self) -> Iterator[None]:
+        with self._lock:
+            self._check_open()
+            yield
+
     def wait_for_publishers(self, count: int = 1, timeout: float = 5.0) -> int:
         """Connect to at least ``count`` publishers, waiting at most ``timeout`` seconds.
 
@@ -105,17 +91,10 @@ class Subscriber(FeedReader):
             PeerNotFound: fewer than ``count`` publishers were found in time.
         """
         deadline = Deadline.after(timeout)
-        while True:
-            with self._lock:
-                self._check_open()
-                self._feed.refresh()
-            connected = len(self._feed.publishers)
-            if connected >= count:
-                time.sleep(min(SETTLE, deadline.remaining()))  # the subscription travels to them
-                return connected
-            if deadline.expired():
-                raise PeerNotFound(f"{connected} of {count} publishers found in {timeout:g} s")
+        while (connected := self._look_for_publishers(count, deadline, timeout)) is None:
             time.sleep(min(0.01, deadline.remaining()))
+        time.sleep(min(SETTLE, deadline.remaining()))  # the subscription travels to them
+        return connected
 
     def recv(self, timeout: float) -> Message:
         """The next message, waiting at most ``timeout`` seconds.

@@ -13,8 +13,9 @@ from typing import Any
 
 from zmqkit import ClosedError, Node, ServiceThread, Timeout
 
+from .base import SLICE
 from .core import Message
-from .subscriber import SLICE, Subscriber
+from .subscriber import Subscriber
 
 __all__ = ["Subscription", "subscribe"]
 

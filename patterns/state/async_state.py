@@ -12,13 +12,11 @@ is encoded there, not on your loop); waits are woken on the loop with ``LoopWake
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from zmqkit import Deadline, LoopWakeup, Node, WrongThread, check_timeout
+from zmqkit import Deadline, LoopOwner, LoopWakeup, Node, check_timeout
 
 from .base import ANY, BaseState
 from .core import Change
@@ -39,12 +37,7 @@ class AsyncState(BaseState):
 
     def __init__(self, node: Node, group: str, *, heartbeat: float = 1.0,
                  sync_timeout: float = 2.0, join_wait: float = 0.5, give_up: float = 5.0) -> None:
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise WrongThread("an AsyncState is made on the event loop that uses it (in a "
-                              "coroutine); from plain code, use state.State") from None
-        self._owner = threading.get_ident()
+        self._owner = LoopOwner("an AsyncState", instead="state.State")
         super().__init__(node, group, heartbeat=heartbeat, sync_timeout=sync_timeout,
                          join_wait=join_wait, give_up=give_up)
 
@@ -55,10 +48,7 @@ class AsyncState(BaseState):
         self.close()
 
     def _check_caller(self) -> None:
-        if threading.get_ident() != self._owner:
-            raise WrongThread(f"{self!r} belongs to the event loop that made it; from another "
-                              f"thread use state.State, or run a coroutine on that loop with "
-                              f"asyncio.run_coroutine_threadsafe")
+        self._owner.check(self)
 
     async def wait_synced(self, timeout: float = 5.0) -> None:
         """Wait until the initial sync is done.
@@ -85,7 +75,7 @@ class AsyncState(BaseState):
     async def _until(self, ready: Callable[[], bool], timeout: float, failure: str) -> None:
         self._check_caller()
         deadline = Deadline.after(timeout)
-        wakeup = LoopWakeup(self._loop)
+        wakeup = LoopWakeup(self._owner.loop)
         stop = self._replica.watch(wakeup.set)  # before the first look: no change is missed
         try:
             while not ready():
@@ -101,7 +91,7 @@ class AsyncState(BaseState):
         self._check_caller()
         check_timeout(idle_timeout)
         backlog: deque[Change] = deque(maxlen=MAX_CHANGE_BACKLOG)  # filled by the replica thread
-        wakeup = LoopWakeup(self._loop)
+        wakeup = LoopWakeup(self._owner.loop)
 
         def listener(changes: list[Change]) -> None:
             backlog.extend(changes)

@@ -26,6 +26,7 @@ new travels on the wire.
 
 - ``core``            ``SurveyState``: who was asked, who answered or failed, when it is done (pure)
 - ``connections``     one set of sockets, a DEALER per node, kept in step with discovery
+- ``base``            what both surveyors share: life cycle, a survey's start and end, stats
 - ``surveyor``        ``Surveyor`` (a socket set per calling thread) and the one-shot ``ask``
 - ``async_surveyor``  ``AsyncSurveyor``: a socket set per survey running, on one loop
 """

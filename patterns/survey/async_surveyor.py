@@ -3,48 +3,36 @@
 It belongs to the loop it was made on: one task per node asked, all on that loop. Surveys may
 run at once (from several tasks): each takes a set of sockets of its own from a pool, so no
 survey reads another's answers. ``close`` works from any thread: it closes the sockets on the
-loop (``call_on_loop``), and a survey running then ends with ``ClosedError``.
+loop (``LoopOwner.call``), and a survey running then ends with ``ClosedError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
 import time
 import uuid as uuid_module
-from collections import Counter
 from typing import Any
 
 from zmqkit import (
     AsyncSocket,
     BusyError,
     ClosedError,
+    LoopOwner,
     LoopWakeup,
     Node,
     PeerEvent,
     Timeout,
-    WrongThread,
-    call_on_loop,
-    check_timeout,
 )
 
+from .base import BaseSurveyor
 from .connections import Connections
-from .core import (
-    DEFAULT_MAX_CONCURRENT,
-    DEFAULT_TIMEOUT,
-    SurveyResult,
-    SurveyState,
-    check_max_concurrent,
-    check_name,
-    searched,
-)
+from .core import DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, SurveyResult, SurveyState
 from .surveyor import SLICE
 
 __all__ = ["AsyncSurveyor"]
 
 
-class AsyncSurveyor:
+class AsyncSurveyor(BaseSurveyor):
     """``Surveyor`` for asyncio code, made and used on one event loop.
 
     ``async with AsyncSurveyor(node, "sensor") as sensors: await sensors.ask("read")``.
@@ -60,30 +48,11 @@ class AsyncSurveyor:
 
     def __init__(self, node: Node, name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
-        check_name(name)
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise WrongThread(
-                "an AsyncSurveyor is made inside a running event loop (in async code); "
-                "from plain threads, use survey.Surveyor"
-            ) from None
-        self.node = node
-        self.name = name
-        self.timeout = check_timeout(timeout)
-        self._max_concurrent = check_max_concurrent(max_concurrent)
-        self._ids = itertools.count(1)
+        self._owner = LoopOwner("an AsyncSurveyor", instead="survey.Surveyor")
         self._idle: list[Connections] = []  # socket sets kept for the next survey
         self._busy: set[Connections] = set()  # one per survey running
-        self._lock = threading.Lock()  # for what the beacon thread and close() read
         self._wakeups: set[LoopWakeup] = set()  # one per survey running
-        self._stats: Counter[str] = Counter()
-        self._closed = False
-        node.attach(self)  # first: a closed node refuses before anything is made
-        self._unsubscribe = node.on_event(self._on_presence)
-
-    def __repr__(self) -> str:
-        return f"<zmqkit survey.AsyncSurveyor of {self.name or 'every RPC node'!r}>"
+        super().__init__(node, name, timeout=timeout, max_concurrent=max_concurrent)
 
     async def __aenter__(self) -> AsyncSurveyor:
         self._check_usable()
@@ -92,21 +61,8 @@ class AsyncSurveyor:
     async def __aexit__(self, *_: object) -> None:
         self.close()
 
-    def stats(self) -> dict[str, int]:
-        """Counters: surveys, asked, dropped-* by reason (answers too late, garbage...)."""
-        with self._lock:
-            return dict(self._stats)
-
-    def close(self) -> None:
-        """Close the sockets (on the loop); later surveys raise ClosedError. Safe to call twice,
-        from any thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._unsubscribe()
-        call_on_loop(self._loop, self._close_on_loop)
-        self.node.detach(self)
+    def _close_sockets(self) -> None:
+        self._owner.call(self._close_on_loop)
 
     def _close_on_loop(self) -> None:
         for connections in [*self._idle, *self._busy]:
@@ -142,17 +98,9 @@ class AsyncSurveyor:
     ) -> SurveyResult:
         """``ask`` with the arguments as values, for methods with a ``timeout`` parameter."""
         self._check_usable()
-        state = SurveyState(
-            method,
-            args,
-            kwargs or {},
-            now=time.monotonic(),
-            timeout=self.timeout if timeout is None else timeout,
-            call_ids=self._ids,
-            min_replies=min_replies,
-        )
+        state = self._start(method, args, kwargs, timeout, min_replies)
         connections = self._acquire()
-        changed = LoopWakeup(self._loop)
+        changed = LoopWakeup(self._owner.loop)
         with self._lock:
             self._wakeups.add(changed)
         askers: dict[uuid_module.UUID, asyncio.Task[None]] = {}
@@ -187,10 +135,7 @@ class AsyncSurveyor:
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
                 raise outcome
-        with self._lock:
-            self._stats.update(state.stats)
-            self._stats["surveys"] += 1
-        return state.result(time.monotonic(), searched=searched(self.name))
+        return self._finish(state)
 
     @staticmethod
     async def _ask_one(
@@ -214,15 +159,7 @@ class AsyncSurveyor:
     # -- the pool of socket sets, on the loop -----------------------------------------------------
 
     def _check_usable(self) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not self._loop:
-            raise WrongThread(
-                f"{self!r} belongs to the event loop it was made on; from another thread use "
-                "survey.Surveyor, or asyncio.run_coroutine_threadsafe(surveyor.ask(...), loop)"
-            )
+        self._owner.check(self)
         if self._closed:
             raise ClosedError(f"{self!r} is closed")
 

@@ -9,10 +9,8 @@ closed; ``close`` closes the idle sets itself and lets each busy one close its o
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 from zmqkit import (
@@ -23,19 +21,11 @@ from zmqkit import (
     Poller,
     Socket,
     Wakeup,
-    check_timeout,
 )
 
+from .base import BaseSurveyor
 from .connections import Connections
-from .core import (
-    DEFAULT_MAX_CONCURRENT,
-    DEFAULT_TIMEOUT,
-    SurveyResult,
-    SurveyState,
-    check_max_concurrent,
-    check_name,
-    searched,
-)
+from .core import DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, SurveyResult, SurveyState
 
 __all__ = ["SLICE", "Surveyor", "ask"]
 
@@ -62,7 +52,7 @@ class _ThreadSockets:
         self.closed = True
 
 
-class Surveyor:
+class Surveyor(BaseSurveyor):
     """Surveys the nodes called ``name`` (None: every node serving RPC), from any thread.
 
     Keeps one DEALER per node and per surveying thread between surveys, so repeated surveys cost
@@ -77,23 +67,10 @@ class Surveyor:
 
     def __init__(self, node: Node, name: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
-        check_name(name)
-        self.node = node
-        self.name = name
-        self.timeout = check_timeout(timeout)
-        self._max_concurrent = check_max_concurrent(max_concurrent)
-        self._ids = itertools.count(1)  # shared by every thread: a call id is never reused
-        self._lock = threading.Lock()
-        self._released = threading.Condition(self._lock)
-        self._sets: dict[threading.Thread, _ThreadSockets] = {}
+        self._sets: dict[threading.Thread, _ThreadSockets] = {}  # before discovery calls in
         self._running = 0
-        self._stats: Counter[str] = Counter()
-        self._closed = False
-        node.attach(self)  # first: a closed node refuses before anything is made
-        self._unsubscribe = node.on_event(self._on_presence)
-
-    def __repr__(self) -> str:
-        return f"<zmqkit survey.Surveyor of {self.name or 'every RPC node'!r}>"
+        super().__init__(node, name, timeout=timeout, max_concurrent=max_concurrent)
+        self._released = threading.Condition(self._lock)
 
     def __enter__(self) -> Surveyor:
         return self
@@ -101,31 +78,21 @@ class Surveyor:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def stats(self) -> dict[str, int]:
-        """Counters: surveys, asked, dropped-* by reason (answers too late, garbage...)."""
+    def _close_sockets(self) -> None:
+        """Close the idle threads' sockets here; wake the busy ones, which close their own, and
+        wait for them (a survey running in another thread ends at once with ClosedError)."""
         with self._lock:
-            return dict(self._stats)
-
-    def close(self) -> None:
-        """Close every thread's sockets; later surveys raise ClosedError. Safe to call twice,
-        from any thread. A survey running in another thread ends at once with ClosedError."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             idle = [sockets for sockets in self._sets.values() if not sockets.busy]
             busy = [sockets for sockets in self._sets.values() if sockets.busy]
             for sockets in idle:
                 del self._sets[sockets.thread]
             for sockets in busy:  # under the lock: its thread closes it only once it has it
                 sockets.wakeup.set()
-        self._unsubscribe()
         for sockets in idle:  # no thread uses them: the lock handed them over to this one
             sockets.close()
         others = [sockets for sockets in busy if sockets.thread is not threading.current_thread()]
         with self._released:
             self._released.wait_for(lambda: all(s.closed for s in others), CLOSE_WAIT)
-        self.node.detach(self)
 
     def ask(
         self,
@@ -154,24 +121,13 @@ class Surveyor:
         min_replies: int | None = None,
     ) -> SurveyResult:
         """``ask`` with the arguments as values, for methods with a ``timeout`` parameter."""
-        state = SurveyState(
-            method,
-            args,
-            kwargs or {},
-            now=time.monotonic(),
-            timeout=self.timeout if timeout is None else timeout,
-            call_ids=self._ids,
-            min_replies=min_replies,
-        )
+        state = self._start(method, args, kwargs, timeout, min_replies)
         sockets = self._acquire()
         try:
             self._run(state, sockets)
         finally:
             self._release(sockets)
-        with self._lock:
-            self._stats.update(state.stats)
-            self._stats["surveys"] += 1
-        return state.result(time.monotonic(), searched=searched(self.name))
+        return self._finish(state)
 
     # -- one thread's sockets ---------------------------------------------------------------------
 
