@@ -22,12 +22,11 @@ import pytest
 from conftest import doc_section
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zmqkit.patterns import failover, rpc
 from zmqkit.patterns.failover import FAILURE_PENALTY, FailoverCore, Phase
+
 from zmqkit import (
     BrokenError,
-    BusyError,
     ClosedError,
     ConfigError,
     EncodeError,
@@ -36,6 +35,8 @@ from zmqkit import (
     PeerNotFound,
     RemoteError,
     Timeout,
+    WrongThread,
+    ZmqkitError,
     codec,
 )
 
@@ -68,10 +69,10 @@ def core_with(*numbers: int, **options: Any) -> FailoverCore:
 
 def send(core: FailoverCore, call: failover.Call, now: float = NOW) -> uuid.UUID:
     """Route ``call`` and report it sent; return the replica it went to."""
-    attempt = core.route(call, now)
-    assert attempt is not None
-    core.sent(attempt, now)
-    return attempt.replica.uuid
+    target = core.route(call, now)
+    assert target is not None
+    core.sent(call, target, now)
+    return target.uuid
 
 
 def reply(call: failover.Call, value: Any) -> bytes:
@@ -87,13 +88,13 @@ def test_failover_core_order_is_stable_and_the_primary_is_sticky() -> None:
     core.sync([peer(1), peer(2), peer(3)], NOW)  # one that sorts first arrives: no flapping
     later = core.begin("get", [], {}, idempotent=False, timeout=5, now=NOW)
     assert send(core, later) == u(2)
-    core.replicas.fail(core.replicas.replicas[u(2)], NOW)  # the primary fails: next in order
-    assert core.replicas.primary(NOW).uuid == u(1)
-    core.replicas.fail(core.replicas.replicas[u(1)], NOW + 1)
-    assert core.replicas.primary(NOW + 1).uuid == u(3)
-    core.replicas.fail(core.replicas.replicas[u(3)], NOW + 2)
+    core.replicas.penalize(core.replicas.targets[u(2)], NOW)  # the primary fails: next in order
+    assert core.replicas.pick(NOW).uuid == u(1)
+    core.replicas.penalize(core.replicas.targets[u(1)], NOW + 1)
+    assert core.replicas.pick(NOW + 1).uuid == u(3)
+    core.replicas.penalize(core.replicas.targets[u(3)], NOW + 2)
     # everyone failed recently: the one that failed longest ago gets the next turn
-    assert core.replicas.primary(NOW + 2).uuid == u(2)
+    assert core.replicas.pick(NOW + 2).uuid == u(2)
     # a custom order: rank headers decide, not UUIDs
     ranked = FailoverCore("store", order=lambda p: int(p.headers["rank"]))
     ranked.sync([peer(1, rank="2"), peer(2, rank="1"), peer(3, rank="3")], NOW)
@@ -116,8 +117,9 @@ def test_failover_core_retries_only_what_may_be_retried() -> None:
     # a request that never left goes to the next replica even when not idempotent
     core = core_with(1, 2)
     call = core.begin("put", [], {}, idempotent=False, timeout=5, now=NOW)
-    attempt = core.route(call, NOW)
-    core.unreachable(attempt, NOW)
+    target = core.route(call, NOW)
+    assert target is not None
+    core.unreachable(call, target, NOW)
     assert call.phase is Phase.ROUTING and send(core, call) == u(2)
     assert core.replicas.primary_uuid == u(2)
 
@@ -130,7 +132,7 @@ def test_failover_core_deadlines_and_their_messages() -> None:
     assert not core.expire(plain, NOW + 1.9)
     assert core.expire(plain, NOW + 2) and isinstance(plain.error, Timeout)
     assert "may or may not have run" in str(plain.error)
-    assert core.replicas.primary(NOW + 2).uuid == u(2)  # the silent one lost the primary role
+    assert core.replicas.pick(NOW + 2).uuid == u(2)  # the silent one lost the primary role
     safe = core.begin("get", [], {}, idempotent=True, timeout=2, now=NOW + 2)
     assert send(core, safe, NOW + 2) == u(2)
     assert core.wake_at(safe) == NOW + 2.5
@@ -157,7 +159,7 @@ def test_failover_core_silence_never_sends_a_call_twice_to_one_replica() -> None
     assert call.phase is Phase.IN_FLIGHT and core.wake_at(call) == NOW + 10
     assert core.stats["sent"] == 2 and core.replicas.primary_uuid == u(2)
     core.sync([peer(1)], NOW + 1.5)  # the one it waits on leaves; the other has it: wait for it
-    assert call.phase is Phase.IN_FLIGHT and call.replica is not None and call.replica.uuid == u(1)
+    assert call.phase is Phase.IN_FLIGHT and call.target is not None and call.target.uuid == u(1)
     assert core.receive(u(1), reply(call, "done")) is call and call.outcome() == "done"
     assert core.stats["sent"] == 2 and core.stats["retried"] == 1
 
@@ -201,10 +203,10 @@ def test_failover_core_survives_any_bytes(frame: bytes) -> None:
 
 def test_failover_core_penalty_wears_off() -> None:
     core = core_with(1, 2)
-    core.replicas.fail(core.replicas.replicas[u(1)], NOW)
-    assert core.replicas.primary(NOW).uuid == u(2)
+    core.replicas.penalize(core.replicas.targets[u(1)], NOW)
+    assert core.replicas.pick(NOW).uuid == u(2)
     core.replicas.primary_uuid = None  # as if the primary had gone: choose afresh
-    assert core.replicas.primary(NOW + FAILURE_PENALTY + 0.1).uuid == u(1)
+    assert core.replicas.pick(NOW + FAILURE_PENALTY + 0.1).uuid == u(1)
 
 
 # -- real replicas --------------------------------------------------------------------------------
@@ -354,7 +356,7 @@ def test_failover_kill_the_primary_mid_stream_no_call_hangs_or_is_lost(
         assert before == {first}
         assert after_kill and set(after_kill) == {successor}  # sticky on the next replica
         assert str(store.primary) == successor
-        assert store.stats["calls"] == total + 1
+        assert store.stats()["calls"] == total + 1
 
 
 def test_failover_async_kill_the_primary_with_calls_in_flight(
@@ -432,7 +434,7 @@ def test_failover_a_replica_that_says_goodbye_loses_nothing(make_node: MakeNode)
         wait_serving(me, 1)
         other = next(str(node.uuid) for node in servers if node is not primary)
         assert [store.call("whoami") for _ in range(5)] == [other] * 5  # not even idempotent
-        assert store.stats.get("retried", 0) == 0
+        assert store.stats().get("retried", 0) == 0
 
 
 def test_failover_a_silent_primary_is_left_for_idempotent_calls(make_node: MakeNode) -> None:
@@ -468,7 +470,7 @@ def test_failover_attempt_timeout_sends_an_idempotent_call_on(make_node: MakeNod
         # so the call goes to the other replica too, and the first answer wins
         assert store.call("hang", 2.0, idempotent=True) in {first, str(store.primary)}
         assert time.monotonic() - start <= 2.0 + 0.3 + SLACK
-        assert store.stats["retried"] >= 1 and str(store.primary) != first
+        assert store.stats()["retried"] >= 1 and str(store.primary) != first
 
 
 def test_failover_async_close_and_cancel_end_every_call(make_node: MakeNode) -> None:
@@ -491,7 +493,7 @@ def test_failover_async_close_and_cancel_end_every_call(make_node: MakeNode) -> 
         outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
         assert all(isinstance(outcome, ClosedError) for outcome in outcomes), outcomes
         assert time.monotonic() - start < 0.5  # closing does not wait for the answers
-        assert client.stats["calls"] == 5
+        assert client.stats()["calls"] == 5
         with pytest.raises(ClosedError):
             await client.call("whoami")
 
@@ -514,7 +516,7 @@ def test_failover_no_replica_is_peer_not_found_within_the_deadline(make_node: Ma
     asyncio.run(main())
 
 
-def test_failover_client_belongs_to_its_thread_and_closes_with_its_node(
+def test_failover_client_works_from_any_thread_and_closes_with_its_node(
     make_node: MakeNode,
 ) -> None:
     server = make_node("store")
@@ -523,19 +525,22 @@ def test_failover_client_belongs_to_its_thread_and_closes_with_its_node(
     wait_serving(me, 1)
     client = failover.FailoverClient(me, "store", timeout=2)
     assert client.call("whoami") == str(server.uuid)
-    caught: list[BusyError] = []
+    answers: list[object] = []
 
     def from_another_thread() -> None:
         try:
-            client.call("whoami")
-        except BusyError as error:
-            caught.append(error)
+            answers.append(client.call("whoami"))
+        except ZmqkitError as error:  # handed to the test's thread to check
+            answers.append(error)
 
-    thread = threading.Thread(target=from_another_thread)
-    thread.start()
-    thread.join()
-    assert len(caught) == 1
-    me.close()  # closes the client attached to it
+    threads = [threading.Thread(target=from_another_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert answers == [str(server.uuid)] * 4
+    assert client.stats()["answered"] == 5
+    me.close()  # closes the client attached to it, and every thread's sockets
     with pytest.raises(ClosedError):
         client.call("whoami")
     with pytest.raises(ConfigError):
@@ -554,3 +559,24 @@ def test_failover_docs_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines == expected, f"the example printed:\n{result.stdout}"
+
+
+def test_failover_async_client_off_its_loop_says_what_to_use(make_node: MakeNode) -> None:
+    server = make_node("store")
+    rpc.serve(server, Named(server))
+    me = make_node("app")
+    wait_serving(me, 1)
+
+    async def main() -> None:
+        async with failover.AsyncFailoverClient(me, "store", timeout=2) as store:
+            assert await store.call("whoami") == str(server.uuid)
+
+            def elsewhere() -> None:
+                with pytest.raises(WrongThread, match=r"failover\.FailoverClient"):
+                    asyncio.run(store.call("whoami"))
+
+            await asyncio.to_thread(elsewhere)
+            assert store.stats()["answered"] == 1
+        assert store.closed
+
+    asyncio.run(main())

@@ -24,11 +24,10 @@ from typing import Any
 import cbor2
 import pytest
 import zmq
-
 from zmqkit.patterns import rpc
+
 from zmqkit import (
     BrokenError,
-    BusyError,
     ClosedError,
     ConfigError,
     Node,
@@ -36,6 +35,8 @@ from zmqkit import (
     RemoteError,
     Socket,
     Timeout,
+    WrongThread,
+    ZmqkitError,
     codec,
 )
 from zmqkit.codec import DEFAULT_MAX_MESSAGE_SIZE, Kind
@@ -385,7 +386,7 @@ def test_unknown_method_is_a_clear_remote_error(me: Node, server: rpc.Server) ->
         assert caught.value.type_name == "zmqkit.MethodNotFound"
         assert "'nope'" in caught.value.message and "add" in caught.value.message
         assert client.add(1, 2) == 3
-    assert server.stats["errors"] >= 1
+    assert server.stats()["errors"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -508,13 +509,14 @@ def test_a_stale_view_of_the_peers_does_not_hang_a_call(me: Node) -> None:
     before it publishes the list). A client that noted the new version with the old, empty list
     must look again when discovery says a node is there, not spin past its deadline."""
     with rpc.Client(me, "calc", timeout=1) as client:
-        client._routes.sync([], me.peers_version)  # what a sync that raced the beacon leaves
+        # what a sync that raced the beacon leaves
+        client._core.sync([], time.monotonic(), me.peers_version)
         with took(1 + SLACK):
             assert client.add(1, 2) == 3
 
     async def main() -> None:
         async with rpc.AsyncClient(me, "calc", timeout=1) as client:
-            client._routes.sync([], me.peers_version)
+            client._core.sync([], time.monotonic(), me.peers_version)
             with took(1 + SLACK):
                 assert await client.add(1, 2) == 3
 
@@ -861,7 +863,7 @@ def test_garbage_requests_do_not_stop_the_server(me: Node, server: rpc.Server) -
         assert codec.decode(dealer.recv(2)) == [1, Kind.REPLY, 9, 2]
     finally:
         dealer.close()
-    assert server.stats["bad-requests"] >= len(bad_frames) + 2
+    assert server.stats()["bad-requests"] >= len(bad_frames) + 2
     assert not server._streams  # no stray CANCEL was remembered
     with rpc.Client(me, "calc", timeout=2) as client:
         assert client.add(1, 2) == 3
@@ -945,31 +947,30 @@ def test_serving_nothing_raises_config_error(make_node: MakeNode) -> None:
         rpc.serve(make_node("empty"), object())
 
 
-def test_client_used_from_another_thread_raises_busy_error(me: Node) -> None:
-    outcomes: list[BaseException | None] = []
+def test_a_client_made_here_works_from_another_thread(me: Node) -> None:
+    outcomes: list[object] = []
 
     def use(client: rpc.Client) -> None:
         try:
-            client.add(1, 2)
+            outcomes.append(client.add(1, 2))
+            outcomes.append(list(client.stream("count", 3)))
         except BaseException as exc:  # handed to the test's thread to check
             outcomes.append(exc)
-        else:
-            outcomes.append(None)
 
     with rpc.Client(me, "calc", timeout=2) as client:
         assert client.add(1, 1) == 2
         thread = threading.Thread(target=use, args=(client,))
         thread.start()
         thread.join(5)
-        assert isinstance(outcomes[0], BusyError)
-        assert client.add(2, 2) == 4  # still fine in its own thread
+        assert outcomes == [3, [0, 1, 2]]
+        assert client.add(2, 2) == 4  # and still in its own thread
 
-    fresh = rpc.Client(me, "calc", timeout=2)  # made here, first used elsewhere: still not theirs
+    fresh = rpc.Client(me, "calc", timeout=2)  # made here, first used elsewhere
     try:
         thread = threading.Thread(target=use, args=(fresh,))
         thread.start()
         thread.join(5)
-        assert isinstance(outcomes[1], BusyError)
+        assert outcomes[2:] == [3, [0, 1, 2]]
         assert fresh.add(3, 3) == 6
     finally:
         fresh.close()
@@ -1026,7 +1027,7 @@ def test_async_client_belongs_to_one_loop(me: Node) -> None:
     home = asyncio.new_event_loop()
     try:
         assert home.run_until_complete(client.add(1, 2)) == 3
-        with pytest.raises(BusyError):
+        with pytest.raises(WrongThread, match=r"rpc\.Client"):
             asyncio.run(client.add(1, 2))  # another loop
         assert home.run_until_complete(client.add(2, 2)) == 4
     finally:
@@ -1067,3 +1068,335 @@ def test_closing_a_server_with_an_endless_stream_in_flight(make_node: MakeNode,
         assert "endless" in calc.stopped
         with pytest.raises((BrokenError, Timeout)):
             list(items)
+
+
+# -- any thread, any handler; async clients on their loop ------------------------------------------
+
+
+def test_one_client_from_many_threads_at_once(me: Node) -> None:
+    """Eight threads share one Client: each gets its own sockets, the routing is shared."""
+    errors: list[BaseException] = []
+    results: dict[int, list[Any]] = {}
+    barrier = threading.Barrier(8)
+
+    with rpc.Client(me, "calc", timeout=5) as client:
+
+        def worker(n: int) -> None:
+            try:
+                barrier.wait(5)
+                results[n] = [client.add(n, i) for i in range(40)]
+                results[n].append(list(client.stream("count", 3)))
+                results[n].append(client.sleep(0.05))
+            except BaseException as exc:  # handed to the test's thread to check
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not errors, errors
+        assert results == {n: [*(n + i for i in range(40)), [0, 1, 2], 0.05] for n in range(8)}
+        stats = client.stats()
+        assert stats["calls"] == stats["answered"] == 8 * 42
+        assert client.add(1, 1) == 2
+
+
+class Relay:
+    """A service whose handlers of every kind call another service through one Client that
+    ``main`` made."""
+
+    def __init__(self, client: rpc.Client) -> None:
+        self.client = client
+
+    def plain(self, a: int, b: int) -> int:
+        return int(self.client.add(a, b))
+
+    @rpc.blocking
+    def blocking(self, a: int, b: int) -> int:
+        return int(self.client.add(a, b))
+
+    async def asynchronous(self, a: int, b: int) -> int:
+        return int(self.client.add(a, b))  # blocks this loop for one call: allowed, not advised
+
+    @rpc.blocking
+    def streamed(self, n: int) -> list[int]:
+        return list(self.client.stream("count", n))
+
+
+def test_a_client_made_in_main_works_inside_every_kind_of_handler(
+    make_node: MakeNode, server: rpc.Server,
+) -> None:
+    relay_node = make_node("relay")
+    wait_serving(relay_node, "calc")
+    client = rpc.Client(relay_node, "calc", timeout=3)  # made here, in the test's thread
+    rpc.serve(relay_node, Relay(client))
+    caller = make_node("caller")
+    wait_serving(caller, "relay")
+    with rpc.Client(caller, "relay", timeout=5) as relay:
+        assert relay.plain(1, 2) == 3  # on the relay's server thread
+        assert relay.blocking(2, 3) == 5  # in its worker pool
+        assert relay.asynchronous(3, 4) == 7  # on its asyncio loop
+        assert relay.streamed(3) == [0, 1, 2]
+        assert [relay.plain(i, i) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert client.add(4, 5) == 9  # and still here
+    client.close()  # closes the sockets the handler threads made, from this thread
+    with pytest.raises(ClosedError):
+        client.add(1, 1)
+
+
+def test_close_from_another_thread_ends_the_calls_in_flight(me: Node, calc: Calc) -> None:
+    client = rpc.Client(me, "calc", timeout=5)
+    outcomes: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            client.hold(3)
+        except ClosedError as exc:
+            outcomes.append(exc)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert calc.entered.wait(2)
+    with took(1.0):
+        client.close()  # from this thread, while the other waits for its answer
+    thread.join(2)
+    assert len(outcomes) == 1 and "closed" in str(outcomes[0])
+    client.close()  # twice is fine
+
+
+def test_async_client_off_its_loop_raises_wrong_thread_saying_what_to_do(me: Node) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as client:
+            assert await client.add(1, 2) == 3
+            loop = asyncio.get_running_loop()
+
+            def elsewhere() -> int:
+                with pytest.raises(WrongThread, match=r"rpc\.Client") as caught:
+                    client.submit("add", 1, 2)  # no loop runs in this thread
+                assert "run_coroutine_threadsafe" in str(caught.value)
+                with pytest.raises(WrongThread, match="another loop"):
+                    asyncio.run(client.add(1, 2))
+                # what the message says to do works
+                result: int = asyncio.run_coroutine_threadsafe(client.add(2, 3), loop).result(5)
+                return result
+
+            assert await asyncio.to_thread(elsewhere) == 5
+            assert await client.add(3, 4) == 7
+
+    asyncio.run(main())
+
+
+class Collider:
+    """Remote methods named like the clients' own."""
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def close(self) -> str:
+        self.closes += 1
+        return "remote close"
+
+    def stats(self) -> str:
+        return "remote stats"
+
+    def submit(self) -> str:
+        return "remote submit"
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+def test_own_methods_are_never_shadowed_by_remote_calls(make_node: MakeNode) -> None:
+    service = Collider()
+    rpc.serve(make_node("odd"), service)
+    me = make_node("caller")
+    wait_serving(me, "odd")
+    client = rpc.Client(me, "odd", timeout=2)
+    assert client.add(1, 2) == 3
+    assert client.call("close") == "remote close"  # a colliding name, called by name
+    assert client.call("stats") == "remote stats"
+    assert client.call("submit") == "remote submit"
+    assert isinstance(client.stats(), dict)  # its own
+    for name in ("aclose", "submit", "primary"):  # other clients' names: never remote by sugar
+        with pytest.raises(AttributeError, match=rf"client\.call\('{name}'"):
+            getattr(client, name)
+    client.close()  # its own close
+    assert service.closes == 1
+
+    async def main() -> None:
+        aclient = rpc.AsyncClient(me, "odd", timeout=2)
+        assert await aclient.add(1, 2) == 3
+        assert await aclient.call("close") == "remote close"
+        aclient.close()  # its own close, without await: no remote call
+        with pytest.raises(ClosedError):
+            await aclient.add(1, 2)
+
+    asyncio.run(main())
+    assert service.closes == 2
+    from zmqkit.patterns.rpc.proxy import RESERVED
+
+    own = {name for cls in (rpc.Client, rpc.AsyncClient) for name in dir(cls)
+           if not name.startswith("_")} | {"node", "name", "timeout"}
+    assert own <= RESERVED, own - RESERVED
+
+
+@contextlib.contextmanager
+def zero_answering(make_node: MakeNode, batch: int) -> Iterator[Node]:
+    """A fake RPC node (called "zero") that answers every request with an ERROR of call id 0,
+    as a server answers a request it could not read; it answers once ``batch`` have come."""
+    node = make_node("zero")
+    ready, stop = threading.Event(), threading.Event()
+    endpoint: list[str] = []
+
+    def serve() -> None:
+        router = Socket(zmq.ROUTER)
+        try:
+            endpoint.append(router.bind("127.0.0.1"))
+            ready.set()
+            waiting: list[bytes] = []
+            while not stop.is_set():
+                if not router.poll(0.05):
+                    continue
+                waiting.append(router.recv_multipart(1)[0])
+                if len(waiting) >= batch:
+                    for identity in waiting:
+                        router.send_multipart([identity, codec.encode_error(
+                            0, "zmqkit.ProtocolError", "a request it could not read")])
+                    waiting.clear()
+        finally:
+            router.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert ready.wait(5)
+        node.advertise("rpc", endpoint[0])
+        yield node
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_an_error_with_call_id_0_is_the_answer_only_when_one_call_waits(
+    make_node: MakeNode,
+) -> None:
+    """docs/protocol.md 6.3: an ERROR with call id 0 answers the one call in flight on that
+    connection; with several in flight it cannot say which, so both clients drop it."""
+    me = make_node("caller")
+    with zero_answering(make_node, batch=1):
+        wait_serving(me, "zero")
+        with rpc.Client(me, "zero", timeout=2) as client, took(1.0), \
+                pytest.raises(RemoteError, match="could not read"):
+            client.call("add", 1, 2)
+
+        async def one() -> None:
+            async with rpc.AsyncClient(me, "zero", timeout=2) as client:
+                with took(1.0), pytest.raises(RemoteError, match="could not read"):
+                    await client.call("add", 1, 2)
+
+        asyncio.run(one())
+
+    with zero_answering(make_node, batch=2):
+        wait_serving(me, "zero")
+        # two threads of one Client: one connection each, one call on each: each takes its own
+        with rpc.Client(me, "zero", timeout=2) as client:
+            outcomes: list[BaseException] = []
+
+            def call() -> None:
+                try:
+                    client.call("add", 1, 2)
+                except ZmqkitError as exc:
+                    outcomes.append(exc)
+
+            threads = [threading.Thread(target=call) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(5)
+            assert [type(outcome) for outcome in outcomes] == [RemoteError, RemoteError]
+
+        async def two() -> None:  # two calls in flight on one connection: it cannot say which
+            async with rpc.AsyncClient(me, "zero", timeout=0.6) as client:
+                outcomes = await asyncio.gather(client.call("add", 1, 2),
+                                                client.call("add", 3, 4), return_exceptions=True)
+                assert [type(outcome) for outcome in outcomes] == [Timeout, Timeout]
+                assert client.stats()["dropped-stale"] == 2
+
+        asyncio.run(two())
+
+
+class Caller:
+    """A service whose async handlers make AsyncClients of their own."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.kept: list[rpc.AsyncClient] = []
+
+    async def closed_here(self, a: int, b: int) -> int:
+        async with rpc.AsyncClient(self.node, "calc", timeout=3) as client:
+            return int(await client.add(a, b))
+
+    async def left_open(self, a: int, b: int) -> int:
+        client = rpc.AsyncClient(self.node, "calc", timeout=3)  # its node closes it
+        self.kept.append(client)
+        return int(await client.add(a, b))
+
+
+def test_an_async_client_made_in_a_handler_closes_cleanly(
+    make_node: MakeNode, server: rpc.Server, caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = make_node("caller-service")
+    wait_serving(node, "calc")
+    service = Caller(node)
+    rpc.serve(node, service)
+    me = make_node("me")
+    wait_serving(me, "caller-service")
+    with rpc.Client(me, "caller-service", timeout=5) as client:
+        assert client.closed_here(1, 2) == 3
+        assert client.left_open(2, 3) == 5
+    assert not service.kept[0].closed
+    node.close()  # from this thread: the client is closed on the handler's loop
+    assert service.kept[0].closed
+    assert not [r for r in caplog.records if "destroyed" in r.getMessage()]
+
+
+def test_node_close_from_another_thread_closes_an_async_client_on_its_loop(
+    me: Node, calc: Calc,
+) -> None:
+    outcomes: list[BaseException] = []
+    made = threading.Event()
+
+    async def main() -> None:
+        client = rpc.AsyncClient(me, "calc", timeout=5)
+        assert await client.add(1, 2) == 3
+        made.set()
+        try:
+            await client.hold(3)
+        except ClosedError as exc:
+            outcomes.append(exc)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    assert made.wait(5) and calc.entered.wait(5)
+    with took(1.0):
+        me.close()  # from this thread, while the client's loop waits on a call
+    thread.join(5)
+    assert len(outcomes) == 1
+
+
+def test_server_is_a_part_usable_once_made(make_node: MakeNode, calc: Calc) -> None:
+    node = make_node("calc")
+    with rpc.Server(node, calc) as server:  # serving once made: no start()
+        assert node.endpoints["rpc"] == server.endpoint
+        assert server in node.parts
+        me = make_node("caller")
+        wait_serving(me, "calc")
+        with rpc.Client(me, "calc", timeout=2) as client:
+            assert client.add(1, 2) == 3
+            assert client in me.parts
+        assert client not in me.parts  # closed: detached
+        stats = server.stats()
+        assert stats["calls"] == 1 and stats is not server.stats()  # a fresh dict each time
+    assert "rpc" not in node.endpoints and server not in node.parts
+    server.close()  # twice is fine

@@ -10,8 +10,9 @@ import uuid
 from collections import Counter
 
 import pytest
+from zmqkit.patterns.rpc.core import may_retry, outcome
+from zmqkit.patterns.rpc.routes import FAILURE_PENALTY, Route, Routes
 
-from zmqkit.patterns.rpc.core import FAILURE_PENALTY, Route, Routes, may_retry, outcome
 from zmqkit import Peer, ProtocolError, RemoteError, codec
 
 NOW = 1000.0
@@ -34,7 +35,7 @@ def peer(number: int, *, rpc: str | None = None, name: str = "calc") -> Peer:
 
 def routes_of(count: int) -> Routes:
     routes = Routes("calc")
-    routes.sync([peer(number) for number in range(1, count + 1)], version=1)
+    routes.sync([peer(number) for number in range(1, count + 1)])
     return routes
 
 
@@ -47,48 +48,47 @@ def uuid_of(number: int) -> uuid.UUID:
 
 def test_sync_adds_peers_that_serve_rpc_and_ignores_the_others() -> None:
     routes = Routes("calc")
-    added, removed = routes.sync([peer(1), peer(2, rpc=""), peer(3)], version=7)
+    added, removed = routes.sync([peer(1), peer(2, rpc=""), peer(3)], )
     assert {route.uuid for route in added} == {uuid_of(1), uuid_of(3)}
     assert removed == []
-    assert set(routes.routes) == {uuid_of(1), uuid_of(3)}
-    assert routes.routes[uuid_of(3)].endpoint == "tcp://127.0.0.1:7003"
-    assert routes.version == 7
+    assert set(routes.targets) == {uuid_of(1), uuid_of(3)}
+    assert routes.targets[uuid_of(3)].endpoint == "tcp://127.0.0.1:7003"
 
 
 def test_sync_removes_gone_peers_and_keeps_the_state_of_the_rest() -> None:
     routes = routes_of(3)
-    kept = routes.routes[uuid_of(1)]
+    kept = routes.targets[uuid_of(1)]
     routes.started(kept)
-    added, removed = routes.sync([peer(1), peer(3)], version=2)
+    added, removed = routes.sync([peer(1), peer(3)])
     assert added == []
     assert [route.uuid for route in removed] == [uuid_of(2)]
-    assert set(routes.routes) == {uuid_of(1), uuid_of(3)}
-    assert routes.routes[uuid_of(1)] is kept and kept.pending == 1
+    assert set(routes.targets) == {uuid_of(1), uuid_of(3)}
+    assert routes.targets[uuid_of(1)] is kept and kept.pending == 1
 
 
 def test_sync_replaces_a_route_whose_endpoint_changed() -> None:
     routes = routes_of(1)
-    old = routes.routes[uuid_of(1)]
+    old = routes.targets[uuid_of(1)]
     routes.started(old)
-    added, removed = routes.sync([peer(1, rpc="tcp://127.0.0.1:9999")], version=2)
+    added, removed = routes.sync([peer(1, rpc="tcp://127.0.0.1:9999")])
     assert removed == [old]
     assert [route.endpoint for route in added] == ["tcp://127.0.0.1:9999"]
-    new = routes.routes[uuid_of(1)]
+    new = routes.targets[uuid_of(1)]
     assert new is not old and new.pending == 0
 
 
 def test_sync_drops_a_peer_that_withdrew_rpc() -> None:
     routes = routes_of(2)
-    _, removed = routes.sync([peer(1), peer(2, rpc="")], version=2)
+    _, removed = routes.sync([peer(1), peer(2, rpc="")])
     assert [route.uuid for route in removed] == [uuid_of(2)]
-    assert set(routes.routes) == {uuid_of(1)}
+    assert set(routes.targets) == {uuid_of(1)}
 
 
 def test_sync_with_no_peers_empties_the_routes() -> None:
     routes = routes_of(2)
-    added, removed = routes.sync([], version=3)
+    added, removed = routes.sync([])
     assert added == [] and len(removed) == 2
-    assert routes.routes == {}
+    assert routes.targets == {}
     assert routes.pick(NOW) is None
 
 
@@ -101,7 +101,7 @@ def test_pick_with_no_routes_is_none() -> None:
 
 def test_pick_prefers_the_route_with_fewest_pending_calls() -> None:
     routes = routes_of(3)
-    one, two, three = (routes.routes[uuid_of(n)] for n in (1, 2, 3))
+    one, two, three = (routes.targets[uuid_of(n)] for n in (1, 2, 3))
     for route in (one, one, two, three, three):
         routes.started(route)
     assert routes.pick(NOW) is two
@@ -132,12 +132,12 @@ def test_pick_spreads_concurrent_calls_by_least_pending() -> None:
         route = routes.pick(NOW)
         assert route is not None
         routes.started(route)
-    assert sorted(route.pending for route in routes.routes.values()) == [3, 3, 3]
+    assert sorted(route.pending for route in routes.targets.values()) == [3, 3, 3]
 
 
 def test_recently_failed_route_is_picked_last() -> None:
     routes = routes_of(2)
-    one, two = routes.routes[uuid_of(1)], routes.routes[uuid_of(2)]
+    one, two = routes.targets[uuid_of(1)], routes.targets[uuid_of(2)]
     routes.started(one)
     routes.failed(one, NOW)
     for _ in range(3):  # two stays first even as its pending grows past one's
@@ -148,16 +148,16 @@ def test_recently_failed_route_is_picked_last() -> None:
 
 def test_failed_route_is_still_picked_when_nothing_else_is_left() -> None:
     routes = routes_of(2)
-    one = routes.routes[uuid_of(1)]
+    one = routes.targets[uuid_of(1)]
     routes.failed(one, NOW)
     assert routes.pick(NOW, exclude=[uuid_of(2)]) is one
-    routes.failed(routes.routes[uuid_of(2)], NOW)
+    routes.failed(routes.targets[uuid_of(2)], NOW)
     assert routes.pick(NOW) is not None
 
 
 def test_failure_penalty_wears_off() -> None:
     routes = routes_of(2)
-    one, two = routes.routes[uuid_of(1)], routes.routes[uuid_of(2)]
+    one, two = routes.targets[uuid_of(1)], routes.targets[uuid_of(2)]
     routes.started(two)  # two is busier than one
     routes.failed(one, NOW)
     assert routes.pick(NOW + FAILURE_PENALTY - 0.01) is two
@@ -166,9 +166,10 @@ def test_failure_penalty_wears_off() -> None:
 
 def test_unreachable_route_is_picked_last_and_keeps_its_pending_count() -> None:
     routes = routes_of(2)
-    one, two = routes.routes[uuid_of(1)], routes.routes[uuid_of(2)]
+    one, two = routes.targets[uuid_of(1)], routes.targets[uuid_of(2)]
     routes.started(one)
-    routes.unreachable(two, NOW)  # never sent: nothing was pending on it
+    routes.started(two)  # routed there, but it never left
+    routes.unreachable(two, NOW)
     assert two.pending == 0 and one.pending == 1
     assert routes.pick(NOW) is one
 
@@ -186,7 +187,7 @@ def test_exclude_skips_routes_and_none_when_all_are_excluded() -> None:
 
 def test_started_finished_failed_keep_pending_and_last_used() -> None:
     routes = routes_of(2)
-    one, two = routes.routes[uuid_of(1)], routes.routes[uuid_of(2)]
+    one, two = routes.targets[uuid_of(1)], routes.targets[uuid_of(2)]
     routes.started(one)
     routes.started(two)
     routes.started(one)

@@ -1,109 +1,130 @@
-"""The calling logic that the sync and asyncio clients share: no sockets, no clock of its own.
+"""The call core: one call from its request to its outcome, written once for every caller.
 
-``Routes`` decides which node of a name gets the next call: the one with the fewest calls
-pending, the least recently used among equals (round robin), and nodes that failed recently
-only when nothing else is left.
-``outcome`` turns a reply message into a value or a ``RemoteError``; ``may_retry`` states which
-calls may be sent again after a failure:
+No sockets and no clock: the drivers (``sync_caller`` for threads, ``async_caller`` for asyncio,
+under ``rpc.Client``, ``rpc.AsyncClient`` and both failover clients) feed it discovery
+(``sync``), what happened to each send (``sent``, ``unreachable``), the frames that arrive
+(``receive``) and the time (``expire``); it keeps the calls in flight and ends each one exactly
+once. A routing policy (``routes.Targets``) says which node gets each attempt.
 
-- a request that never left this process (no connection to the chosen node) is always retried
-  on another node;
-- a request that left may have run: it is retried only if the caller marked it idempotent.
+- **Correlation.** Every call has an id (1 and up); an answer counts only if it carries that id
+  and comes from a node the call was sent to. An ERROR with call id 0 answers a request its
+  server could not read (docs/protocol.md, 6.3): it is taken as the answer of the one call in
+  flight on that connection, and dropped when there are several (it cannot say which).
+- **Deadline.** One budget per call, shared by all its attempts (a stream's is per item).
+- **Retry.** A request that never left this process (no connection to the chosen node) goes to
+  the next node, always. One that left may have run: it is sent again only if the caller marked
+  it idempotent (``may_retry``), when its node leaves or (with ``attempt_timeout``) stays silent;
+  otherwise the call ends with ``BrokenError`` or ``Timeout``, saying it may or may not have run.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
+import math
 import uuid as uuid_module
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from zmqkit import Peer, ProtocolError
+from zmqkit import (
+    BrokenError,
+    ClosedError,
+    ConfigError,
+    Peer,
+    PeerNotFound,
+    ProtocolError,
+    Timeout,
+    ZmqkitError,
+    codec,
+    remote_error,
+)
 from zmqkit.codec import Kind
-from zmqkit.errors import remote_error
 
-__all__ = ["DEFAULT_TIMEOUT", "FAILURE_PENALTY", "Route", "Routes", "may_retry", "outcome"]
+from .routes import FAILURE_PENALTY, ROLE, Target, Targets
+
+__all__ = [
+    "CONNECT_WAIT",
+    "DEFAULT_TIMEOUT",
+    "FAILURE_PENALTY",
+    "SLICE",
+    "Call",
+    "CallCore",
+    "Phase",
+    "may_retry",
+    "outcome",
+]
 
 DEFAULT_TIMEOUT = 5.0
-FAILURE_PENALTY = 5.0  # seconds a node that failed a call is tried only as a last resort
-SLICE = 0.25  # while waiting, look at discovery this often to notice a node that left
+SLICE = 0.25  # while waiting, a driver looks at discovery (and at close) at least this often
+CONNECT_WAIT = 0.25  # how long a request waits for a connection before it tries the next node
+RARE_STATS = ("retried", "unreachable", "refused", "dropped-garbage", "dropped-stale",
+              "dropped-not-an-answer")
+KEYRING_HINT = "(a CURVE node admits only peers whose key is in its keyring: is this one's?)"
+
+_REPLY, _ITEM, _END, _ERROR = Kind.REPLY, Kind.STREAM_ITEM, Kind.STREAM_END, Kind.ERROR
 
 
-@dataclass(slots=True)
-class Route:
-    """One node that serves the name, and how it has been doing."""
+class Phase(enum.Enum):
+    """Where a call is: to be sent, sent and waiting, or ended."""
 
-    uuid: uuid_module.UUID
-    endpoint: str
-    pending: int = 0
-    failed_at: float = float("-inf")
-    last_used: int = 0
-    peer: Peer | None = None  # as discovery last described it: its CURVE key, for a connect
+    ROUTING = "routing"  # to be sent: a first attempt, or a retry
+    IN_FLIGHT = "in flight"  # sent to ``call.target``, waiting for its answer
+    DONE = "done"  # ``call.result`` or ``call.error`` is set
 
 
-class Routes:
-    """The nodes serving one name, kept in step with discovery."""
+# the phases as plain names: an enum member looked up on its class costs ten times more
+_ROUTING, _IN_FLIGHT, _DONE = Phase.ROUTING, Phase.IN_FLIGHT, Phase.DONE
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.routes: dict[uuid_module.UUID, Route] = {}
-        self.version = -1
-        self._turn = 0
 
-    def sync(self, peers: Iterable[Peer], version: int) -> tuple[list[Route], list[Route]]:
-        """Bring the routes in line with ``peers``; return (added, removed)."""
-        self.version = version
-        wanted = {peer.uuid: peer for peer in peers if "rpc" in peer.endpoints}
-        removed = [
-            route
-            for uuid, route in self.routes.items()
-            if uuid not in wanted or wanted[uuid].endpoints["rpc"] != route.endpoint
-        ]
-        for route in removed:
-            del self.routes[route.uuid]
-        added = [
-            Route(uuid, peer.endpoints["rpc"], peer=peer)
-            for uuid, peer in wanted.items()
-            if uuid not in self.routes
-        ]
-        for route in added:
-            self.routes[route.uuid] = route
-        return added, removed
+class Call:
+    """One call from the caller's request to its outcome, across attempts on several nodes."""
 
-    def drop(self, route: Route) -> None:
-        """Forget ``route`` until discovery changes (a node this one may not talk to)."""
-        self.routes.pop(route.uuid, None)
+    __slots__ = (
+        "attempt_deadline", "budget", "call_id", "deadline", "error", "frame", "holding",
+        "idempotent", "items", "method", "phase", "result", "sent_to", "stream",
+        "target", "tried", "via",
+    )
 
-    def pick(self, now: float, exclude: Iterable[uuid_module.UUID] = ()) -> Route | None:
-        """The route for the next call, or None when there is none outside ``exclude``."""
-        if len(self.routes) == 1 and not exclude:
-            return next(iter(self.routes.values()))
-        excluded = set(exclude)
-        candidates = [route for route in self.routes.values() if route.uuid not in excluded]
-        if not candidates:
-            return None
-        return min(
-            candidates,
-            key=lambda r: (now - r.failed_at < FAILURE_PENALTY, r.pending, r.last_used),
-        )
+    def __init__(self, call_id: int, method: str, frame: bytes, idempotent: bool,
+                 now: float, budget: float, stream: bool) -> None:
+        self.call_id = call_id  # one id for every attempt: the same request, to each node in turn
+        self.method = method
+        self.frame = frame
+        self.idempotent = idempotent
+        self.stream = stream  # items are handed over as they come, and extend the deadline
+        self.budget = budget
+        self.deadline = now + budget
+        self.phase = _ROUTING
+        self.target: Target | None = None  # of the attempt in flight
+        self.via: object = None  # the connection that attempt went on (for an ERROR with id 0)
+        self.attempt_deadline = math.inf
+        # lists, not sets: a UUID hashes in Python, and these hold one or two UUIDs, found by
+        # identity (the node's own UUID object) on the hot path
+        self.sent_to: list[uuid_module.UUID] = []  # answers from these count
+        self.tried: list[uuid_module.UUID] = []  # this round's failed nodes
+        self.holding: list[Target] = []  # targets that count this call as pending
+        self.items: list[Any] = []  # a generator method's items not handed over yet
+        self.result: Any = None
+        self.error: ZmqkitError | None = None
 
-    def started(self, route: Route) -> None:
-        self._turn += 1
-        route.last_used = self._turn
-        route.pending += 1
+    def __repr__(self) -> str:
+        return f"<zmqkit rpc call {self.call_id} {self.method}() {self.phase.value}>"
 
-    def finished(self, route: Route) -> None:
-        """A call on ``route`` got its answer."""
-        route.pending = max(0, route.pending - 1)
+    def outcome(self) -> Any:
+        """The result, or raise the error the call ended with."""
+        if self.error is not None:
+            raise self.error
+        return self.result
 
-    def failed(self, route: Route, now: float) -> None:
-        """A call on ``route`` timed out or lost its node."""
-        route.pending = max(0, route.pending - 1)
-        route.failed_at = now
+    def remaining(self, now: float) -> float:
+        """Seconds left before the call's deadline."""
+        return max(0.0, self.deadline - now)
 
-    def unreachable(self, route: Route, now: float) -> None:
-        """A call could not even be sent on ``route`` (no connection in time)."""
-        route.failed_at = now
+    @property
+    def started(self) -> float:
+        """When the call (or, for a stream, its last item) started its wait."""
+        return self.deadline - self.budget
 
 
 def may_retry(*, idempotent: bool, sent: bool) -> bool:
@@ -112,17 +133,345 @@ def may_retry(*, idempotent: bool, sent: bool) -> bool:
 
 
 def outcome(message: list[Any]) -> Any:
-    """The value a reply carries, or raise the ``RemoteError`` an error reply carries.
+    """The value an answer carries, or raise the ``RemoteError`` an error answer carries.
 
     Raises:
-        RemoteError: the reply is an ERROR.
-        ProtocolError: the message is not a reply at all.
+        RemoteError: the answer is an ERROR.
+        ProtocolError: the message is not an answer at all.
     """
     kind = message[1]
-    if kind == Kind.REPLY or kind == Kind.STREAM_ITEM:
+    if kind in (_REPLY, _ITEM):
         return message[3]
-    if kind == Kind.ERROR:
+    if kind == _ERROR:
         raise remote_error(message[3], message[4], message[5])
-    if kind == Kind.STREAM_END:
+    if kind == _END:
         return None
     raise ProtocolError(f"expected a reply, got a message of kind {kind!r}")
+
+
+def _description(peer: Peer | None) -> tuple[Any, ...]:
+    """What a refusal depends on: a refused node is tried again only once this changes."""
+    if peer is None:
+        return ()
+    return (peer.endpoints.get(ROLE), tuple(sorted(peer.headers.items())))
+
+
+class CallCore:
+    """Every call in flight to the nodes called ``name``, routed by ``targets``.
+
+    Args:
+        name: the service name the calls go to.
+        targets: the routing policy (``Routes`` for RPC, ``Replicas`` for failover).
+        attempt_timeout: after this many silent seconds, an idempotent call is also sent to the
+            next node (and the silent one counts as failed); None: only when a node fails.
+    """
+
+    def __init__(self, name: str, targets: Targets, *,
+                 attempt_timeout: float | None = None) -> None:
+        if attempt_timeout is not None and not (
+            isinstance(attempt_timeout, (int, float)) and 0 < attempt_timeout < 1e7
+        ):
+            raise ConfigError(
+                f"attempt_timeout is a number of seconds > 0 or None, not {attempt_timeout!r}"
+            )
+        self.name = name
+        self.targets = targets
+        self.attempt_timeout = attempt_timeout
+        self.calls: dict[int, Call] = {}  # by call id, until they end
+        # what happens rarely; the three hot counters are plain ints
+        self.counts: Counter[str] = Counter(dict.fromkeys(RARE_STATS, 0))
+        self.calls_count = self.sent_count = self.answered_count = 0
+        self.refusal: ZmqkitError | None = None  # why the last node we could not use was refused
+        self.refused: dict[uuid_module.UUID, tuple[Any, ...]] = {}
+        self.version = -1  # the discovery version last synced (-1: look again)
+        self.generation = 0  # grows whenever the set of targets changes
+        self.hint = ""  # said when no node could be reached (the driver knows why it may be)
+        self.where = ""  # said when no node was found (e.g. the beacon port)
+        self._ids = itertools.count(1)
+
+    @property
+    def stats(self) -> Counter[str]:
+        """Counters: calls, sent, answered, retried, unreachable, refused, dropped-*."""
+        stats = Counter(calls=self.calls_count, sent=self.sent_count,
+                        answered=self.answered_count)
+        stats.update(self.counts)
+        return stats
+
+    def explain(self, *, keyed: bool, beacon_port: int) -> None:
+        """What a timeout or PeerNotFound says about why (the driver knows its node)."""
+        self.hint = KEYRING_HINT if keyed else ""
+        self.where = f"beacon port {beacon_port}"
+
+    # -- a call's life -------------------------------------------------------------------------
+
+    def begin(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
+              idempotent: bool, timeout: float, now: float, stream: bool = False) -> Call:
+        """Start a call.
+
+        Raises:
+            ConfigError: ``timeout`` is not a finite number of seconds >= 0.
+            EncodeError: the arguments cannot travel on the wire.
+        """
+        if not isinstance(timeout, (int, float)) or not 0 <= timeout < 1e7:
+            raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {timeout!r}")
+        call_id = next(self._ids)
+        call = Call(call_id, method, codec.encode_request(call_id, method, args, kwargs),
+                    idempotent and not stream, now, timeout, stream)
+        self.calls[call_id] = call
+        self.calls_count += 1
+        return call
+
+    def route(self, call: Call, now: float) -> Target | None:
+        """Where a call that needs sending goes now; report back with ``sent`` or
+        ``unreachable``. None while no node is known (or, when every node found was refused,
+        the call ends at once with the refusal)."""
+        targets = self.targets
+        target = targets.pick(now, call.tried)
+        if target is None and call.tried and targets.targets:
+            call.tried.clear()  # every node had its turn: start another round
+            target = targets.pick(now)
+        if target is None:
+            if self.refusal is not None and not targets.targets:
+                self._finish(call, error=self.refusal)
+            return None
+        targets.started(target)
+        return target
+
+    def sent(self, call: Call, target: Target, now: float, via: object = None) -> None:
+        """The request left for ``target`` (on connection ``via``)."""
+        if call.phase is not _ROUTING:  # ended meanwhile (closed, abandoned)
+            self.targets.finished(target)
+            return
+        call.phase = _IN_FLIGHT
+        call.target = target
+        call.via = via
+        uuid = target.uuid
+        if uuid not in call.sent_to:
+            call.sent_to.append(uuid)
+        call.tried.append(uuid)
+        call.holding.append(target)
+        if call.idempotent and self.attempt_timeout is not None:
+            call.attempt_deadline = now + self.attempt_timeout
+        self.sent_count += 1
+
+    def unreachable(self, call: Call, target: Target, now: float) -> None:
+        """No connection to ``target``: the request never left, so the next node gets it
+        whatever the call is."""
+        self.targets.unreachable(target, now)
+        if call.phase is not _ROUTING:
+            return
+        call.tried.append(target.uuid)
+        self.counts["unreachable"] += 1
+
+    def receive(self, node: uuid_module.UUID, frame: bytes, *, via: object = None,
+                now: float | None = None) -> Call | None:
+        """Take one frame from ``node``'s connection ``via``; return the call it ended, or the
+        stream call it brought an item to (its deadline then runs from ``now``).
+
+        Garbage and answers to calls that ended already are dropped and counted.
+        """
+        try:
+            message = codec.decode(frame)
+        except ProtocolError:
+            self.counts["dropped-garbage"] += 1
+            return None
+        kind = message[1]
+        call = self.calls.get(message[2])
+        if call is None and message[2] == 0 and kind == _ERROR:
+            call = self._only_call_via(node, via)
+        if call is None or node not in call.sent_to:
+            self.counts["dropped-stale"] += 1
+            return None
+        if kind == _REPLY:  # the common case, first, without a call to _finish
+            call.result = message[3]
+            call.phase = _DONE
+            holding = call.holding
+            if holding:
+                finished = self.targets.finished
+                for target in holding:
+                    finished(target)
+                holding.clear()
+            del self.calls[call.call_id]
+            self.answered_count += 1
+            return call
+        if kind == _ITEM:
+            call.items.append(message[3])
+            if not call.stream:
+                return None  # a generator method called plainly: its items make the result
+            if now is not None:
+                call.deadline = now + call.budget
+            return call
+        if kind == _END:
+            self._finish(call, result=call.items)
+        elif kind == _ERROR:
+            self._finish(call, error=remote_error(message[3], message[4], message[5]))
+        else:
+            self.counts["dropped-not-an-answer"] += 1
+            return None
+        self.answered_count += 1
+        return call
+
+    def expire(self, call: Call, now: float) -> bool:
+        """Apply the deadlines to ``call`` at ``now``; True if that changed it."""
+        if call.phase is _DONE:
+            return False
+        if now >= call.deadline:
+            self._finish(call, error=self._timeout(call, now))
+            return True
+        if call.phase is _IN_FLIGHT and now >= call.attempt_deadline:
+            self._lost(call, now, f"was silent for {self.attempt_timeout:g} s", gone=False)
+            return True
+        return False
+
+    def wake_at(self, call: Call) -> float:
+        """When ``expire`` may next change ``call``, if nothing arrives before."""
+        return min(call.deadline, call.attempt_deadline)
+
+    def abandon(self, call: Call) -> None:
+        """The caller stopped waiting (cancelled, interrupted, a stream left early)."""
+        if call.phase is not _DONE:
+            self._finish(call, error=ClosedError(f"{self.name}.{call.method}() was abandoned"))
+
+    def end(self, call: Call, error: ZmqkitError) -> None:
+        """End ``call`` with ``error`` (its client was closed, say), unless it has ended."""
+        if call.phase is not _DONE:
+            self._finish(call, error=error)
+
+    # -- the nodes -----------------------------------------------------------------------------
+
+    def sync(self, peers: Iterable[Peer], now: float,
+             version: int | None = None) -> tuple[list[Target], list[Target], list[Call]]:
+        """Take discovery's view of the nodes (at ``version``); return (added, removed, calls
+        it changed). A node refused earlier is left out until what it advertises changes."""
+        if version is not None:
+            self.version = version
+        peers = list(peers)
+        present = {peer.uuid: peer for peer in peers}
+        for uuid in list(self.refused):
+            if uuid not in present or _description(present[uuid]) != self.refused[uuid]:
+                del self.refused[uuid]
+        if not self.refused:
+            self.refusal = None  # the refused nodes have gone: PeerNotFound says it best
+        usable = [peer for peer in peers if peer.uuid not in self.refused]
+        added, removed = self.targets.sync(usable)
+        if added:
+            self.generation += 1
+        return added, removed, self._forget(removed, now)
+
+    def refuse(self, target: Target, error: ZmqkitError, now: float) -> list[Call]:
+        """This node may not talk to ``target`` (security): leave it out until it changes.
+        Returns the calls that changed."""
+        self.refused[target.uuid] = _description(target.peer)
+        self.refusal = error
+        self.counts["refused"] += 1
+        if self.targets.targets.get(target.uuid) is not target:
+            return []
+        self.targets.remove(target)
+        return self._forget([target], now)
+
+    def _forget(self, removed: list[Target], now: float) -> list[Call]:
+        if not removed:
+            return []
+        self.generation += 1
+        gone = {target.uuid for target in removed}
+        changed = []
+        for call in list(self.calls.values()):
+            target = call.target
+            if call.phase is _IN_FLIGHT and target is not None and target.uuid in gone:
+                self._lost(call, now, "left the network", gone=True)
+                changed.append(call)
+        return changed
+
+    # -- the parts -----------------------------------------------------------------------------
+
+    def _lost(self, call: Call, now: float, what: str, *, gone: bool) -> None:
+        """The node a call waits on left (``gone``) or stayed silent past ``attempt_timeout``:
+        send the call on, wait for another node that has it, or end it."""
+        target = call.target
+        assert target is not None
+        call.attempt_deadline = math.inf
+        if not may_retry(idempotent=call.idempotent, sent=True):
+            self._release(call, target, now)
+            self._finish(call, error=BrokenError(
+                f"{self.name}.{call.method}() was sent to {target}, which {what} before "
+                "answering: it may or may not have run, and it was not sent again because the "
+                "call is not marked idempotent"))
+            return
+        present = self.targets.targets.values()
+        untried = [t for t in present if t.uuid not in call.sent_to and t.uuid not in call.tried]
+        also_asked = [t for t in present if t.uuid in call.sent_to and t is not target]
+        if not gone and not untried:
+            return  # silent, but no node is left that has not got it: keep waiting for them
+        self._release(call, target, now)
+        if untried or not also_asked:
+            call.phase = _ROUTING  # to the next node (an answer from this one still counts)
+            call.target = None
+            self.counts["retried"] += 1
+        else:
+            call.target = also_asked[0]  # another node has the request already: wait for it
+
+    def _release(self, call: Call, target: Target, now: float) -> None:
+        """``target`` failed this call: it no longer counts it as pending."""
+        if target in call.holding:
+            call.holding.remove(target)
+            self.targets.failed(target, now)
+        else:
+            self.targets.penalize(target, now)
+
+    def _timeout(self, call: Call, now: float) -> ZmqkitError:
+        budget = f"{call.budget:g} s"
+        if call.phase is _IN_FLIGHT:
+            target = call.target
+            assert target is not None
+            self._release(call, target, now)
+            if call.stream:
+                return Timeout(f"{self.name}.{call.method}() sent no item in {budget}")
+            if not call.idempotent:
+                return Timeout(
+                    f"{self.name}.{call.method}() got no answer from {target} in {budget}: it "
+                    "may or may not have run, and it was not sent again because the call is not "
+                    "marked idempotent"
+                )
+            return Timeout(
+                f"{self.name}.{call.method}() got no answer in {budget} from any of "
+                f"{len(call.sent_to)} node(s) it was sent to"
+            )
+        if call.sent_to:
+            return Timeout(
+                f"{self.name}.{call.method}() got no answer in {budget}; no node could take it "
+                f"again after {len(call.sent_to)} tried it"
+            )
+        if not self.targets.targets:
+            if self.refusal is not None:
+                return self.refusal
+            where = f" ({self.where})" if self.where else ""
+            return PeerNotFound(
+                f"no node called {self.name!r} serving RPC was found in {budget}{where}"
+            )
+        hint = f" {self.hint}" if self.hint else ""
+        return Timeout(
+            f"{self.name}.{call.method}() could not connect to any {self.name!r} node in "
+            f"{budget}; it was never sent, so it did not run{hint}"
+        )
+
+    def _only_call_via(self, node: uuid_module.UUID, via: object) -> Call | None:
+        in_flight = [
+            call
+            for call in self.calls.values()
+            if call.phase is _IN_FLIGHT and call.via is via
+            and call.target is not None and call.target.uuid == node
+        ]
+        return in_flight[0] if len(in_flight) == 1 else None
+
+    def _finish(self, call: Call, *, result: Any = None, error: ZmqkitError | None = None) -> None:
+        call.phase = _DONE
+        call.result, call.error = result, error
+        if call.holding:
+            self._release_all(call)
+        self.calls.pop(call.call_id, None)
+
+    def _release_all(self, call: Call) -> None:
+        """The call ended: the targets that counted it as pending no longer do."""
+        for target in call.holding:
+            self.targets.finished(target)
+        call.holding.clear()

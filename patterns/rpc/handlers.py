@@ -29,6 +29,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Mode(enum.Enum):
+    """How a handler runs: inline on the server thread, in the pool, or on the loop."""
+
     INLINE = "inline"
     BLOCKING = "blocking"
     STREAM = "stream"
@@ -44,12 +46,15 @@ def blocking(function: F) -> F:
 
 @dataclass(frozen=True, slots=True)
 class Handler:
+    """One served method: its name, its function, and how it runs."""
+
     name: str
     function: Callable[..., Any]
     mode: Mode
 
     @classmethod
     def of(cls, name: str, function: Callable[..., Any]) -> Handler:
+        """The handler for ``function``, its mode read from what kind of function it is."""
         if inspect.isasyncgenfunction(function):
             mode = Mode.ASYNC_STREAM
         elif inspect.iscoroutinefunction(function):
@@ -73,6 +78,7 @@ class Handler:
         return True
 
     def describe(self) -> dict[str, str]:
+        """What ``client.methods()`` shows: name, signature, doc and mode."""
         return {
             "name": self.name,
             "signature": f"{self.name}{self.signature()}",

@@ -1,18 +1,20 @@
-"""The RPC server: one ROUTER socket in one named thread, plus the helpers its handlers need.
+"""The RPC server: one ROUTER socket in one service thread, plus the helpers its handlers need.
 
     caller DEALER ──► ROUTER (server thread) ──► plain handler, inline
                                              ├──► worker pool ──┐  @blocking and generators
                                              └──► asyncio loop ─┤  async def handlers
                           replies ◄── outbox ◄──────────────────┘  (the server thread sends)
 
-Only the server thread touches the ROUTER. Other threads put finished replies in an outbox and
-wake the server thread through a socket pair. While nothing is outstanding in other threads, the
-server thread waits in a plain blocking receive, which is as fast as a hand-written REP loop.
+Only the server thread touches the ROUTER (made by the node: a CURVE server that admits only its
+keyring whenever the node has keys). Other threads put finished replies in an outbox and wake
+the server thread. While nothing is outstanding in other threads, the server thread waits in a
+plain blocking receive, which is as fast as a hand-written REP loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -21,13 +23,23 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import zmq
-
-from zmqkit import ClosedError, ConfigError, EncodeError, Node, ProtocolError, Socket, codec
+from zmqkit import (
+    ClosedError,
+    ConfigError,
+    EncodeError,
+    Node,
+    Poller,
+    ProtocolError,
+    ServiceThread,
+    Socket,
+    SocketKind,
+    Timeout,
+    codec,
+)
 from zmqkit.codec import Kind
-from zmqkit.wakeup import Wakeup
 
 from .handlers import DESCRIBE_METHOD, Handler, Mode, collect_handlers
+from .routes import ROLE
 
 __all__ = ["DEFAULT_WORKERS", "Server", "serve"]
 
@@ -37,6 +49,8 @@ DEFAULT_WORKERS = 8
 MAX_OUTSTANDING = 1000  # calls waiting for the pool or the loop; beyond this, callers get BusyError
 TICK = 0.1  # seconds between looks at the stop flag
 MAX_TRACEBACK = 8192
+STATS = ("calls", "errors", "busy", "bad-requests")  # what stats() counts
+LOOP_DRAIN = 1.0  # seconds the loop's cancelled handlers get to finish when the server closes
 
 # The way back to a caller: its ROUTER identity, and for a REQ caller the empty delimiter too
 Address = tuple[bytes, ...]
@@ -47,14 +61,19 @@ _NEVER_CANCELLED = threading.Event()  # a one-shot call has no cancel flag: this
 class Server:
     """Serves ``target``'s public callables over RPC under ``node``'s name.
 
-    Prefer ``serve(node, target)``, which starts the server and ties it to the node's lifetime.
+    Usable once made: its threads run, its endpoint is advertised (role ``"rpc"``), and it is
+    attached to the node, which closes it. ``serve(node, target)`` says the same in a word.
 
     Args:
-        node: the node to advertise on (role ``"rpc"``).
+        node: the node to advertise on; it must be running.
         target: an object (its public methods), a ``{name: function}`` map, or a list of functions.
         workers: threads for ``@blocking`` and generator handlers. Eight lets a few slow calls run
             side by side while bounding threads and memory; more calls than that wait their turn,
             and more than ``MAX_OUTSTANDING`` waiting are refused with a ``BusyError``.
+
+    Raises:
+        ClosedError: the node is not running.
+        ConfigError: the node already serves RPC, or the target has nothing to serve.
     """
 
     def __init__(
@@ -64,36 +83,50 @@ class Server:
         *,
         workers: int = DEFAULT_WORKERS,
     ) -> None:
-        if "rpc" in node.endpoints:
+        if not node.running:
+            raise ClosedError(f"{node!r} is not running; start it first (with Node(...) as node:)")
+        if ROLE in node.endpoints:
             raise ConfigError(f"{node!r} already serves RPC; serve one target per node")
         self.node = node
         self.handlers: dict[str, Handler] = collect_handlers(target)
         self.workers = workers
         self.endpoint = ""
-        self.stats: Counter[str] = Counter()
+        self._stats: Counter[str] = Counter(dict.fromkeys(STATS, 0))
         self._outbox: deque[Outgoing] = deque()
-        self._wakeup = Wakeup()
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         # (caller, call id) of each stream in progress -> set when its caller cancels it. Only
         # streams the server started are here, so stray or forged CANCELs cannot grow it.
         self._streams: dict[tuple[Address, int], threading.Event] = {}
         self._outstanding = 0
-        self._stopping = False
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"zmqkit-rpc:{node.name}", daemon=True
-        )
+        self._closing = threading.Lock()
+        self._closed = False
+        self._service = ServiceThread(f"zmqkit-rpc:{node.name}", self._run)
         self._pool: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        node.attach(self)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
-        return f"<zmqkit rpc.Server {self.node.name!r} {self.endpoint or 'not started'}>"
+        return f"<zmqkit rpc.Server {self.node.name!r} {self.endpoint or 'not serving'}>"
 
-    # -- life cycle (owner's thread) -----------------------------------------------------------
+    def __enter__(self) -> Server:
+        return self
 
-    def start(self, timeout: float = 5.0) -> Server:
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: calls, errors, busy, bad-requests."""
+        return dict(self._stats)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def _start(self) -> None:
         """Start the threads, bind, and advertise the endpoint."""
         modes = {handler.mode for handler in self.handlers.values()}
         if modes & {Mode.BLOCKING, Mode.STREAM}:
@@ -111,117 +144,118 @@ class Server:
                 target=self._loop.run_forever, name=f"zmqkit-rpc-loop:{self.node.name}", daemon=True
             )
             self._loop_thread.start()
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._startup_error is not None:
-            self.close()
-            raise ConfigError(
-                f"RPC server for {self.node.name!r} failed to start"
-            ) from self._startup_error
-        self.node.advertise("rpc", self.endpoint)
-        return self
+        self._service.start()
+        self.node.advertise(ROLE, self.endpoint)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop serving, withdraw the endpoint and join every thread. Safe to call twice."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self.node.withdraw("rpc")
-        self._wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        """Stop serving, withdraw the endpoint and join every thread.
+
+        Idempotent, and callable from any thread, a handler of this server included (the
+        thread it runs in is then left to end by itself).
+        """
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        if self.endpoint and self.node.endpoints.get(ROLE) == self.endpoint:
+            self.node.withdraw(ROLE)
+        self._service.stop(timeout)
+        here = threading.current_thread()
         for _ in self._pool:
             self._jobs.put(None)
         for worker in self._pool:
+            if worker is here:
+                continue
             worker.join(timeout)
             if worker.is_alive():
                 log.warning(
                     "%s is still running a handler after %s s; left behind", worker.name, timeout
                 )
-        if self._loop is not None and self._loop_thread is not None:
-            self._loop.call_soon_threadsafe(self._stop_loop)
-            self._loop_thread.join(timeout)
-            if not self._loop_thread.is_alive():
-                self._loop.close()
-        self._wakeup.close()
+        loop, loop_thread = self._loop, self._loop_thread
+        if loop is not None and loop_thread is not None:
+            with contextlib.suppress(RuntimeError):  # closed already
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._stop_loop()))
+            if loop_thread is not here:
+                loop_thread.join(timeout + LOOP_DRAIN)
+                if not loop_thread.is_alive():
+                    loop.close()
+        self.node.detach(self)
 
-    def _stop_loop(self) -> None:
+    async def _stop_loop(self) -> None:
+        """Cancel the handlers still running and let them finish, then stop the loop (a task
+        stopped with the loop instead would be destroyed while pending)."""
         assert self._loop is not None
-        for task in asyncio.all_tasks(self._loop):
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=LOOP_DRAIN)
+        await self._loop.shutdown_asyncgens()
         self._loop.stop()
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     # -- the server thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, service: ServiceThread) -> None:
+        router = self.node.server_socket(SocketKind.ROUTER)
         try:
-            router = Socket(zmq.ROUTER)
-            self.node.secure_server(router)
-            self.endpoint = router.bind(self.node.host)
-        except BaseException as exc:  # handed to start(), which raises it in the owner's thread
-            self._startup_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        raw = router.raw
-        raw.rcvtimeo = int(TICK * 1000)
-        poller = zmq.Poller()
-        poller.register(raw, zmq.POLLIN)
-        self._wakeup.register(poller)
-        try:
-            while not self._stopping:
+            self.endpoint = router.endpoint
+            poller = Poller([router, service.wakeup])
+            service.ready()
+            while not service.stopping:
                 if self._outstanding:
-                    ready = dict(poller.poll(int(TICK * 1000)))
-                    self._wakeup.woke(ready)
-                    self._flush(raw)
-                    if raw not in ready:
+                    ready = poller.poll(TICK)
+                    self._flush(router)
+                    if router not in ready:
                         continue
-                    flags = _NOBLOCK
+                    message = router.try_recv_multipart()
+                    if message is None:
+                        continue
+                    identity, rest = message[0], message[1:]
                 else:
-                    flags = 0
-                try:
-                    identity = raw.recv(flags)
-                except zmq.Again:
-                    continue
-                address: Address = (identity,)
-                frame = raw.recv()  # a ROUTER message has 2 frames at least
-                if not frame and raw.getsockopt(_RCVMORE):  # a REQ caller: identity, "", request
-                    address, frame = (identity, b""), raw.recv()
-                if raw.getsockopt(_RCVMORE):
-                    self._drop_rest(raw, address)
-                    continue
-                self._handle(raw, address, frame)
-        except zmq.ZMQError as exc:
-            if not self._stopping:
-                log.error("RPC server %s stopped: %s", self.node.name, exc)
+                    try:
+                        identity = router.recv(TICK)  # the routing id: the caller's address
+                    except Timeout:
+                        continue
+                    frames = router.try_recv_multipart()  # the rest of that message, here now
+                    if frames is None:
+                        continue
+                    rest = frames
+                if len(rest) == 1:  # a DEALER caller: the usual case, first
+                    self._handle(router, (identity,), rest[0])
+                else:
+                    self._take(router, identity, rest)
+        except ClosedError:
+            if not service.stopping:
+                raise
         finally:
             router.close()
 
-    def _drop_rest(self, raw: zmq.Socket[Any], address: Address) -> None:
-        """A request of more than one frame: read and drop the rest, and say why."""
-        while raw.getsockopt(_RCVMORE):
-            raw.recv()
-        self.stats["bad-requests"] += 1
-        _reply(raw, address, _error(0, "zmqkit.ProtocolError", "a request is exactly one frame"))
+    def _take(self, router: Socket, identity: bytes, frames: list[bytes]) -> None:
+        """One message from the caller ``identity``: exactly one request frame (after the
+        empty delimiter, for a REQ caller)."""
+        if len(frames) == 1:  # a DEALER caller
+            self._handle(router, (identity,), frames[0])
+        elif len(frames) == 2 and not frames[0]:  # a REQ caller: "", request
+            self._handle(router, (identity, b""), frames[1])
+        else:  # a request of more than one frame: say why it is dropped
+            address = (identity, b"") if not frames[0] else (identity,)
+            self._stats["bad-requests"] += 1
+            _reply(router, address,
+                   _error(0, "zmqkit.ProtocolError", "a request is exactly one frame"))
 
-    def _flush(self, raw: zmq.Socket[Any]) -> None:
+    def _flush(self, router: Socket) -> None:
         while self._outbox:
             address, frame, finished = self._outbox.popleft()
-            _reply(raw, address, frame)
+            _reply(router, address, frame)
             if finished:
                 self._outstanding -= 1
 
-    def _handle(self, raw: zmq.Socket[Any], address: Address, frame: bytes) -> None:
+    def _handle(self, router: Socket, address: Address, frame: bytes) -> None:
         try:
             message = codec.decode(frame)
         except ProtocolError as exc:
-            self.stats["bad-requests"] += 1
-            _reply(raw, address, _error(0, "zmqkit.ProtocolError", str(exc)))
+            self._stats["bad-requests"] += 1
+            _reply(router, address, _error(0, "zmqkit.ProtocolError", str(exc)))
             return
         kind, call_id = message[1], message[2]
         if kind == Kind.CANCEL:
@@ -230,27 +264,27 @@ class Server:
                 cancelled.set()
             return
         if kind != Kind.REQUEST:
-            self.stats["bad-requests"] += 1
+            self._stats["bad-requests"] += 1
             answered = call_id if kind != Kind.PUBLISH and kind != Kind.PUBLISH_BATCH else 0
-            _reply(raw, address, _error(answered, "zmqkit.ProtocolError", "expected a request"))
+            _reply(router, address, _error(answered, "zmqkit.ProtocolError", "expected a request"))
             return
         method, args, kwargs = message[3], message[4], message[5]
-        self.stats["calls"] += 1
+        self._stats["calls"] += 1
         handler = self.handlers.get(method)
         if handler is None:
             _reply(
-                raw,
+                router,
                 address,
                 self._describe(call_id)
                 if method == DESCRIBE_METHOD
                 else self._not_found(call_id, method),
             )
         elif handler.mode is Mode.INLINE:
-            _reply(raw, address, self._call(handler, call_id, args, kwargs))
+            _reply(router, address, self._call(handler, call_id, args, kwargs))
         elif self._outstanding >= MAX_OUTSTANDING:
-            self.stats["busy"] += 1
+            self._stats["busy"] += 1
             _reply(
-                raw,
+                router,
                 address,
                 _error(
                     call_id,
@@ -289,7 +323,7 @@ class Server:
         return codec.encode_reply(call_id, [h.describe() for h in self.handlers.values()])
 
     def _not_found(self, call_id: int, method: object) -> bytes:
-        self.stats["errors"] += 1
+        self._stats["errors"] += 1
         known = ", ".join(sorted(self.handlers))
         return _error(
             call_id,
@@ -315,7 +349,7 @@ class Server:
         kwargs: dict[str, Any],
         exc: Exception,
     ) -> bytes:
-        self.stats["errors"] += 1
+        self._stats["errors"] += 1
         if isinstance(exc, TypeError) and not handler.arguments_fit(args, kwargs):
             signature = handler.describe()["signature"]
             return _error(
@@ -341,7 +375,7 @@ class Server:
             items = handler.function(*args, **kwargs)
             try:
                 for item in items:
-                    if cancelled.is_set() or self._stopping:  # an endless stream ends on close
+                    if cancelled.is_set() or self._closed:  # an endless stream ends on close
                         break
                     self._post(address, codec.encode_stream_item(call_id, item), False)
             finally:
@@ -384,27 +418,20 @@ class Server:
     def _post(self, address: Address, frame: bytes, finished: bool) -> None:
         """Hand a frame to the server thread, waking it if it is not awake already."""
         self._outbox.append((address, frame, finished))
-        self._wake()
-
-    def _wake(self) -> None:
-        self._wakeup.set()
+        self._service.wake()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            if not self._stopping:
+            if not self._closed:
                 job()
 
 
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-
-
-def _reply(raw: zmq.Socket[Any], address: Address, frame: bytes) -> None:
-    """Send ``frame`` back along ``address`` (plain int flags keep pyzmq fast)."""
+def _reply(router: Socket, address: Address, frame: bytes) -> None:
+    """Send ``frame`` back along ``address``. A ROUTER never blocks: it drops a reply to a
+    caller that is gone or whose queue is full, so a send that cannot go at once is dropped."""
     for part in address:
-        raw.send(part, _SNDMORE)
-    raw.send(frame, 0, copy=len(frame) < 65536)
+        router.try_send(part, more=True)
+    router.try_send(frame)
 
 
 def _error(call_id: int, type_name: str, message: str, remote_traceback: str = "") -> bytes:
@@ -419,12 +446,10 @@ def serve(
 ) -> Server:
     """Serve ``target`` under ``node``'s name until the node closes; returns the running server.
 
+    The same as ``Server(node, target, workers=workers)``.
+
     Raises:
         ConfigError: the node already serves RPC, or the target has nothing to serve.
         ClosedError: the node is closed.
     """
-    if not node.running:
-        raise ClosedError(f"{node!r} is not running; start it first (with Node(...) as node:)")
-    server = Server(node, target, workers=workers).start()
-    node.attach(server)
-    return server
+    return Server(node, target, workers=workers)

@@ -1,0 +1,490 @@
+"""The asyncio driver of the call core, for ``rpc.AsyncClient`` and
+``failover.AsyncFailoverClient``.
+
+Everything runs on one event loop, the one that first uses the client: one DEALER per node and
+one reader task per DEALER that hands each answer to the core, which matches it to its call, so
+any number of calls may be in flight. One heap of deadlines and one timer serve every call. Used
+from another thread or loop, the client raises ``WrongThread`` and says what to use instead;
+``close()`` works from any thread (it runs on the loop, through ``call_on_loop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+from zmqkit import (
+    BusyError,
+    ClosedError,
+    LoopWakeup,
+    Node,
+    PeerNotFound,
+    Socket,
+    Timeout,
+    WrongThread,
+    ZmqkitError,
+    call_on_loop,
+    codec,
+)
+
+from .connections import Connections
+from .core import CONNECT_WAIT, SLICE, Call, CallCore, Phase
+from .routes import ROLE, Target
+
+__all__ = ["AsyncCaller"]
+
+READER_WAIT = 60.0  # a reader (and the discovery watcher) waits this long per look
+PRUNE_SLACK = 10_000  # wake-up times of ended calls kept before the heap is cleaned
+_DONE, _ROUTING, _IN_FLIGHT = Phase.DONE, Phase.ROUTING, Phase.IN_FLIGHT
+
+
+class AsyncCaller:
+    """Calls the nodes of one name through ``core`` from asyncio code, on one event loop.
+
+    Attached to ``node`` once made (closed with it). Bound to the running loop when made inside
+    one, else to the loop that first uses it.
+    """
+
+    _SYNC_CLASS: ClassVar[str] = "rpc.Client"  # what to use from a thread without this loop
+
+    def __init__(self, node: Node, core: CallCore, *, timeout: float) -> None:
+        self.node = node
+        self.name = core.name
+        self.timeout = timeout
+        core.explain(keyed=node.security is not None, beacon_port=node.port)
+        self._core = core
+        self._conns = Connections(node, asyncio=True)
+        self._readers: dict[Target, asyncio.Task[None]] = {}
+        self._waiters: dict[int, asyncio.Future[None]] = {}  # a driving coroutine's wake-up
+        self._promises: dict[int, asyncio.Future[Any]] = {}  # a submitted call's result
+        self._last_reply: dict[Target, float] = {}  # when each node's socket last gave anything
+        self._timers: list[tuple[float, int]] = []  # heap of (when, call id) to look at
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closed = False
+        node.attach(self)  # a closed node refuses before anything is made
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # made outside any loop: the first loop that uses it gets it
+            return
+        self._bind(loop)
+
+    def __enter__(self) -> AsyncCaller:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncCaller:
+        self._bind_loop()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop the readers, close the sockets; calls in flight raise ClosedError.
+
+        Idempotent, and callable from any thread: the work runs on the client's loop.
+        """
+        if self._closed:
+            return
+        loop = self._loop
+        if loop is None:
+            self._close_here()
+        else:
+            call_on_loop(loop, self._close_here)
+
+    async def aclose(self) -> None:
+        """``close``, then wait for the reader tasks to finish."""
+        tasks = [*self._readers.values(), *([self._watcher] if self._watcher else [])]
+        self.close()
+        if tasks and self._loop is asyncio.get_running_loop():
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: calls, sent, answered, retried, unreachable, refused, dropped-*."""
+        return dict(self._core.stats)
+
+    # -- calling -------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``method(*args, **kwargs)`` on a node of the name and return its result.
+
+        See the sync client's ``call`` for what it raises.
+        """
+        return await self.call_with(method, args, kwargs, timeout=timeout, idempotent=idempotent)
+
+    async def call_with(
+        self,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
+        self._bind_loop()
+        call = self._core.begin(
+            method, args, kwargs or {}, idempotent=idempotent,
+            timeout=self.timeout if timeout is None else timeout, now=time.monotonic(),
+        )
+        try:
+            await self._drive(call)
+        finally:
+            if call.phase is not _DONE:  # cancelled by the caller
+                self._core.abandon(call)
+        return call.outcome()
+
+    def _submit(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
+                timeout: float | None) -> asyncio.Future[Any]:
+        """Send a call now, without a coroutine; its future gets the outcome. Not retried."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop() is loop and not self._closed
+        except RuntimeError:  # no loop runs in this thread: _bind_loop says what to do
+            here = False
+        if not here or loop is None:
+            loop = self._bind_loop()
+        core = self._core
+        if core.version != self.node.peers_version:
+            self._refresh()
+        now = time.monotonic()
+        call = core.begin(method, args, kwargs, idempotent=False,
+                          timeout=self.timeout if timeout is None else timeout, now=now)
+        target = core.route(call, now)
+        if target is None:
+            core.abandon(call)
+            if core.refusal is not None and not core.targets.targets:
+                raise core.refusal
+            raise PeerNotFound(f"no node called {self.name!r} is known yet; await a call first")
+        conns = self._conns
+        sock = conns.sockets.get(target) if conns.generation == core.generation else (
+            self._socket(target))
+        if sock is None or not sock.try_send(call.frame):
+            core.unreachable(call, target, now)
+            core.abandon(call)
+            raise BusyError(
+                f"no room to send to {self.name!r} now (its queue is full, or its connection is "
+                "not up yet): await some results first"
+            )
+        core.sent(call, target, now, via=sock)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._promises[call.call_id] = future
+        self._later(call.deadline, call.call_id)
+        return future
+
+    async def _stream(self, method: str, args: tuple[Any, ...] | list[Any],
+                      kwargs: dict[str, Any], timeout: float | None) -> AsyncIterator[Any]:
+        """The items a generator method yields, as they come (``timeout``: between items)."""
+        self._bind_loop()
+        call = self._core.begin(
+            method, args, kwargs, idempotent=False,
+            timeout=self.timeout if timeout is None else timeout, now=time.monotonic(),
+            stream=True,
+        )
+        done = False
+        try:
+            while True:
+                await self._drive(call)
+                items, call.items = call.items, []
+                for item in items:
+                    yield item
+                if call.phase is _DONE:
+                    break
+            call.outcome()  # raises the error it ended with, if any
+            done = True
+        finally:
+            if not done:
+                self._cancel(call)
+
+    # -- the parts -----------------------------------------------------------------------------
+
+    def _off_loop(self, why: str) -> str:
+        return (
+            f"{self!r} is for asyncio code on the loop that first used it, and {why}: from "
+            f"another thread use {self._SYNC_CLASS} (any thread may call it), or hand the call "
+            "to the client's loop with asyncio.run_coroutine_threadsafe(client.call(...), loop)"
+        )
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, which must be the client's (the first one binds it).
+
+        Raises:
+            WrongThread: no loop runs here, or another one does.
+            ClosedError: the client is closed.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongThread(self._off_loop("no event loop runs in this thread")) from None
+        if loop is not self._loop:
+            if self._closed:
+                raise ClosedError(f"{self!r} is closed")
+            if self._loop is not None:
+                raise WrongThread(self._off_loop("this is another loop"))
+            self._bind(loop)
+        elif self._closed:
+            raise ClosedError(f"{self!r} is closed")
+        return loop
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        wakeup = LoopWakeup(loop)
+        self._unsubscribe = self.node.on_event(lambda _: wakeup.set())
+        self._watcher = loop.create_task(self._watch(wakeup))
+
+    async def _watch(self, wakeup: LoopWakeup) -> None:
+        """Follow discovery: a node that leaves fails (or moves) the calls that wait on it."""
+        while True:
+            await wakeup.wait(READER_WAIT)
+            if self._core.version != self.node.peers_version:
+                self._refresh()
+
+    def _refresh(self) -> None:
+        core, node = self._core, self.node
+        version = node.peers_version  # first: a change after this read is seen next time
+        _, _, changed = core.sync(node.peers(self.name, role=ROLE), time.monotonic(), version)
+        self._follow()
+        for call in changed:
+            self._wake(call)
+
+    def _follow(self) -> None:
+        """Sockets and readers in line with the core's targets."""
+        core, conns = self._core, self._conns
+        if conns.generation == core.generation or self._closed:
+            return
+        opened, closed, refused = conns.sync(list(core.targets.targets.values()))
+        for target in closed:
+            reader = self._readers.pop(target, None)
+            if reader is not None:
+                reader.cancel()
+        for target in opened:
+            self._start_reader(target)
+        now = time.monotonic()
+        for target, error in refused:
+            for call in core.refuse(target, error, now):
+                self._wake(call)
+        conns.generation = core.generation
+
+    def _start_reader(self, target: Target) -> None:
+        sock = self._conns.socket(target)
+        assert sock is not None and self._loop is not None
+        self._readers[target] = self._loop.create_task(self._read(target, sock))
+
+    def _socket(self, target: Target) -> Socket | None:
+        if self._conns.generation != self._core.generation:
+            self._follow()
+        return self._conns.sockets.get(target)
+
+    async def _drive(self, call: Call) -> None:
+        """Run ``call`` until it ends (or, for a stream, until it has items to hand over)."""
+        core, node = self._core, self.node
+        while True:
+            if core.version != node.peers_version:
+                self._refresh()
+            phase = call.phase
+            if phase is _ROUTING:
+                target = self._send_now(call)
+                if target is not None:
+                    await self._send_when_connected(call, target)
+                elif call.phase is _ROUTING:  # no node known yet
+                    await self._wait_for_discovery(call)
+            elif phase is _IN_FLIGHT:
+                await self._wait(call)
+            if call.phase is not _DONE and core.expire(call, time.monotonic()):
+                self._after_timeout(call)
+            if call.phase is _DONE or (call.stream and call.items):
+                return
+
+    def _send_now(self, call: Call) -> Target | None:
+        """Route and send without suspending (the usual case); the target when the call must
+        wait for a connection to it, else None (sent, or no node known)."""
+        now = time.monotonic()
+        target = self._core.route(call, now)
+        if target is None:
+            return None
+        sock = self._socket(target)
+        if sock is not None and sock.try_send(call.frame):
+            self._core.sent(call, target, now, via=sock)
+            return None
+        return target
+
+    async def _send_when_connected(self, call: Call, target: Target) -> None:
+        """No connection to the chosen node yet: give it a moment, then try the next node.
+        The call counts as pending there meanwhile, so a burst of calls spreads over the nodes."""
+        sock = self._socket(target)
+        sent = False
+        if sock is not None:
+            now = time.monotonic()
+            wait_until = now + min(CONNECT_WAIT, call.remaining(now))
+            while not sent:
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0 or not await sock.wait_writable(remaining) or sock.closed:  # type: ignore[attr-defined]
+                    break
+                sent = sock.try_send(call.frame)
+        if sent:
+            self._core.sent(call, target, time.monotonic(), via=sock)
+        else:
+            self._core.unreachable(call, target, time.monotonic())
+
+    async def _wait_for_discovery(self, call: Call) -> None:
+        """No node known: wait a slice for one to appear (``expire`` ends the wait in time)."""
+        try:
+            await self.node.wait_for_async(
+                self.name, min(SLICE, call.remaining(time.monotonic())), role=ROLE
+            )
+        except PeerNotFound:
+            return
+        self._core.version = -1  # one serves the name: look at the peers again now
+
+    async def _wait(self, call: Call) -> None:
+        """Wait for the call's answer, a discovery change (both wake it) or its next deadline."""
+        assert self._loop is not None
+        waiter = self._waiters[call.call_id] = self._loop.create_future()
+        self._later(self._core.wake_at(call), call.call_id)
+        try:
+            await waiter
+        finally:
+            self._waiters.pop(call.call_id, None)
+
+    def _wake(self, call: Call) -> None:
+        """``call`` changed: wake the coroutine driving it, or settle its future."""
+        promise = self._promises.get(call.call_id)
+        if promise is not None:
+            if call.phase is _DONE:
+                del self._promises[call.call_id]
+                if not promise.done():
+                    if call.error is not None:
+                        promise.set_exception(call.error)
+                    else:
+                        promise.set_result(call.result)
+            return
+        waiter = self._waiters.get(call.call_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _later(self, at: float, call_id: int) -> None:
+        """Look at call ``call_id`` at ``at``: one heap and one timer for every call."""
+        timers = self._timers
+        heapq.heappush(timers, (at, call_id))
+        if len(timers) > 4 * len(self._core.calls) + PRUNE_SLACK:  # mostly calls that ended
+            timers[:] = [entry for entry in timers if entry[1] in self._core.calls]
+            heapq.heapify(timers)
+        if at < self._sweep_at:
+            self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        assert self._loop is not None
+        self._sweep_at = at
+        self._sweeper = self._loop.call_later(max(0.0, at - time.monotonic()), self._sweep)
+
+    def _sweep(self) -> None:
+        """Apply the deadlines whose time has come; arm the timer for the next one."""
+        self._sweeper, self._sweep_at = None, math.inf
+        timers, calls, now = self._timers, self._core.calls, time.monotonic()
+        while timers and timers[0][0] <= now:
+            call = calls.get(heapq.heappop(timers)[1])
+            if call is None:
+                continue
+            if self._core.expire(call, now):
+                self._after_timeout(call)
+            self._wake(call)
+        if timers:
+            self._arm(timers[0][0])
+
+    def _after_timeout(self, call: Call) -> None:
+        """A call that timed out in flight: a node that gave nothing at all since it was sent
+        gets a fresh socket (the Lazy Pirate reset)."""
+        if not isinstance(call.error, Timeout) or not call.sent_to:
+            return
+        targets = self._core.targets.targets
+        for uuid in call.sent_to:
+            target = targets.get(uuid)
+            if target is None or self._last_reply.get(target, -math.inf) >= call.started:
+                continue
+            reader = self._readers.pop(target, None)
+            if reader is not None:
+                reader.cancel()
+            if self._conns.reset(target) is not None:
+                self._start_reader(target)
+
+    async def _read(self, target: Target, sock: Socket) -> None:
+        """Hand every frame from ``target``'s socket to the core; wake the calls it changes."""
+        core, last_reply, promises, node = self._core, self._last_reply, self._promises, target.uuid
+        try:
+            while True:
+                frame = sock.try_recv()
+                if frame is None:
+                    await sock.wait_readable(READER_WAIT)  # type: ignore[attr-defined]
+                    continue
+                now = time.monotonic()
+                last_reply[target] = now
+                call = core.receive(node, frame, via=sock, now=now)
+                if call is None:
+                    continue
+                promise = promises.pop(call.call_id, None)
+                if promise is None:
+                    self._wake(call)
+                elif not promise.done():  # a submitted call: it has ended
+                    if call.error is None:
+                        promise.set_result(call.result)
+                    else:
+                        promise.set_exception(call.error)
+        except ClosedError:
+            return  # the node went and its socket was closed under us
+
+    def _cancel(self, call: Call) -> None:
+        """A stream left early: end it, and tell its node to stop producing (best effort)."""
+        running = call.phase is not _DONE
+        self._core.abandon(call)
+        sock = call.via
+        if running and isinstance(sock, Socket) and not sock.closed:
+            with contextlib.suppress(ZmqkitError):  # best effort: the node stops it on its own too
+                sock.try_send(codec.encode_cancel(call.call_id))
+
+    def _close_here(self) -> None:
+        """Close, on the client's loop (or anywhere once that loop has stopped)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        loop = self._loop
+        alive = loop is not None and not loop.is_closed()
+        if alive:
+            for task in [*self._readers.values(), *([self._watcher] if self._watcher else [])]:
+                task.cancel()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+        self._readers.clear()
+        self._conns.close()
+        error = ClosedError(f"{self!r} was closed")
+        for call in list(self._core.calls.values()):
+            self._core.end(call, error)
+            if alive:
+                self._wake(call)
+        self.node.detach(self)
