@@ -123,6 +123,21 @@ def test_groups_core_whisper_deadlines_and_peers_gone() -> None:
     assert core.abandoned([P2]) == [("w3", P2)] and core.next_deadline() is None
 
 
+def test_groups_core_a_peer_gone_still_answers_within_its_grace() -> None:
+    """Discovery may say a peer went before the acks it sent arrive: its whispers wait for
+    them until the grace ends (never past their own deadline), then expire."""
+    core = GroupsCore(ME)
+    early = core.start_whisper(P1, deadline=3.0, waiter="early")
+    late = core.start_whisper(P1, deadline=30.0, waiter="late")
+    other = core.start_whisper(P2, deadline=30.0, waiter="other")
+    core.went(P1, until=5.0)
+    assert core.waiting_on(P1) and core.next_deadline() == 3.0
+    assert core.take_ack(codec.encode_reply(late, None)) == ("late", None)
+    assert core.expired(now=5.0) == [("early", P1)] and not core.waiting_on(P1)
+    assert core.answered(early) is None  # an ack after the grace is late
+    assert core.waiting_on(P2) and core.answered(other) == "other"
+
+
 def test_groups_core_shout_intake_counts_gaps_and_drops_what_is_not_for_us() -> None:
     core = GroupsCore(ME)
     sender = P1.bytes

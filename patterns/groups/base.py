@@ -54,17 +54,20 @@ class BaseGroups:
     def close(self, timeout: float = 2.0) -> None:
         """Leave every group, stop the groups thread and join it. Safe to call twice, from any
         thread (from a ``Groups`` callback: the thread stops when the callback returns);
-        waiting readers get ``ClosedError`` (``events()`` ends)."""
+        waiting readers get ``ClosedError`` (``events()`` ends).
+
+        It detaches from the node first: peers that see this node gone (the runner withdraws
+        from discovery last) find it closed and detached."""
         with self._closing:
             if self._closed:
                 return
             self._closed = True
+        self.node.detach(self)
         try:
             self._runner.close(timeout)
         finally:
             if self._inbox is not None:
                 self._inbox.close()
-            self.node.detach(self)
 
     @property
     def endpoint(self) -> str:

@@ -193,6 +193,17 @@ class GroupsCore(Generic[W]):
                    if peers is None or p.peer in peers]
         return [(p.waiter, p.peer) for p in (self._pending.pop(call_id) for call_id in dropped)]
 
+    def went(self, peer_uuid: uuid_module.UUID, until: float) -> None:
+        """``peer_uuid`` has gone: its whispers wait for their acks until ``until`` at most
+        (acks it sent before going may still be on their way)."""
+        for pending in self._pending.values():
+            if pending.peer == peer_uuid:
+                pending.deadline = min(pending.deadline, until)
+
+    def waiting_on(self, peer_uuid: uuid_module.UUID) -> bool:
+        """Whether a whisper to ``peer_uuid`` still waits for its acknowledgement."""
+        return any(pending.peer == peer_uuid for pending in self._pending.values())
+
     def next_deadline(self) -> float | None:
         """The earliest deadline of a whisper waiting for its acknowledgement."""
         return min((p.deadline for p in self._pending.values()), default=None)

@@ -43,7 +43,8 @@ from zmqkit import (
 from . import wire
 from .core import GroupEvent, GroupsCore, Member
 
-__all__ = ["BATCH_BYTES", "BATCH_COUNT", "TICK", "Command", "Engine", "Host", "settle"]
+__all__ = ["ACK_GRACE", "BATCH_BYTES", "BATCH_COUNT", "TICK", "Command", "Engine", "Host",
+           "settle"]
 
 log = logging.getLogger("zmqkit.groups")
 
@@ -51,6 +52,10 @@ BATCH_BYTES = 65_536  # shouts queued together leave as one PUBLISH_BATCH of at 
 BATCH_COUNT = 1024  # ... or this many
 READ_BATCH = 1000  # frames taken from one socket before looking at the others
 TICK = 0.5  # the longest the groups thread sleeps without looking at the clock
+# How long the acknowledgements a peer sent before it went may still come. Discovery and the
+# whisper sockets are separate paths with no order between them: a peer's goodbye (a UDP beacon)
+# often arrives before the acks it had queued (TCP, and a close that lingers 0.2 s).
+ACK_GRACE = 1.0
 
 Whisper = concurrent.futures.Future[None]
 Command = Callable[["Engine"], None]  # work another thread hands to the groups thread
@@ -131,6 +136,7 @@ class Engine:
         # the groups thread's own
         self.dealers: dict[uuid_module.UUID, Socket] = {}
         self.dealer_peer: dict[Socket, uuid_module.UUID] = {}
+        self.draining: dict[Socket, float] = {}  # DEALERs of peers gone: closed at this time
         self.connected: dict[uuid_module.UUID, str] = {}
         self.refused: dict[uuid_module.UUID, SecurityError] = {}  # peers whose keys we refuse
         self.parked: list[_Parked] = []
@@ -160,7 +166,7 @@ class Engine:
                 elif ready is self.router:
                     self.serve()
                 elif isinstance(ready, Socket) and ready in self.dealer_peer:
-                    self.take_acks(self.dealer_peer[ready])
+                    self.take_acks(ready)
 
     def close(self) -> None:
         """Fail what waits (``ClosedError``), send the shouts queued last, close the sockets."""
@@ -174,7 +180,7 @@ class Engine:
         try:
             self.flush()  # shouts made just before the close still go out (PUB lingers 0.2 s)
         finally:
-            for sock in [*self.dealers.values(), self.pub, self.sub, self.router]:
+            for sock in [*self.dealers.values(), *self.draining, self.pub, self.sub, self.router]:
                 sock.close()
 
     def stats(self) -> dict[str, int]:
@@ -184,7 +190,7 @@ class Engine:
 
     def next_wait(self) -> float:
         """How long the poll may sleep: until the next whisper deadline, at most ``TICK``."""
-        deadlines = [d.at for _, _, d, _ in self.parked]
+        deadlines = [d.at for _, _, d, _ in self.parked] + list(self.draining.values())
         pending = self.core.next_deadline()
         if pending is not None:
             deadlines.append(pending)
@@ -274,12 +280,8 @@ class Engine:
                 continue  # changed or gone again since the event: the next refresh sees to it
             if self.connect(self.sub, peer, wire.PUB_ROLE):
                 self.connected[peer_uuid] = wanted[peer_uuid]
-        gone = [u for u in self.dealers if u not in self.core.peers]
-        for peer_uuid in gone:
-            self.drop_dealer(peer_uuid)
-        for waiter, peer_uuid in self.core.abandoned(gone) if gone else []:
-            settle(waiter, BrokenError(f"peer {peer_uuid} went before acknowledging a whisper; "
-                                       "it may or may not have it"))
+        for peer_uuid in [u for u in self.dealers if u not in self.core.peers]:
+            self.retire_dealer(peer_uuid)
 
     def connect(self, sock: Socket, peer: Peer, role: str) -> bool:
         """Connect ``sock`` to ``peer``'s ``role`` under the node's keys; False (counted, warned
@@ -381,23 +383,33 @@ class Engine:
         self.poller.register(dealer)
         return dealer
 
-    def drop_dealer(self, peer_uuid: uuid_module.UUID) -> None:
-        """Close the DEALER of a peer gone."""
+    def retire_dealer(self, peer_uuid: uuid_module.UUID) -> None:
+        """The peer has gone: its DEALER still takes, for ``ACK_GRACE`` at most, the acks that
+        were on their way (the whispers they do not answer then fail with ``BrokenError``)."""
         dealer = self.dealers.pop(peer_uuid)
+        until = time.monotonic() + ACK_GRACE
+        self.core.went(peer_uuid, until)
+        self.draining[dealer] = until
+        self.take_acks(dealer)  # those already here, and closes it when none is missing
+
+    def close_dealer(self, dealer: Socket) -> None:
+        """Close the DEALER of a peer gone, once it owes no acknowledgement or its grace ended."""
+        self.draining.pop(dealer, None)
         self.dealer_peer.pop(dealer, None)
         self.poller.unregister(dealer)
         dealer.close()
 
-    def take_acks(self, peer_uuid: uuid_module.UUID) -> None:
+    def take_acks(self, dealer: Socket) -> None:
         """Read a peer's acknowledgements and settle the whispers they answer."""
-        dealer = self.dealers[peer_uuid]
         for _ in range(READ_BATCH):
             frame = dealer.try_recv()
             if frame is None:
-                return
+                break
             answered = self.core.take_ack(frame)
             if answered is not None:
                 settle(*answered)
+        if dealer in self.draining and not self.core.waiting_on(self.dealer_peer[dealer]):
+            self.close_dealer(dealer)
 
     def settle_expired(self, now: float) -> None:
         """Fail the whispers whose deadline has passed (parked, or waiting for their ack)."""
@@ -409,8 +421,14 @@ class Engine:
                                         f"(beacon port {self.node.port})"))
         for waiter, peer_uuid in self.core.expired(now):
             tracked = self.core.peers.get(peer_uuid)
-            name = tracked.name if tracked is not None else "?"
-            settle(waiter, Timeout(f"whisper to {name} ({peer_uuid}) not acknowledged in time"))
+            if tracked is None:  # it went, and its grace for late acks has passed
+                settle(waiter, BrokenError(f"peer {peer_uuid} went before acknowledging a "
+                                           "whisper; it may or may not have it"))
+            else:
+                settle(waiter, Timeout(f"whisper to {tracked.name} ({peer_uuid}) not "
+                                       "acknowledged in time"))
+        for dealer in [d for d, until in self.draining.items() if until <= now]:
+            self.close_dealer(dealer)
 
     # -- whispers taken --------------------------------------------------------------------------
 

@@ -77,14 +77,13 @@ class GroupsRunner:
         self._presence: deque[PeerEvent] = deque()
         self._accepting = True
         self._closed = False
+        self._withdrawn = False  # the node no longer announces these groups (for good)
         self._engine: Engine | None = None
         self._service = ServiceThread(f"zmqkit-groups:{node.name}", self._run)
         self._unsubscribe = node.on_event(self._on_presence)
         try:
             self._service.start(timeout)
-            engine = self.engine
-            node.advertise(wire.PUB_ROLE, engine.pub_endpoint)
-            node.advertise(wire.ROLE, engine.endpoint)
+            self._advertise(self.engine)
         except BaseException:
             self.close()
             raise
@@ -106,8 +105,11 @@ class GroupsRunner:
         return self._service.is_current
 
     def close(self, timeout: float = 2.0) -> None:
-        """Withdraw from discovery, stop the thread and join it (unless called from it, by a
-        callback: it then stops when the callback returns). Safe to call twice."""
+        """Stop the thread and join it, then withdraw from discovery (called from the thread,
+        by a callback: the thread does both when the callback returns). Safe to call twice.
+
+        Discovery goes last, so that a peer that sees this node gone knows that it has closed:
+        the acks it owed were sent first, and its sockets are closed."""
         with self._lock:
             if self._closed:
                 return
@@ -115,11 +117,9 @@ class GroupsRunner:
             self._accepting = False
         with contextlib.suppress(ValueError):  # the node forgot its listeners already
             self._unsubscribe()
-        with self._announcing:
-            self.node.set_header(wire.GROUPS_HEADER, None)
-            self.node.withdraw(wire.ROLE)
-            self.node.withdraw(wire.PUB_ROLE)
         self._service.stop(timeout)
+        if not self._service.is_current:
+            self._withdraw()  # done by the thread as it ended, unless it never ran or hangs
 
     # -- reading what the thread published (any thread, no waiting) ------------------------------
 
@@ -255,9 +255,29 @@ class GroupsRunner:
     def announce(self, joined: frozenset[str]) -> None:
         """See ``Host.announce``: refused once closing, the header being withdrawn."""
         with self._announcing:
-            if self._closed:
+            if self._closed or self._withdrawn:
                 raise ClosedError(f"{self!r} is closing")
             self.node.set_header(wire.GROUPS_HEADER, wire.format_groups(joined))
+
+    def _advertise(self, engine: Engine) -> None:
+        """Announce the node's two roles (unless the thread has ended already)."""
+        with self._announcing:
+            if self._withdrawn:
+                self._check_accepting()  # the thread failed: BrokenError
+                raise ClosedError(f"{self!r} is closed")
+            self.node.advertise(wire.PUB_ROLE, engine.pub_endpoint)
+            self.node.advertise(wire.ROLE, engine.endpoint)
+
+    def _withdraw(self) -> None:
+        """Stop announcing groups, once: the header, then the shouts, then (what peers take for
+        this node's GONE) the whispers."""
+        with self._announcing:
+            if self._withdrawn:
+                return
+            self._withdrawn = True
+            self.node.set_header(wire.GROUPS_HEADER, None)
+            self.node.withdraw(wire.PUB_ROLE)
+            self.node.withdraw(wire.ROLE)
 
     def deliver(self, events: list[GroupEvent]) -> None:
         """See ``Host.deliver``: to the front-end."""
@@ -276,4 +296,7 @@ class GroupsRunner:
             service.ready()
             engine.run()
         finally:
-            engine.close()
+            try:
+                engine.close()  # the acks owed are sent, the sockets closed...
+            finally:
+                self._withdraw()  # ... before peers see this node gone
