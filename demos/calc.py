@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-
 from zmqkit.patterns import rpc
+
 from zmqkit import Node
 
 from .common import REFRESH, Clock, run_until

@@ -16,8 +16,8 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
-
 from zmqkit.patterns.groups import GroupEvent, GroupEventKind, Groups
+
 from zmqkit import Node, Timeout
 
 from .common import Clock, run_until

@@ -27,10 +27,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
-
-import zmqkit
 from zmqkit.patterns import pubsub, rpc
 from zmqkit.patterns.groups import GroupEventKind, Groups
+
+import zmqkit
 
 from .common import Clock
 from .farm import FarmRun

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-
 from zmqkit.patterns import pubsub
+
 from zmqkit import Node, Timeout
 
 from .common import Clock, run_until

@@ -10,8 +10,9 @@ import pkgutil
 from collections.abc import Iterator
 from types import ModuleType
 
-import zmqkit
 import zmqkit.patterns
+
+import zmqkit
 
 
 def modules(package: ModuleType) -> Iterator[ModuleType]:

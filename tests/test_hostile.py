@@ -34,9 +34,9 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zmqkit.patterns import pubsub, rpc
 
 import zmqkit
-from zmqkit.patterns import pubsub, rpc
 from zmqkit import Node, ProtocolError, Socket, Timeout, codec
 from zmqkit.codec import DEFAULT_MAX_MESSAGE_SIZE, MAX_BEACON_SIZE, BeaconKind, Kind
 

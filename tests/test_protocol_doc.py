@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 import cbor2
 import pytest
 import zmq
-
 from zmqkit.patterns import pubsub, rpc
+
 from zmqkit import Node
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"

@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 import zmq
 import zmq.utils.monitor
-
 from zmqkit.patterns import pubsub, rpc
+
 from zmqkit import ConfigError, Node, Socket, Timeout, codec
 from zmqkit.codec import BeaconKind
 from zmqkit.security import CURVE_HEADER, Keypair, Keyring, SecurityError

@@ -7,9 +7,8 @@ import sys
 
 
 def test_packages_import() -> None:
-    from zmqkit import demos
-    from zmqkit import patterns
     import zmqkit
+    from zmqkit import demos, patterns
 
     for package in (zmqkit, patterns):
         assert len(set(package.__all__)) == len(package.__all__), "each name exported once"

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from zmqkit.patterns import farm, pubsub, rpc
+
 from zmqkit import Node, Timeout
 from zmqkit.security import Keypair
 
