@@ -542,10 +542,10 @@ def test_async_send_nowait_and_wait_writable() -> None:
     async def main() -> list[bytes]:
         with AsyncSocket(zmq.PUSH, options=SocketOptions(send_hwm=1, immediate=True)) as push, \
                 AsyncSocket(zmq.PULL) as pull:
-            assert push.send_nowait(b"nobody yet") is False  # immediate: no connection, no queue
+            assert push.try_send(b"nobody yet") is False  # immediate: no connection, no queue
             push.connect(pull.bind())
             assert await push.wait_writable(timeout=5)
-            assert push.send_nowait(b"one")
+            assert push.try_send(b"one")
             return [await pull.recv_async(timeout=5)]
 
     assert asyncio.run(main()) == [b"one"]
@@ -583,13 +583,13 @@ def test_async_send_nowait_wakes_a_reader_parked_on_the_same_socket() -> None:
     async def main() -> bytes:
         with AsyncSocket(zmq.DEALER) as dealer, Socket(zmq.ROUTER) as router:
             dealer.connect(router.bind())
-            assert dealer.send_nowait(b"hello")
+            assert dealer.try_send(b"hello")
             routing_id, _ = router.recv_multipart(timeout=5)
             waiting = asyncio.ensure_future(dealer.recv_async(timeout=0.5))
             await asyncio.sleep(0.01)  # parked on the descriptor
             router.send_multipart([routing_id, b"reply"])
             time.sleep(0.05)  # the reply is in, and the loop has not looked yet
-            assert dealer.send_nowait(b"more")  # may swallow the descriptor's signal
+            assert dealer.try_send(b"more")  # may swallow the descriptor's signal
             return await waiting
 
     assert asyncio.run(main()) == b"reply"

@@ -310,18 +310,6 @@ class Node:
             self.headers.clear()
             self.headers.update(headers)
 
-    # -- security ----------------------------------------------------------------------------
-
-    def secure_server(self, sock: Socket) -> None:
-        """Transitional (use ``server_socket``): make ``sock`` a CURVE server if keyed."""
-        if self.security is not None:
-            sock.serve_curve(self.security)
-
-    def secure_client(self, sock: Socket, peer: Peer) -> None:
-        """Transitional (use ``client_socket`` and ``connect_peer``): secure for ``peer``."""
-        sock.security = self.security
-        sock.secure_for(peer)
-
     # -- what this node knows about others -----------------------------------------------------
 
     @property

@@ -482,7 +482,7 @@ class AsyncSocket(Socket):
     The loop watches ZeroMQ's notification descriptor itself (no pyzmq futures on the hot path).
     That descriptor is edge-triggered: any operation on the socket may consume the signal that
     messages arrived, so every wait first looks at ``EVENTS`` (and wakes the other waiters that
-    reading may have robbed of their signal), and ``send_nowait`` wakes parked readers when its
+    reading may have robbed of their signal), and ``try_send`` wakes parked readers when its
     send has swallowed their signal. Receives drain what is queued without a
     trip through the loop; a burst of messages costs one wake-up, not one each.
     """
@@ -586,8 +586,6 @@ class AsyncSocket(Socket):
             return False
         self._wake_parked()
         return True
-
-    send_nowait = try_send  # the name the asyncio parts used first
 
     def try_recv(self) -> bytes | None:
         frame = super().try_recv()

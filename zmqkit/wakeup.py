@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
 
 __all__ = ["LoopWakeup", "Wakeup"]
 
@@ -42,17 +41,6 @@ class Wakeup:
         with contextlib.suppress(OSError):  # drained already, or closed
             self._reader.recv(4096)
         self._pending = False
-
-    def register(self, poller: Any) -> None:
-        """Transitional: watch this wake-up on a raw ``zmq.Poller`` (use ``Poller`` instead)."""
-        poller.register(self._reader, 1)
-
-    def woke(self, events: dict[object, int]) -> bool:
-        """Transitional: whether raw poller ``events`` include this wake-up; if so, take it."""
-        if self._reader.fileno() not in events:
-            return False
-        self.take()
-        return True
 
     def set(self) -> None:
         """Wake the waiting thread (from any thread; after close, does nothing)."""
