@@ -10,7 +10,6 @@ from zmqkit.patterns.rpc.core import DEFAULT_TIMEOUT
 
 from zmqkit import Node
 
-from .client import check_name
 from .core import FailoverCore
 from .replicas import Order, Replicas, by_uuid
 
@@ -36,7 +35,6 @@ class AsyncFailoverClient(AsyncCaller):
         attempt_timeout: float | None = None,
         order: Order = by_uuid,
     ) -> None:
-        check_name(name)
         core = FailoverCore(name, order=order, attempt_timeout=attempt_timeout)
         self._replicas: Replicas = core.replicas
         super().__init__(node, core, timeout=timeout)
@@ -57,4 +55,4 @@ class AsyncFailoverClient(AsyncCaller):
     @property
     def replicas(self) -> list[uuid_module.UUID]:
         """The known replicas, in failover order."""
-        return [replica.uuid for replica in self._replicas.ordered()]
+        return self._replicas.uuids()

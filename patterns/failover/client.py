@@ -8,22 +8,12 @@ import uuid as uuid_module
 from zmqkit.patterns.rpc.core import DEFAULT_TIMEOUT
 from zmqkit.patterns.rpc.sync_caller import SyncCaller
 
-from zmqkit import ConfigError, Node
+from zmqkit import Node
 
 from .core import FailoverCore
 from .replicas import Order, Replicas, by_uuid
 
-__all__ = ["FailoverClient", "check_name"]
-
-
-def check_name(name: object) -> None:
-    """A failover client calls the replicas of one name.
-
-    Raises:
-        ConfigError: ``name`` is not a non-empty text.
-    """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"a failover client calls the replicas of one name (text), not {name!r}")
+__all__ = ["FailoverClient"]
 
 
 class FailoverClient(SyncCaller):
@@ -49,7 +39,6 @@ class FailoverClient(SyncCaller):
         attempt_timeout: float | None = None,
         order: Order = by_uuid,
     ) -> None:
-        check_name(name)
         core = FailoverCore(name, order=order, attempt_timeout=attempt_timeout)
         self._replicas: Replicas = core.replicas
         super().__init__(node, core, timeout=timeout)
@@ -70,4 +59,4 @@ class FailoverClient(SyncCaller):
     def replicas(self) -> list[uuid_module.UUID]:
         """The known replicas, in failover order."""
         with self._lock:
-            return [replica.uuid for replica in self._replicas.ordered()]
+            return self._replicas.uuids()

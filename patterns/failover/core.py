@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from zmqkit.patterns.rpc.core import CallCore
 
+from zmqkit import ConfigError
+
 from .replicas import Order, Replicas, by_uuid
 
-__all__ = ["FailoverCore"]
+__all__ = ["FailoverCore", "check_name"]
+
+
+def check_name(name: object) -> None:
+    """A failover client calls the replicas of one name.
+
+    Raises:
+        ConfigError: ``name`` is not a non-empty text.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a failover client calls the replicas of one name (text), not {name!r}")
 
 
 class FailoverCore(CallCore):
@@ -25,5 +37,6 @@ class FailoverCore(CallCore):
     def __init__(
         self, name: str, *, order: Order = by_uuid, attempt_timeout: float | None = None
     ) -> None:
+        check_name(name)
         self.replicas = Replicas(order)
         super().__init__(name, self.replicas, attempt_timeout=attempt_timeout)

@@ -38,6 +38,10 @@ class Replicas(Targets):
         return Target(peer.uuid, peer.endpoints[ROLE], peer=peer,
                       rank=(self.order(peer), peer.uuid.bytes))
 
+    def uuids(self) -> list[uuid_module.UUID]:
+        """The known replicas' UUIDs, in failover order (what the clients show)."""
+        return [target.uuid for target in self.ordered()]
+
     def ordered(self) -> list[Target]:
         """The replicas in failover order."""
         return sorted(self.targets.values(), key=lambda replica: replica.rank)
