@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,15 @@ def private_default_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node made without a port (README examples, CLI commands, their subprocesses) uses a
     beacon port of this test's own: it never meets another test run's nodes or a user's."""
     monkeypatch.setenv("ZMQKIT_PORT", str(free_udp_port()))
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail, saying ``what``, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what}")
+        time.sleep(0.01)
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,6 +24,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from conftest import wait_until
 from nodeproc import NodeProcess, kill_all
 
 from zmqkit import (
@@ -66,13 +67,6 @@ def make_node(beacon_port: int) -> Iterator[Callable[..., Node]]:
     for node in reversed(nodes):
         node.close()
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.005)
 
 
 class Recorder:

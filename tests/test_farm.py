@@ -27,7 +27,7 @@ from typing import Any
 import cbor2
 import pytest
 import zmq
-from conftest import doc_section
+from conftest import doc_section, wait_until
 from zmqkit.patterns import farm
 from zmqkit.patterns.farm import wire
 from zmqkit.patterns.farm.core import Cancel, Dispatch, SubmitterCore, WorkerCore
@@ -438,13 +438,6 @@ def make_node(beacon_port: int) -> Iterator[MakeNode]:
     for node in reversed(nodes):
         node.close()
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def wait_workers(submitter: farm.Submitter, nodes: int, timeout: float = 5.0) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import cbor2
 import pytest
 import zmq
+from conftest import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmqkit.patterns import pubsub, rpc
@@ -108,13 +109,6 @@ def pickle_bomb(tmp_path: Path) -> Iterator[tuple[bytes, Path]]:
     yield pickle.dumps(Touch(marker)), marker
     assert not marker.exists(), "something unpickled a frame"
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def figures(surface: str, **counts: int) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import cbor2
 import pytest
 import zmq
+from conftest import wait_until
 from zmqkit.patterns import rpc
 
 from zmqkit import (
@@ -186,13 +187,6 @@ def wait_serving(node: Node, name: str, count: int = 1, timeout: float = 5.0) ->
     wait_until(lambda: len([p for p in node.peers(name) if "rpc" in p.endpoints]) == count,
                timeout, f"{count} {name!r} node(s) serving RPC")
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 @contextlib.contextmanager

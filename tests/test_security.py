@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.utils.monitor
+from conftest import wait_until
 from zmqkit.patterns import pubsub, rpc
 
 from zmqkit import ConfigError, Node, Socket, Timeout, codec
@@ -111,13 +112,6 @@ def plain_node(make_node: MakeNode, server: rpc.Server) -> Node:
     wait_serving(node, "calc")
     return node
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def wait_serving(node: Node, name: str, timeout: float = 5.0) -> None:

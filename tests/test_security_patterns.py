@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 import zmqkit.patterns
+from conftest import wait_until
 from zmqkit.patterns import failover, farm, groups, pubsub, rpc, state, survey
 
 from zmqkit import Keypair, Keyring, Node, SecurityError, Timeout, ZmqkitError
@@ -88,13 +89,6 @@ def peer_node(make_node: MakeNode, cast: Cast, who: str) -> Node:
     assert who == "plain", who
     return make_node("plain")
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 # -- the scenarios: one per pattern -----------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import doc_section
+from conftest import doc_section, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zmqkit.patterns import state
@@ -70,13 +70,6 @@ def op_set(key: str, stamp: int, value: Any, expires_at: int | None = None) -> l
 def op_delete(key: str, stamp: int) -> list[Any]:
     return [wire.OP_DELETE, key, stamp, None, None]
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 # -- the core --------------------------------------------------------------------------------------

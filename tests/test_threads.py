@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from zmqkit.patterns import farm, groups, pubsub, rpc, state
 
 from zmqkit import ClosedError, Node, Timeout, ZmqkitError
@@ -37,13 +38,6 @@ def make_node(beacon_port: int) -> Iterator[MakeNode]:
 
         yield make
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def warm_up(publisher: pubsub.Publisher, subscriber: pubsub.Subscriber, topic: str) -> None:
