@@ -61,7 +61,6 @@ class AsyncCaller:
         self._conns = Connections(node, asyncio=True)
         self._readers: dict[Target, asyncio.Task[None]] = {}
         self._waiters: dict[int, asyncio.Future[None]] = {}  # a driving coroutine's wake-up
-        self._promises: dict[int, asyncio.Future[Any]] = {}  # a submitted call's result
         self._last_reply: dict[Target, float] = {}  # when each node's socket last gave anything
         self._timers: list[tuple[float, int]] = []  # heap of (when, call id) to look at
         self._sweeper: asyncio.TimerHandle | None = None
@@ -157,9 +156,14 @@ class AsyncCaller:
                 self._core.abandon(call)
         return call.outcome()
 
-    def _submit(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
-                timeout: float | None) -> asyncio.Future[Any]:
-        """Send a call now, without a coroutine; its future gets the outcome. Not retried."""
+    def _submit(self, method: str, /, *args: Any, timeout: float | None = None,
+                **kwargs: Any) -> asyncio.Future[Any]:
+        """Send a call now and return a future of its result: the cheapest way to pipeline.
+
+        Needs a node already known and connected (after a first ``await`` call); raises
+        ``PeerNotFound`` otherwise, and ``BusyError`` when there is no room to send now. Not
+        retried on failure. (``AsyncClient.submit`` is this very function: no wrapper frame.)
+        """
         loop = self._loop
         try:
             here = asyncio.get_running_loop() is loop and not self._closed
@@ -189,9 +193,9 @@ class AsyncCaller:
                 f"no room to send to {self.name!r} now (its queue is full, or its connection is "
                 "not up yet): await some results first"
             )
-        core.sent(call, target, now, via=sock)
+        core.sent(call, target, now, sock)
         future: asyncio.Future[Any] = loop.create_future()
-        self._promises[call.call_id] = future
+        call.promise = future
         self._later(call.deadline, call.call_id)
         return future
 
@@ -208,8 +212,8 @@ class AsyncCaller:
         try:
             while True:
                 await self._drive(call)
-                items, call.items = call.items, []
-                for item in items:
+                items, call.items = call.items, None
+                for item in items or ():
                     yield item
                 if call.phase is _DONE:
                     break
@@ -371,10 +375,10 @@ class AsyncCaller:
 
     def _wake(self, call: Call) -> None:
         """``call`` changed: wake the coroutine driving it, or settle its future."""
-        promise = self._promises.get(call.call_id)
+        promise = call.promise  # a submitted call's future
         if promise is not None:
             if call.phase is _DONE:
-                del self._promises[call.call_id]
+                call.promise = None
                 if not promise.done():
                     if call.error is not None:
                         promise.set_exception(call.error)
@@ -434,19 +438,18 @@ class AsyncCaller:
 
     async def _read(self, target: Target, sock: Socket) -> None:
         """Hand every frame from ``target``'s socket to the core; wake the calls it changes."""
-        core, last_reply, promises, node = self._core, self._last_reply, self._promises, target.uuid
+        receive, last_reply, node = self._core.receive, self._last_reply, target.uuid
         try:
             while True:
                 frame = sock.try_recv()
                 if frame is None:
                     await sock.wait_readable(READER_WAIT)  # type: ignore[attr-defined]
                     continue
-                now = time.monotonic()
-                last_reply[target] = now
-                call = core.receive(node, frame, via=sock, now=now)
+                now = last_reply[target] = time.monotonic()
+                call = receive(node, frame, sock, now)
                 if call is None:
                     continue
-                promise = promises.pop(call.call_id, None)
+                promise = call.promise
                 if promise is None:
                     self._wake(call)
                 elif not promise.done():  # a submitted call: it has ended

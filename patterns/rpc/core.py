@@ -81,8 +81,8 @@ class Call:
     """One call from the caller's request to its outcome, across attempts on several nodes."""
 
     __slots__ = (
-        "attempt_deadline", "budget", "call_id", "deadline", "error", "frame", "holding",
-        "idempotent", "items", "method", "phase", "result", "sent_to", "stream",
+        "attempt_deadline", "budget", "call_id", "deadline", "error", "frame", "held",
+        "idempotent", "items", "method", "phase", "promise", "result", "sent_to", "stream",
         "target", "tried", "via",
     )
 
@@ -99,12 +99,15 @@ class Call:
         self.target: Target | None = None  # of the attempt in flight
         self.via: object = None  # the connection that attempt went on (for an ERROR with id 0)
         self.attempt_deadline = math.inf
-        # lists, not sets: a UUID hashes in Python, and these hold one or two UUIDs, found by
+        # a list, not a set: a UUID hashes in Python, and this holds one or two UUIDs, found by
         # identity (the node's own UUID object) on the hot path
         self.sent_to: list[uuid_module.UUID] = []  # answers from these count
-        self.tried: list[uuid_module.UUID] = []  # this round's failed nodes
-        self.holding: list[Target] = []  # targets that count this call as pending
-        self.items: list[Any] = []  # a generator method's items not handed over yet
+        # None until needed: every container a call makes costs the garbage collector, which
+        # sees a thousand calls in flight at once when they are pipelined
+        self.tried: list[uuid_module.UUID] | None = None  # this round's nodes that failed it
+        self.held: Target | None = None  # the target that counts this call as pending
+        self.items: list[Any] | None = None  # a generator method's items not handed over yet
+        self.promise: Any = None  # the driver's own (asyncio: the future of a submitted call)
         self.result: Any = None
         self.error: ZmqkitError | None = None
 
@@ -226,10 +229,14 @@ class CallCore:
         ``unreachable``. None while no node is known (or, when every node found was refused,
         the call ends at once with the refusal)."""
         targets = self.targets
-        target = targets.pick(now, call.tried)
-        if target is None and call.tried and targets.targets:
-            call.tried.clear()  # every node had its turn: start another round
+        tried = call.tried
+        if not tried:
             target = targets.pick(now)
+        else:
+            target = targets.pick(now, tried)
+            if target is None and targets.targets:
+                tried.clear()  # every node had its turn: start another round
+                target = targets.pick(now)
         if target is None:
             if self.refusal is not None and not targets.targets:
                 self._finish(call, error=self.refusal)
@@ -243,13 +250,11 @@ class CallCore:
             self.targets.finished(target)
             return
         call.phase = _IN_FLIGHT
-        call.target = target
+        call.target = call.held = target  # nothing holds a call being routed (see _lost)
         call.via = via
         uuid = target.uuid
         if uuid not in call.sent_to:
             call.sent_to.append(uuid)
-        call.tried.append(uuid)
-        call.holding.append(target)
         if call.idempotent and self.attempt_timeout is not None:
             call.attempt_deadline = now + self.attempt_timeout
         self.sent_count += 1
@@ -260,10 +265,10 @@ class CallCore:
         self.targets.unreachable(target, now)
         if call.phase is not _ROUTING:
             return
-        call.tried.append(target.uuid)
+        _tried(call, target)
         self.counts["unreachable"] += 1
 
-    def receive(self, node: uuid_module.UUID, frame: bytes, *, via: object = None,
+    def receive(self, node: uuid_module.UUID, frame: bytes, via: object = None,
                 now: float | None = None) -> Call | None:
         """Take one frame from ``node``'s connection ``via``; return the call it ended, or the
         stream call it brought an item to (its deadline then runs from ``now``).
@@ -285,24 +290,25 @@ class CallCore:
         if kind == _REPLY:  # the common case, first, without a call to _finish
             call.result = message[3]
             call.phase = _DONE
-            holding = call.holding
-            if holding:
-                finished = self.targets.finished
-                for target in holding:
-                    finished(target)
-                holding.clear()
+            target = call.held
+            if target is not None:
+                call.held = None
+                self.targets.finished(target)
             del self.calls[call.call_id]
             self.answered_count += 1
             return call
         if kind == _ITEM:
-            call.items.append(message[3])
+            if call.items is None:
+                call.items = [message[3]]
+            else:
+                call.items.append(message[3])
             if not call.stream:
                 return None  # a generator method called plainly: its items make the result
             if now is not None:
                 call.deadline = now + call.budget
             return call
         if kind == _END:
-            self._finish(call, result=call.items)
+            self._finish(call, result=call.items or [])
         elif kind == _ERROR:
             self._finish(call, error=remote_error(message[3], message[4], message[5]))
         else:
@@ -398,11 +404,13 @@ class CallCore:
                 "call is not marked idempotent"))
             return
         present = self.targets.targets.values()
-        untried = [t for t in present if t.uuid not in call.sent_to and t.uuid not in call.tried]
+        tried = call.tried or ()
+        untried = [t for t in present if t.uuid not in call.sent_to and t.uuid not in tried]
         also_asked = [t for t in present if t.uuid in call.sent_to and t is not target]
         if not gone and not untried:
             return  # silent, but no node is left that has not got it: keep waiting for them
         self._release(call, target, now)
+        _tried(call, target)  # this round's turn of ``target`` is over
         if untried or not also_asked:
             call.phase = _ROUTING  # to the next node (an answer from this one still counts)
             call.target = None
@@ -412,8 +420,8 @@ class CallCore:
 
     def _release(self, call: Call, target: Target, now: float) -> None:
         """``target`` failed this call: it no longer counts it as pending."""
-        if target in call.holding:
-            call.holding.remove(target)
+        if call.held is target:
+            call.held = None
             self.targets.failed(target, now)
         else:
             self.targets.penalize(target, now)
@@ -466,12 +474,16 @@ class CallCore:
     def _finish(self, call: Call, *, result: Any = None, error: ZmqkitError | None = None) -> None:
         call.phase = _DONE
         call.result, call.error = result, error
-        if call.holding:
-            self._release_all(call)
+        target = call.held
+        if target is not None:  # the call ended: its target no longer counts it as pending
+            call.held = None
+            self.targets.finished(target)
         self.calls.pop(call.call_id, None)
 
-    def _release_all(self, call: Call) -> None:
-        """The call ended: the targets that counted it as pending no longer do."""
-        for target in call.holding:
-            self.targets.finished(target)
-        call.holding.clear()
+
+def _tried(call: Call, target: Target) -> None:
+    """``target`` had its turn at ``call`` in this round: the next attempt goes elsewhere."""
+    if call.tried is None:
+        call.tried = [target.uuid]
+    else:
+        call.tried.append(target.uuid)

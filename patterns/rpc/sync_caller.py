@@ -171,10 +171,10 @@ class SyncCaller:
                     self._drive(owner, call, target)
                     target = None
                     with self._lock:
-                        items, call.items = call.items, []
+                        items, call.items = call.items, None
                 finally:
                     self._leave(owner, None)
-                yield from items
+                yield from items or ()
                 if call.phase is _DONE:
                     break
                 owner = self._enter()
