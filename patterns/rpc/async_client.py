@@ -7,7 +7,6 @@ of a coroutine. From another thread, use ``rpc.Client`` (any thread may call it)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 

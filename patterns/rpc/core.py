@@ -75,41 +75,43 @@ class Phase(enum.Enum):
 
 # the phases as plain names: an enum member looked up on its class costs ten times more
 _ROUTING, _IN_FLIGHT, _DONE = Phase.ROUTING, Phase.IN_FLIGHT, Phase.DONE
+_NEVER = math.inf
 
 
 class Call:
-    """One call from the caller's request to its outcome, across attempts on several nodes."""
+    """One call from the caller's request to its outcome, across attempts on several nodes.
+
+    Made by ``CallCore.begin``, which sets every field itself: a constructor would add a
+    Python frame to every call, costing about as much as the fields.
+    """
 
     __slots__ = (
         "attempt_deadline", "budget", "call_id", "deadline", "error", "frame", "held",
         "idempotent", "items", "method", "phase", "promise", "result", "sent_to", "stream",
         "target", "tried", "via",
     )
-
-    def __init__(self, call_id: int, method: str, frame: bytes, idempotent: bool,
-                 now: float, budget: float, stream: bool) -> None:
-        self.call_id = call_id  # one id for every attempt: the same request, to each node in turn
-        self.method = method
-        self.frame = frame
-        self.idempotent = idempotent
-        self.stream = stream  # items are handed over as they come, and extend the deadline
-        self.budget = budget
-        self.deadline = now + budget
-        self.phase = _ROUTING
-        self.target: Target | None = None  # of the attempt in flight
-        self.via: object = None  # the connection that attempt went on (for an ERROR with id 0)
-        self.attempt_deadline = math.inf
-        # a list, not a set: a UUID hashes in Python, and this holds one or two UUIDs, found by
-        # identity (the node's own UUID object) on the hot path
-        self.sent_to: list[uuid_module.UUID] = []  # answers from these count
-        # None until needed: every container a call makes costs the garbage collector, which
-        # sees a thousand calls in flight at once when they are pipelined
-        self.tried: list[uuid_module.UUID] | None = None  # this round's nodes that failed it
-        self.held: Target | None = None  # the target that counts this call as pending
-        self.items: list[Any] | None = None  # a generator method's items not handed over yet
-        self.promise: Any = None  # the driver's own (asyncio: the future of a submitted call)
-        self.result: Any = None
-        self.error: ZmqkitError | None = None
+    call_id: int  # one id for every attempt: the same request, to each node in turn
+    method: str
+    frame: bytes
+    idempotent: bool
+    stream: bool  # items are handed over as they come, and extend the deadline
+    budget: float
+    deadline: float
+    phase: Phase
+    target: Target | None  # of the attempt in flight
+    via: object  # the connection that attempt went on (for an ERROR with id 0)
+    attempt_deadline: float
+    # a list, not a set: a UUID hashes in Python, and this holds one or two UUIDs, found by
+    # identity (the node's own UUID object) on the hot path
+    sent_to: list[uuid_module.UUID]  # answers from these count
+    # None until needed: every container a call makes costs the garbage collector, which sees
+    # a thousand calls in flight at once when they are pipelined
+    tried: list[uuid_module.UUID] | None  # this round's nodes that failed it
+    held: Target | None  # the target that counts this call as pending
+    items: list[Any] | None  # a generator method's items not handed over yet
+    promise: Any  # the driver's own (asyncio: the future of a submitted call)
+    result: Any
+    error: ZmqkitError | None
 
     def __repr__(self) -> str:
         return f"<zmqkit rpc call {self.call_id} {self.method}() {self.phase.value}>"
@@ -207,9 +209,9 @@ class CallCore:
 
     # -- a call's life -------------------------------------------------------------------------
 
-    def begin(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
+    def begin(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
               idempotent: bool, timeout: float, now: float, stream: bool = False) -> Call:
-        """Start a call.
+        """Start a call (the drivers pass the arguments by position: cheaper, on every call).
 
         Raises:
             ConfigError: ``timeout`` is not a finite number of seconds >= 0.
@@ -217,9 +219,19 @@ class CallCore:
         """
         if not isinstance(timeout, (int, float)) or not 0 <= timeout < 1e7:
             raise ConfigError(f"a timeout is a finite number of seconds >= 0, not {timeout!r}")
-        call_id = next(self._ids)
-        call = Call(call_id, method, codec.encode_request(call_id, method, args, kwargs),
-                    idempotent and not stream, now, timeout, stream)
+        call = Call()
+        call.call_id = call_id = next(self._ids)
+        call.method = method
+        call.frame = codec.encode_request(call_id, method, args, kwargs)
+        call.idempotent = idempotent and not stream
+        call.stream = stream
+        call.budget = timeout
+        call.deadline = now + timeout
+        call.phase = _ROUTING
+        call.target = call.via = call.held = call.tried = call.items = None
+        call.promise = call.result = call.error = None
+        call.attempt_deadline = _NEVER
+        call.sent_to = []
         self.calls[call_id] = call
         self.calls_count += 1
         return call
@@ -231,17 +243,14 @@ class CallCore:
         targets = self.targets
         tried = call.tried
         if not tried:
-            target = targets.pick(now)
+            target = targets.take(now)
         else:
-            target = targets.pick(now, tried)
+            target = targets.take(now, tried)
             if target is None and targets.targets:
                 tried.clear()  # every node had its turn: start another round
-                target = targets.pick(now)
-        if target is None:
-            if self.refusal is not None and not targets.targets:
-                self._finish(call, error=self.refusal)
-            return None
-        targets.started(target)
+                target = targets.take(now)
+        if target is None and self.refusal is not None and not targets.targets:
+            self._finish(call, error=self.refusal)
         return target
 
     def sent(self, call: Call, target: Target, now: float, via: object = None) -> None:

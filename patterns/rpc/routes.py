@@ -1,8 +1,9 @@
 """Routing policies: which node of a name gets the next call. Pure: no sockets, no clock.
 
 ``Targets`` keeps the nodes that serve a name in step with discovery; a policy subclass says
-which one a call goes to (``pick``) and hears how each call went (``started``, ``finished``,
-``failed``, ``unreachable``). The call core (``core.CallCore``) drives any policy the same way.
+which one a call goes to (``pick``; ``take`` also counts the call as ``started`` there) and hears
+how each call went (``started``, ``finished``, ``failed``, ``unreachable``). The call core
+(``core.CallCore``) drives any policy the same way.
 
 - ``Routes`` (RPC): the node with the fewest calls pending, the least recently used among
   equals (round robin), and nodes that failed recently only when nothing else is left.
@@ -84,6 +85,13 @@ class Targets:
         """The target for the next call, or None when there is none outside ``exclude``."""
         raise NotImplementedError
 
+    def take(self, now: float, exclude: Iterable[uuid_module.UUID] = ()) -> Target | None:
+        """``pick``, and count the call as ``started`` on the target picked."""
+        target = self.pick(now, exclude)
+        if target is not None:
+            self.started(target)
+        return target
+
     def started(self, target: Target) -> None:
         """A call was routed to ``target``."""
         target.pending += 1
@@ -129,6 +137,17 @@ class Routes(Targets):
             candidates,
             key=lambda t: (now - t.failed_at < FAILURE_PENALTY, t.pending, t.last_used),
         )
+
+    def take(self, now: float, exclude: Iterable[uuid_module.UUID] = ()) -> Target | None:
+        """``pick`` and ``started`` in one step, on the path of every call."""
+        if len(self.targets) != 1 or exclude:
+            return super().take(now, exclude)
+        for target in self.targets.values():  # the common case: one node, nothing to choose
+            self._turn += 1
+            target.last_used = self._turn
+            target.pending += 1
+            return target
+        return None  # not reached: there is one target
 
     def started(self, target: Target) -> None:
         """A call was routed to ``target``: it is now the most recently used."""

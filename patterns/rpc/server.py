@@ -216,11 +216,14 @@ class Server:
                     if message is None:
                         continue
                 else:
+                    # the caller's address, then the rest of its message, here now (whole). Not
+                    # recv_multipart: it reads the more-frames flag after the address too, and
+                    # each read (pyzmq makes the option an enum first) costs more than a frame
                     try:
-                        identity = router.recv(TICK)  # a ROUTER message: the caller's address,
+                        identity = router.recv(TICK)
                     except Timeout:
                         continue
-                    message = router.try_recv_multipart()  # then the rest, here now (whole)
+                    message = router.try_recv_multipart()
                     if message is None:
                         continue
                     message.insert(0, identity)

@@ -139,7 +139,7 @@ class SyncCaller:
             SecurityError: the nodes found are ones this node may not talk to.
             ClosedError: the client is closed.
         """
-        return self.call_with(method, args, kwargs, timeout=timeout, idempotent=idempotent)
+        return self._call(method, args, kwargs, timeout, idempotent)
 
     def call_with(
         self,
@@ -151,13 +151,28 @@ class SyncCaller:
         idempotent: bool = False,
     ) -> Any:
         """``call`` with the arguments as values, for methods with a ``timeout`` parameter."""
-        owner = getattr(self._local, "owner", None) or self._new_owner()
-        call, target = self._start(owner, method, args, kwargs or {}, timeout, idempotent)
+        return self._call(method, args, kwargs or {}, timeout, idempotent)
+
+    def _call(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
+              timeout: float | None, idempotent: bool) -> Any:
+        """One call, start to end, in the calling thread (arguments by position: see begin)."""
         try:
-            self._drive(owner, call, target)
+            owner: _Owner = self._local.owner
+        except AttributeError:  # this thread's first call
+            owner = self._new_owner()
+        call, target = self._start(owner, method, args, kwargs, timeout, idempotent)
+        try:
+            if call.phase is _IN_FLIGHT:  # sent at once: the usual case, one plain receive
+                self._wait(owner, call)
+            if call.phase is not _DONE:
+                self._drive(owner, call, target)
         finally:
-            self._leave(owner, call)
-        return call.outcome()
+            owner.busy = False  # then look at closed: close() sees one or the other (see close)
+            if call.phase is not _DONE or self._closed:
+                self._leave(owner, call)
+        if call.error is not None:
+            raise call.error
+        return call.result
 
     def _stream(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
                 timeout: float | None) -> Iterator[Any]:
@@ -210,7 +225,8 @@ class SyncCaller:
 
     def _leave(self, owner: _Owner, call: Call | None) -> None:
         """The thread is out of the call: end it if it is still running (an error, or an
-        interrupt, left it), and close the thread's sockets if the client was closed meanwhile."""
+        interrupt, left it), and close the thread's sockets if the client was closed meanwhile.
+        ``owner.busy`` may be cleared already (``_call`` does it first, to skip this)."""
         if call is not None and call.phase is not _DONE:
             with self._lock:
                 self._core.abandon(call)
@@ -223,7 +239,11 @@ class SyncCaller:
     def _start(self, owner: _Owner, method: str, args: tuple[Any, ...] | list[Any],
                kwargs: dict[str, Any], timeout: float | None, idempotent: bool, *,
                stream: bool = False) -> tuple[Call, Target | None]:
-        """Begin a call and route it, the thread now in it.
+        """Begin a call, the thread now in it, and route it; send it too when this thread's
+        socket to that node can take it at once (the usual case: one lock for all of it).
+
+        Returns the call and, when it still has to be sent, its target (None: sent, or no
+        node known yet).
 
         Raises:
             ClosedError: the client is closed.
@@ -237,11 +257,27 @@ class SyncCaller:
             if core.version != node.peers_version:
                 version = node.peers_version  # first: a change after this read is seen next
                 core.sync(node.peers(self.name, role=ROLE), now, version)
-            call = core.begin(method, args, kwargs, idempotent=idempotent,
-                              timeout=self.timeout if timeout is None else timeout, now=now,
-                              stream=stream)
+            call = core.begin(method, args, kwargs, idempotent,
+                              self.timeout if timeout is None else timeout, now, stream)
             owner.busy = True
-            return call, core.route(call, now)
+            target = None
+            try:
+                target = core.route(call, now)
+                if target is None:
+                    return call, None
+                conns = owner.conns
+                if conns.generation == core.generation:  # this thread's sockets are up to date
+                    sock = conns.sockets.get(target)
+                    if sock is not None and sock.try_send(call.frame):
+                        core.sent(call, target, now, sock)
+                        return call, None
+                return call, target
+            except BaseException:  # the send failed (its socket broke): the call ends with it
+                if target is not None and call.phase is _ROUTING:
+                    core.unreachable(call, target, now)
+                core.abandon(call)
+                owner.busy = False
+                raise
 
     def _drive(self, owner: _Owner, call: Call, target: Target | None = None) -> None:
         """Run ``call`` until it ends (or, for a stream, until it has items to hand over);
@@ -311,8 +347,11 @@ class SyncCaller:
     def _wait(self, owner: _Owner, call: Call) -> None:
         """Wait for an answer from the nodes the call went to, at most until its next deadline
         and a slice (to look at discovery and at close)."""
-        timeout = min(SLICE, min(call.deadline, call.attempt_deadline) - time.monotonic())
-        timeout = max(timeout, 0.0)
+        timeout = min(call.deadline, call.attempt_deadline) - time.monotonic()
+        if timeout > SLICE:
+            timeout = SLICE
+        elif timeout < 0.0:
+            timeout = 0.0
         conns = owner.conns
         target = call.target
         if len(call.sent_to) == 1 and target is not None:  # usually: a plain receive, as a REQ
@@ -325,8 +364,9 @@ class SyncCaller:
             except Timeout:
                 self._after_silence(owner, call)
                 return
+            now = time.monotonic() if call.stream else None  # only a stream's deadline moves
             with self._lock:
-                self._core.receive(target.uuid, frame, via=sock, now=time.monotonic())
+                self._core.receive(target.uuid, frame, sock, now)
             return
         with self._lock:
             targets = self._core.targets.targets

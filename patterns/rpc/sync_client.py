@@ -46,7 +46,7 @@ class Client(SyncCaller):
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         name = remote_method(self, method)
-        return lambda *args, **kwargs: self.call_with(name, args, kwargs)
+        return lambda *args, **kwargs: self._call(name, args, kwargs, None, False)
 
     def stream(
         self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
