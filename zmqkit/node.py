@@ -119,6 +119,8 @@ class Node:
         self.uuid = uuid_module.uuid4()
         self.host = host or address
         self.port = port = default_port() if port is None else port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"a beacon port is a number from 1 to 65535, not {port!r}")
         self.headers = dict(headers or {})
         self.security: Security | None = None
         if keys is not None or keyring is not None:
