@@ -143,7 +143,7 @@ def test_subnet_scope_discovers_across_a_link_and_localhost_stays_home(
         [peer] = [p for p in me.ask("peers") if p["name"] == other.name]
         assert peer["uuid"] == other.uuid
         assert peer["address"] == address
-        assert peer["endpoints"] == {"rpc": f"tcp://{address}:5000"}
+        assert peer["endpoints"]["rpc"] == f"tcp://{address}:5000"
 
     # the subnet beacons reach the localhost node (it shares the port) and are dropped there
     until(lambda: homebody.ask("stats").get("dropped-foreign", 0) >= 4, 5, "subnet beacons dropped")

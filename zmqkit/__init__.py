@@ -14,6 +14,8 @@ the terminal demo nodes in ``zmqkit.demos``; the repository keeps them in its to
 - ``service``  ``ServiceThread``: the named thread that owns a part's sockets; ``call_on_loop``
 - ``peers``    the peer table: fed datagrams and ``now``, returns presence events (pure)
 - ``beacon``   the UDP beacon thread and discovery scopes
+- ``metrics``  ``Latency``: the cheap histogram parts count their durations in (pure)
+- ``introspect`` the admin endpoint that answers ``zmqkit.introspect`` with the node's report
 - ``node``     ``Node``: a named identity, its beacon, its parts, and the sockets they get
 - ``cli``      the ``zmqkit`` command (on top, with ``zmqkit.demos``)
 
@@ -44,6 +46,7 @@ from .errors import (
     ZmqkitError,
     remote_error,
 )
+from .metrics import Latency
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 from .security import Keypair, Keyring
@@ -68,6 +71,7 @@ __all__ = [
     "Keypair",
     "Keyring",
     "Kind",
+    "Latency",
     "LoopOwner",
     "LoopWakeup",
     "MessageTooLarge",

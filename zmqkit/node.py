@@ -18,10 +18,11 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid as uuid_module
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from .beacon import (
     LOOPBACK_BROADCAST,
@@ -37,6 +38,7 @@ from .beacon import (
 from .codec import MAX_NAME_BYTES
 from .deadline import Deadline
 from .errors import ClosedError, ConfigError, PeerNotFound
+from .introspect import Introspection, describe_part, identity, peer_rows
 from .peers import Peer, PeerEvent
 from .security import CURVE_HEADER, Keypair, Keyring, Security
 from .sockets import DEFAULT_OPTIONS, AsyncSocket, Socket, SocketKind, SocketOptions
@@ -47,6 +49,7 @@ __all__ = ["Closeable", "Node"]
 log = logging.getLogger("zmqkit.node")
 
 EVENT_BACKLOG = 10_000  # a consumer that never reads loses the oldest events, not memory
+QUIET = 0.2  # gather: answers to a solicit come within milliseconds; this long without one ends it
 
 
 def _utf8_size(name: object) -> int:
@@ -137,6 +140,9 @@ class Node:
         self._changed = threading.Condition()
         self._announcing = threading.Lock()  # parts in several threads advertise on one node
         self._state = "new"
+        self._announce = announce
+        self._started = 0.0
+        self._introspection: Introspection | None = None  # answers zmqkit.introspect
         self._beacon = Beacon(
             name,
             self.uuid,
@@ -169,13 +175,23 @@ class Node:
             self.security.domain = f"zmqkit:{self.uuid.hex}"
             own = Keyring([self.security.keypair.public])  # a node may always talk to itself
             ZapHandler.acquire(self.security.domain, self.security.keyring | own)
+        self._state = "starting"  # parts may make sockets now; nothing is announced yet
+        self._started = time.monotonic()
         try:
+            if self._announce:  # first, so that the first beacon names its endpoint
+                self._introspection = Introspection(self)
             self._beacon.start()
         except BaseException:
+            if self._introspection is not None:
+                self._introspection.close()
+                self._introspection = None
             if self.security is not None:
                 ZapHandler.release(self.security.domain)
+            self._state = "new"
             raise
         self._state = "running"
+        if not self._beacon.announce:
+            self.solicit()  # a node that only looks around wants to see the mesh now
         return self
 
     def close(self) -> None:
@@ -196,6 +212,8 @@ class Node:
                 part.close()
             except Exception:  # one broken part must not keep the rest open; logged, not hidden
                 log.exception("closing %r failed", part)
+        if self._introspection is not None:
+            self._introspection.close()
         self._beacon.close()
         if self.security is not None:
             ZapHandler.release(self.security.domain)
@@ -255,7 +273,7 @@ class Node:
             ClosedError: the node is not running (its keys are registered by ``start``).
             ConfigError: ``node.host`` cannot be bound.
         """
-        if self._state != "running":
+        if self._state not in ("starting", "running"):
             raise ClosedError(f"{self!r} is not running; start it first")
         sock = self.client_socket(kind, options=options, asyncio=asyncio)
         try:
@@ -331,15 +349,70 @@ class Node:
         """Beacon counters: sent, received, and dropped-* by reason."""
         return dict(self._beacon.stats)
 
+    def report(self) -> dict[str, Any]:
+        """How this node is doing, as it answers ``zmqkit.introspect`` (docs/protocol.md): who
+        and where it is, each part's ``describe()``, its peers and its beacon counters. Any
+        thread may call it."""
+        introspection = self._introspection
+        return {
+            **identity(self.name, self.uuid.hex, self._started),
+            "endpoints": dict(self.endpoints),
+            "parts": [describe_part(part) for part in self.parts],
+            "peers": peer_rows(self.peers(), time.monotonic()),
+            "beacon": self.stats(),
+            "introspection": dict(introspection.stats) if introspection is not None else {},
+        }
+
+    def solicit(self) -> None:
+        """Ask every node this one's beacon reaches to answer now, instead of at its next beacon.
+
+        Answers (their HELLOs, by unicast) arrive within a round trip. Safe from any thread and
+        cheap to call often: the node sends at most one solicit per 0.1 s, and calls in between
+        share the next one. ``wait_for`` and ``gather`` solicit by themselves.
+        """
+        if self.running:
+            self._beacon.solicit()
+
+    def gather(self, timeout: float = 1.0, *, quiet: float = QUIET) -> list[Peer]:
+        """Solicit answers and return the peers once the answers stop arriving.
+
+        Returns when ``quiet`` seconds have passed without a new peer (counted from the
+        solicit, so at least ``quiet``), or at ``timeout`` at the latest: for a command that
+        lists the mesh, ``timeout`` is a maximum, not a wait.
+
+        Raises:
+            ClosedError: the node is not running.
+        """
+        deadline = Deadline.after(timeout)
+        self._check_running()
+        self.solicit()
+        last_change, seen = Deadline.after(quiet), self.peers_version
+        with self._changed:
+            while not deadline.expired() and not last_change.expired():
+                self._check_running()
+                self._changed.wait(min(deadline.remaining(), last_change.remaining()))
+                if self.peers_version != seen:
+                    last_change, seen = Deadline.after(quiet), self.peers_version
+        return self.peers()
+
+    def _check_running(self) -> None:
+        if not self.running:
+            raise ClosedError(f"{self!r} is not running")
+
     def wait_for(
         self, name: str, timeout: float = 5.0, *, count: int = 1, role: str | None = None
     ) -> list[Peer]:
         """Wait until ``count`` peers called ``name`` (and serving ``role``) are known; return them.
 
+        Solicits answers first when they are not known yet, so that a peer already running is
+        found within a round trip rather than at its next beacon.
+
         Raises:
             PeerNotFound: fewer than ``count`` appeared within ``timeout`` seconds.
         """
         deadline = Deadline.after(timeout)
+        if len(self.peers(name, role=role)) < count:
+            self.solicit()
         with self._changed:
             while len(found := self.peers(name, role=role)) < count:
                 if not self.running:
@@ -361,6 +434,8 @@ class Node:
 
         deadline = Deadline.after(timeout)
         self._listeners.append(on_events)
+        if len(self.peers(name, role=role)) < count:
+            self.solicit()
         try:
             while len(found := self.peers(name, role=role)) < count:
                 if not self.running:
