@@ -29,13 +29,11 @@ SETTLE = 0.5  # after someone joins: time for both sides to connect before the f
 DEFAULT_SCRIPT = ("hello from {name}", "anyone else here?", "{name} signing off")
 
 
-def _scripted_lines(name: str, script: str | None) -> Iterator[str]:
+def _scripted_lines(name: str, script: list[str] | None) -> Iterator[str]:
     if script is None:
-        lines = [line.format(name=name) for line in DEFAULT_SCRIPT]
+        yield from (line.format(name=name) for line in DEFAULT_SCRIPT)
     else:
-        with open(script) as lines_file:
-            lines = [line.rstrip("\n") for line in lines_file if line.strip()]
-    yield from lines
+        yield from script
 
 
 def _typed_line(stream: TextIO) -> str | None:
@@ -52,7 +50,7 @@ def run(
     *,
     name: str = "chat",
     duration: float | None = None,
-    script: str | None = None,
+    script: list[str] | None = None,
 ) -> int:
     """Chat in the lobby until ``duration`` passes (None: until Ctrl-C)."""
     console = Console(highlight=False)
