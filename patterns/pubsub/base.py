@@ -8,6 +8,7 @@ lock that ``close`` takes from other threads; or the loop) and in how they wait.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Any
 
 from zmqkit import Deadline, Node, PeerNotFound, SocketOptions
 
@@ -99,3 +100,11 @@ class BaseSubscriber:
         """Counters: received, gaps, publishers (connected now), dropped-* by reason,
         refused-publishers."""
         return self._feed.stats()
+
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the topics, and the counters of ``stats``."""
+        stats = self.stats()
+        return {"kind": f"pubsub.{type(self).__name__}",
+                "topics": self._feed.intake.topics.names(),
+                "publishers": stats.get("publishers", 0), "received": stats.get("received", 0),
+                "gaps": stats.get("gaps", 0), "stats": stats}
