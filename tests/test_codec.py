@@ -700,7 +700,8 @@ BAD_BEACONS = [
     pytest.param(raw_beacon(*GOOD_BEACON_BODY[:5]), id="body-5-items"),
     pytest.param(raw_beacon(*GOOD_BEACON_BODY, None), id="body-7-items"),
     pytest.param(raw_beacon(*_with(0, 0)), id="kind-0"),
-    pytest.param(raw_beacon(*_with(0, 3)), id="kind-3"),
+    pytest.param(raw_beacon(*_with(0, 4)), id="kind-4-peer-list-with-a-beacon-body"),
+    pytest.param(raw_beacon(*_with(0, 5)), id="kind-5"),
     pytest.param(raw_beacon(*_with(0, True)), id="kind-bool"),
     pytest.param(raw_beacon(*_with(0, 1.0)), id="kind-float"),
     pytest.param(raw_beacon(*_with(0, "1")), id="kind-text"),
@@ -778,7 +779,7 @@ def assert_valid_message(message: Any) -> None:
 
 def assert_valid_beacon(decoded: Any) -> None:
     kind, name, node_uuid, seq, endpoints, headers = decoded
-    assert kind in (BeaconKind.HELLO, BeaconKind.GOODBYE)
+    assert kind in (BeaconKind.HELLO, BeaconKind.GOODBYE, BeaconKind.SOLICIT)
     assert type(name) is str and 0 < len(name.encode()) <= MAX_NAME_BYTES
     assert isinstance(node_uuid, uuid.UUID)
     assert type(seq) is int and 0 <= seq < 2**64

@@ -279,7 +279,8 @@ def test_a_listen_only_node_sees_others_and_is_not_seen(make_node: Callable[...,
         3, "a second periodic beacon",
     )
     assert speaker.peers() == []
-    assert listener.stats().get("sent", 0) == 0
+    # it solicited once, when it started, and sent nothing else: no HELLO, no GOODBYE
+    assert listener.stats().get("sent", 0) == listener.stats()["solicits"] == 1
 
 
 def test_config_errors_are_config_errors_and_leak_nothing(beacon_port: int) -> None:
@@ -427,7 +428,8 @@ def garbage_datagrams(rng: random.Random, count: int) -> list[bytes]:
     uuid_bytes = bytes(16)
     shapes: list[Any] = [
         [], [1], {"a": 1}, "text", 1, None, [1, "x", uuid_bytes, 1, {}],
-        [3, "x", uuid_bytes, 1, {}, {}], [True, "x", uuid_bytes, 1, {}, {}],
+        [5, "x", uuid_bytes, 1, {}, {}], [True, "x", uuid_bytes, 1, {}, {}],
+        [4, uuid_bytes, [["example.org", 1]]], [4, uuid_bytes, [["127.0.0.1", 0]]],
         [1, "", uuid_bytes, 1, {}, {}], [1, "x" * 65, uuid_bytes, 1, {}, {}],
         [1, "x", b"short", 1, {}, {}], [1, "x", "not bytes" * 2, 1, {}, {}],
         [1, "x", uuid_bytes, -1, {}, {}], [1, "x", uuid_bytes, 1.5, {}, {}],

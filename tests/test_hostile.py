@@ -233,8 +233,9 @@ beacon_datagrams = st.one_of(
 
 
 def is_valid_beacon(datagram: bytes) -> bool:
+    """Whether a node takes ``datagram``: a beacon of any kind, or a peer list."""
     try:
-        codec.decode_beacon(datagram)
+        codec.decode_discovery(datagram)
     except ProtocolError:
         return False
     return True
@@ -310,7 +311,8 @@ HOSTILE_DATAGRAMS = {
     "seq of 2**64": beacon(1, "x", uuid.uuid4().bytes, 2**64, {}, {}),
     "endpoint not text": beacon(1, "x", uuid.uuid4().bytes, 1, {"rpc": 5}, {}),
     "header key not text": beacon(1, "x", uuid.uuid4().bytes, 1, {}, {1: "a"}),
-    "kind 3": beacon(3, "x", uuid.uuid4().bytes, 1, {}, {}),
+    "kind 5": beacon(5, "x", uuid.uuid4().bytes, 1, {}, {}),
+    "kind 4 with a beacon body": beacon(4, "x", uuid.uuid4().bytes, 1, {}, {}),
     "kind true": beacon(True, "x", uuid.uuid4().bytes, 1, {}, {}),  # type: ignore[arg-type]
     "five items": b"ZKB\x01" + cbor2.dumps([1, "x", uuid.uuid4().bytes, 1, {}]),
     "invalid utf-8 name": b"ZKB\x01\x86\x01\x62\xff\xfe" + GOOD_BEACON[10:],

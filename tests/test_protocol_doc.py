@@ -37,7 +37,7 @@ ITEMS = {REQUEST: 6, REPLY: 4, ERROR: 6, STREAM_ITEM: 4, STREAM_END: 3, CANCEL: 
          PUBLISH_BATCH: 6}
 BEACON_MAGIC = b"ZKB"
 BEACON_VERSION = 1
-HELLO, GOODBYE = 1, 2
+HELLO, GOODBYE, SOLICIT = 1, 2, 3
 MAX_BEACON = 1200
 MAX_NAME_BYTES = 64
 LOOPBACK_BROADCAST = "127.255.255.255"
@@ -100,7 +100,7 @@ def parse_beacon(datagram: bytes) -> list[Any]:
     body = strict_loads(datagram[4:])
     assert type(body) is list and len(body) == 6, body
     kind, name, node_uuid, seq, endpoints, headers = body
-    assert kind in (HELLO, GOODBYE)
+    assert kind in (HELLO, GOODBYE, SOLICIT)
     assert type(name) is str and 0 < len(name.encode()) <= MAX_NAME_BYTES
     assert type(node_uuid) is bytes and len(node_uuid) == 16
     assert type(seq) is int and seq >= 0

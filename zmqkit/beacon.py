@@ -1,8 +1,14 @@
 """The discovery beacon: UDP I/O around a PeerTable, in one named thread.
 
 The thread announces the node at once, then every ``interval``; answers a newcomer's first beacon
-within a few milliseconds so that discovery does not wait a whole interval; says goodbye on
-close. It runs beside user code so that a node busy computing is not declared dead by its peers.
+within a few milliseconds so that discovery does not wait a whole interval; answers a SOLICIT at
+once, by unicast to its sender (rate-limited); says goodbye on close. It runs beside user code so
+that a node busy computing is not declared dead by its peers.
+
+Two UDP sockets: the shared beacon port (every node of the host binds it, so each hears every
+broadcast) and a port of the node's own, from which it sends everything. Unicast to the shared
+port reaches one socket of the host only (``SO_REUSEPORT``); unicast to the sender's own port,
+where answers go, reaches exactly that node.
 
 Scopes decide where beacons go and where endpoints are bound:
 
@@ -32,7 +38,8 @@ from dataclasses import dataclass
 
 import ifaddr
 
-from .codec import BeaconKind, encode_beacon
+from .codec import BeaconKind, decode_discovery, encode_beacon
+from .contacts import RateLimit
 from .errors import ConfigError, EncodeError, ProtocolError
 from .peers import EventKind, Peer, PeerEvent, PeerTable
 from .service import ServiceThread
@@ -57,6 +64,8 @@ LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_NETWORK = ipaddress.IPv4Network("127.0.0.0/8")
 MAX_DATAGRAMS_PER_WAKE = 1000  # under a flood, still get back to announcing and expiring
 ANSWER_DELAY = 0.02  # answer newcomers within this, jittered, so a crowd is not answered at once
+SOLICIT_GAP = 0.1  # a node solicits at most this often; calls in between share the next one
+ANSWER_BURST = 32  # solicits answered at once; then ANSWER_BURST per interval
 
 
 class Scope(enum.Enum):
@@ -174,12 +183,16 @@ class Beacon:
         self._headers: dict[str, str] = {}
         self._seq = 0
         self._warned = False
+        self._solicit_wanted = False
+        self._last_solicit = -SOLICIT_GAP
+        self._answers = RateLimit(ANSWER_BURST, ANSWER_BURST / interval)
         # the beacon thread opens, uses and closes the UDP socket: it has one owner
         self._service = ServiceThread(f"zmqkit-beacon:{name}", self._run)
 
     # -- called from the owner's thread ----------------------------------------------------------
 
-    _sock: socket.socket  # opened, used and closed by the beacon thread only
+    _sock: socket.socket  # the shared port: opened, used and closed by the beacon thread only
+    _own: socket.socket  # the node's own port, which sends everything and gets the answers
 
     def start(self) -> None:
         """Start the thread, which opens the beacon port (shared with the host's other nodes).
@@ -189,18 +202,28 @@ class Beacon:
         """
         self._service.start()
 
-    def _open(self) -> socket.socket:
+    def _open(self, port: int, *, shared: bool) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.bind(("", self.port))
+            sock.bind(("", port))
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot open the beacon port {self.port}: {exc}") from exc
+            raise ConfigError(f"cannot open the beacon port {port}: {exc}") from exc
         return sock
+
+    def solicit(self) -> None:
+        """Ask every node the beacon reaches to answer now (from any thread; rate-limited).
+
+        Sent by the beacon thread at once, or SOLICIT_GAP after the last solicit: calls in
+        between share that one.
+        """
+        self._solicit_wanted = True
+        self._wake()
 
     def advertise(self, endpoints: Mapping[str, str], headers: Mapping[str, str]) -> None:
         """Change what the beacon says; peers hear it at once.
@@ -234,17 +257,24 @@ class Beacon:
     # -- the beacon thread -----------------------------------------------------------------------
 
     def _run(self, service: ServiceThread) -> None:
-        """Open the port, then read, expire, announce, sleep until the next thing is due."""
-        self._sock = self._open()
+        """Open the ports, then read, expire, announce, sleep until the next thing is due."""
+        self._sock = self._open(self.port, shared=True)
+        try:
+            self._own = self._open(0, shared=False)
+        except BaseException:
+            self._sock.close()
+            raise
         try:
             service.ready()
-            self._serve(service, self._sock)
+            self._serve(service)
         finally:
+            self._own.close()
             self._sock.close()
 
-    def _serve(self, service: ServiceThread, sock: socket.socket) -> None:
+    def _serve(self, service: ServiceThread) -> None:
         next_announce = time.monotonic()
         announced_seq = -1
+        sockets = [self._sock.fileno(), self._own.fileno()]
         while not service.stopping:
             now = time.monotonic()
             # read what is waiting before expiring anyone: after this thread was starved of CPU,
@@ -263,8 +293,18 @@ class Beacon:
                 next_announce = now + self.interval
             next_expiry = self.table.next_expiry() or now + self.interval
             wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
+            if self._solicit_wanted:
+                if now >= self._last_solicit + SOLICIT_GAP:
+                    self._solicit_wanted = False
+                    self._last_solicit = now
+                    self._send(BeaconKind.SOLICIT)
+                    self.stats["solicits"] += 1
+                else:
+                    wake_at = min(wake_at, self._last_solicit + SOLICIT_GAP)
             wakeup = service.wakeup.fileno()
-            readable, _, _ = select.select([sock.fileno(), wakeup], [], [], max(0.0, wake_at - now))
+            readable, _, _ = select.select(
+                [*sockets, wakeup], [], [], max(0.0, wake_at - now)
+            )
             if wakeup in readable:
                 service.wakeup.take()
         if self.announce:
@@ -277,27 +317,47 @@ class Beacon:
             self.on_events(events)
 
     def _receive(self, now: float) -> tuple[bool, list[PeerEvent]]:
-        """Read the datagrams waiting (up to a batch); return whether any came, and the events."""
+        """Read the datagrams waiting (up to a batch on each socket); return whether any came,
+        and the events."""
         events: list[PeerEvent] = []
         read = False
-        for _ in range(MAX_DATAGRAMS_PER_WAKE):
-            try:
-                datagram, (address, _port) = self._sock.recvfrom(65536)
-                read = True
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP errors surfacing from an earlier send
-                self._drop("socket-error", f"{exc}")
-                continue
-            self.stats["received"] += 1
-            if not self._accepts(address):
-                self._drop("foreign", f"a datagram from {address}, outside loopback")
-                continue
-            try:
-                events += self.table.feed(datagram, address, now)
-            except ProtocolError as exc:
-                self._drop("malformed", f"{len(datagram)} bytes from {address}: {exc}")
+        for sock in (self._sock, self._own):
+            for _ in range(MAX_DATAGRAMS_PER_WAKE):
+                try:
+                    datagram, (address, port) = sock.recvfrom(65536)
+                    read = True
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP errors surfacing from an earlier send
+                    self._drop("socket-error", f"{exc}")
+                    continue
+                events += self._take(datagram, address, port, now)
         return read, events
+
+    def _take(self, datagram: bytes, address: str, port: int, now: float) -> list[PeerEvent]:
+        """One datagram: checked, decoded, answered if it solicits, fed to the table."""
+        self.stats["received"] += 1
+        if not self._accepts(address):
+            self._drop("foreign", f"a datagram from {address}, outside loopback")
+            return []
+        try:
+            decoded = decode_discovery(datagram)
+        except ProtocolError as exc:
+            self._drop("malformed", f"{len(datagram)} bytes from {address}: {exc}")
+            return []
+        if len(decoded) == 2:
+            return []  # a peer list: not taken yet
+        kind, _, node_uuid = decoded[:3]
+        if kind is BeaconKind.SOLICIT and node_uuid != self.uuid:
+            self._answer(address, port, now)
+        return self.table.apply(decoded, address, now, port)
+
+    def _answer(self, address: str, port: int, now: float) -> None:
+        """Send this node's HELLO to a solicitor's own port, within the answer budget."""
+        if not self.announce or not self._answers.allow(now):
+            self.stats["solicits-unanswered"] += 1
+            return
+        self._send(BeaconKind.HELLO, [(address, port)])
 
     def _accepts(self, address: str) -> bool:
         """Whether a datagram from ``address`` may be read: the scope's network or a seed."""
@@ -308,13 +368,16 @@ class Beacon:
         except ValueError:
             return False
 
-    def _send(self, kind: BeaconKind) -> None:
-        datagram = encode_beacon(
-            kind, self.name, self.uuid, self._seq, self._endpoints, self._headers
-        )
-        for target in self.targets:
+    def _send(self, kind: BeaconKind, targets: Sequence[tuple[str, int]] | None = None) -> None:
+        if kind is BeaconKind.SOLICIT:  # only who asks: the answers carry the rest
+            datagram = encode_beacon(kind, self.name, self.uuid, 0, {}, {})
+        else:
+            datagram = encode_beacon(
+                kind, self.name, self.uuid, self._seq, self._endpoints, self._headers
+            )
+        for target in self.targets if targets is None else targets:
             try:
-                self._sock.sendto(datagram, target)
+                self._own.sendto(datagram, target)
                 self.stats["sent"] += 1
             except OSError as exc:
                 self._drop("send-error", f"to {target[0]}:{target[1]}: {exc}")

@@ -14,7 +14,8 @@ Every ZeroMQ message is one frame holding one CBOR array (RFC 8949), ``[version,
     8     PUBLISH_BATCH  topic: tstr, sender: bstr(16), first_seq: uint, items: array
 
 A beacon is one UDP datagram: the 3 bytes ``ZKB``, one version byte, then the CBOR array
-``[kind, name, uuid, seq, endpoints, headers]`` with kind 1 (HELLO) or 2 (GOODBYE).
+``[kind, name, uuid, seq, endpoints, headers]`` with kind 1 (HELLO), 2 (GOODBYE) or 3 (SOLICIT);
+a peer list (peer exchange) is the array ``[4, uuid, [[host, port], ...]]`` after the same header.
 
 CBOR tags are refused on decode except 0/1 (date/time), 2/3 (big integers), 37 (UUID) and
 258 (set): no tag can build anything but those inert values (no regexes, parsed e-mail, shared
@@ -31,8 +32,9 @@ from __future__ import annotations
 import enum
 import functools
 import io
+import ipaddress
 import uuid as uuid_module
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import cbor2
@@ -44,18 +46,25 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_BEACON_SIZE",
     "MAX_NAME_BYTES",
+    "MAX_PEER_LIST",
+    "PEER_LIST_KIND",
     "VERSION",
+    "BeaconFields",
     "BeaconKind",
     "Kind",
+    "PeerList",
     "UnexpectedKind",
     "decode",
     "decode_beacon",
+    "decode_discovery",
+    "decode_peer_list",
     "decode_publish",
     "dumps",
     "encode",
     "encode_beacon",
     "encode_cancel",
     "encode_error",
+    "encode_peer_list",
     "encode_publish",
     "encode_publish_batch",
     "encode_publish_batch_from",
@@ -76,6 +85,8 @@ BEACON_MAGIC = b"ZKB"
 BEACON_VERSION = 1
 MAX_BEACON_SIZE = 1200  # fits one Ethernet frame: beacons are never fragmented
 MAX_NAME_BYTES = 64
+PEER_LIST_KIND = 4  # the kind of a peer list datagram, whose body is not a beacon's
+MAX_PEER_LIST = 48  # addresses in one peer list: it stays well under MAX_BEACON_SIZE
 UUID_BYTES = 16
 ALLOWED_TAGS = frozenset({0, 1, 2, 3, 37, 258})
 BIGNUM_TAGS = frozenset({2, 3})
@@ -99,6 +110,7 @@ class BeaconKind(enum.IntEnum):
 
     HELLO = 1
     GOODBYE = 2
+    SOLICIT = 3  # "answer me now": receivers send their HELLO to the sender at once
 
 
 def _refuser(tag: int) -> Callable[..., NoReturn]:
@@ -489,10 +501,62 @@ def _is_text_map(value: Any) -> bool:
     return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
 
 
-def decode_beacon(
-    datagram: bytes,
-) -> tuple[BeaconKind, str, uuid_module.UUID, int, dict[str, str], dict[str, str]]:
+BeaconFields = tuple[BeaconKind, str, uuid_module.UUID, int, dict[str, str], dict[str, str]]
+PeerList = tuple[uuid_module.UUID, list[tuple[str, int]]]
+
+
+def decode_beacon(datagram: bytes) -> BeaconFields:
     """Decode a beacon datagram into ``(kind, name, uuid, seq, endpoints, headers)``.
+
+    Raises:
+        ProtocolError: a foreign, truncated, oversized or malformed datagram, or a peer list.
+    """
+    decoded = decode_discovery(datagram)
+    if len(decoded) != 6:
+        raise ProtocolError("a peer list, not a beacon")
+    return decoded
+
+
+def decode_peer_list(datagram: bytes) -> PeerList:
+    """Decode a peer list datagram into ``(sender uuid, [(host, port), ...])``.
+
+    Raises:
+        ProtocolError: a foreign, truncated, oversized or malformed datagram, or a beacon.
+    """
+    decoded = decode_discovery(datagram)
+    if len(decoded) != 2:
+        raise ProtocolError("a beacon, not a peer list")
+    return decoded
+
+
+def encode_peer_list(node_uuid: uuid_module.UUID, addresses: Sequence[tuple[str, int]]) -> bytes:
+    """Encode one peer list datagram: the sender's UUID and up to MAX_PEER_LIST addresses.
+
+    Raises:
+        EncodeError: too many addresses, or one that is not ``(text host, port 1-65535)``.
+    """
+    if len(addresses) > MAX_PEER_LIST:
+        raise EncodeError(f"{len(addresses)} addresses is over {MAX_PEER_LIST} in one peer list")
+    if not all(_is_address(list(address)) for address in addresses):
+        raise EncodeError(f"peer addresses are (host, port) pairs, not {addresses!r}")
+    body = dumps([PEER_LIST_KIND, node_uuid.bytes, [list(address) for address in addresses]])
+    return BEACON_MAGIC + bytes([BEACON_VERSION]) + body
+
+
+def _is_address(value: Any) -> bool:
+    """``[host, port]``: a dotted-quad IPv4 address as ``str(IPv4Address)`` writes it, a port."""
+    if type(value) is not list or len(value) != 2 or type(value[0]) is not str:
+        return False
+    host, port = value
+    try:
+        canonical = str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
+    return canonical and type(port) is int and 0 < port < 65536
+
+
+def decode_discovery(datagram: bytes) -> BeaconFields | PeerList:
+    """Decode any discovery datagram: a beacon (6 fields) or a peer list (2 fields).
 
     Raises:
         ProtocolError: a foreign, truncated, oversized or malformed datagram.
@@ -504,10 +568,12 @@ def decode_beacon(
     if datagram[3:4] != bytes([BEACON_VERSION]):
         raise ProtocolError(f"unsupported beacon version {datagram[3:4]!r}")
     body = _load_exactly_one(datagram[4:])
+    if type(body) is list and len(body) == 3 and body[0] == PEER_LIST_KIND:
+        return _peer_list(body)
     if type(body) is not list or len(body) != 6:
         raise ProtocolError("beacon body must be an array of 6 items")
     kind, name, raw_uuid, seq, endpoints, headers = body
-    if kind not in (BeaconKind.HELLO, BeaconKind.GOODBYE) or type(kind) is not int:
+    if kind not in tuple(BeaconKind) or type(kind) is not int:
         raise ProtocolError(f"unknown beacon kind {kind!r}")
     if type(name) is not str or not 0 < len(name.encode()) <= MAX_NAME_BYTES:
         raise ProtocolError(f"beacon name must be 1 to {MAX_NAME_BYTES} bytes of text")
@@ -518,3 +584,16 @@ def decode_beacon(
     if not _is_text_map(endpoints) or not _is_text_map(headers):
         raise ProtocolError("beacon endpoints and headers must be maps of text to text")
     return BeaconKind(kind), name, uuid_module.UUID(bytes=raw_uuid), seq, endpoints, headers
+
+
+def _peer_list(body: list[Any]) -> PeerList:
+    kind, raw_uuid, addresses = body
+    if type(kind) is not int:
+        raise ProtocolError(f"unknown beacon kind {kind!r}")
+    if type(raw_uuid) is not bytes or len(raw_uuid) != UUID_BYTES:
+        raise ProtocolError("peer list uuid must be 16 bytes")
+    if type(addresses) is not list or len(addresses) > MAX_PEER_LIST:
+        raise ProtocolError(f"peer list addresses must be an array of at most {MAX_PEER_LIST}")
+    if not all(_is_address(address) for address in addresses):
+        raise ProtocolError("each peer address must be [IPv4 text, port 1-65535]")
+    return uuid_module.UUID(bytes=raw_uuid), [(host, port) for host, port in addresses]

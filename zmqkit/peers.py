@@ -11,7 +11,7 @@ import uuid as uuid_module
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .codec import BeaconKind, decode_beacon
+from .codec import BeaconFields, BeaconKind, decode_beacon
 
 __all__ = ["EventKind", "Peer", "PeerEvent", "PeerTable"]
 
@@ -37,6 +37,7 @@ class Peer:
     address: str
     first_seen: float
     last_seen: float
+    port: int = 0  # the UDP port its beacons come from: where unicast beacons reach it
 
     def age(self, now: float) -> float:
         """Seconds since its last beacon."""
@@ -72,15 +73,22 @@ class PeerTable:
         """Known peers, all or only those called ``name``, oldest first."""
         return [peer for peer in self._peers.values() if name is None or peer.name == name]
 
-    def feed(self, datagram: bytes, address: str, now: float) -> list[PeerEvent]:
-        """Take one datagram from ``address`` at time ``now``; return what it changed.
+    def feed(self, datagram: bytes, address: str, now: float, port: int = 0) -> list[PeerEvent]:
+        """Take one datagram from ``address`` (and ``port``) at time ``now``; return what it
+        changed.
 
         Raises:
             ProtocolError: the datagram is not a valid beacon.
         """
-        kind, name, node_uuid, seq, endpoints, headers = decode_beacon(datagram)
-        if node_uuid == self.own_uuid:
-            return []
+        return self.apply(decode_beacon(datagram), address, now, port)
+
+    def apply(
+        self, beacon: BeaconFields, address: str, now: float, port: int = 0
+    ) -> list[PeerEvent]:
+        """``feed`` for a beacon decoded already (one decode serves every node of a process)."""
+        kind, name, node_uuid, seq, endpoints, headers = beacon
+        if node_uuid == self.own_uuid or kind is BeaconKind.SOLICIT:
+            return []  # a solicit asks for an answer; it says nothing about who is alive
         known = self._peers.get(node_uuid)
         if kind is BeaconKind.GOODBYE:
             if known is None:
@@ -89,14 +97,14 @@ class PeerTable:
             self.version += 1
             return [PeerEvent(EventKind.LEFT, known)]
         if known is None:
-            peer = Peer(name, node_uuid, endpoints, headers, seq, address, now, now)
+            peer = Peer(name, node_uuid, endpoints, headers, seq, address, now, now, port)
             self._peers[node_uuid] = peer
             self.version += 1
             return [PeerEvent(EventKind.JOINED, peer)]
         if seq < known.seq:
             return []  # late or replayed: the peer has said something newer since
         if seq == known.seq:
-            self._peers[node_uuid] = replace(known, last_seen=now, address=address)
+            self._peers[node_uuid] = replace(known, last_seen=now, address=address, port=port)
             return []
         peer = replace(
             known,
@@ -105,6 +113,7 @@ class PeerTable:
             headers=headers,
             seq=seq,
             address=address,
+            port=port,
             last_seen=now,
         )
         self._peers[node_uuid] = peer
