@@ -15,12 +15,18 @@ such submitter and asks for work when it has a free slot (credit), so a slow wor
 Delivery is at least once: the tasks of a worker that leaves, expires or times out go to another
 worker; the first result per task is kept and later ones are counted as duplicates.
 
+Durable, as an opt-in: ``farm.Submitter(node, "squares", journal="tasks.db")`` keeps each task in
+a SQLite file until its result is delivered; a submitter started on the journal of one that
+crashed does every task not yet delivered, under its id, and hands each result out once.
+
 Every part runs once made and is attached to its node. Every socket comes from the node
 (``server_socket``, ``client_socket`` + ``connect_peer``), so on nodes with keys the farm serves
 only the workers whose key the submitter's keyring holds, and a worker only trusted submitters.
 
 - ``wire``             the farm's messages (docs/protocol.md, section 9.1)
 - ``core``             the logic, written once: queue, credit, reassignment, duplicates (pure)
+- ``ledger``           what a durable submitter's journal must still write (pure)
+- ``journal``          the journal: a submitter's tasks and results in one SQLite file
 - ``base``             what both submitters share: set-up, checks, reading results, ROUTER I/O
 - ``submitter``        ``Submitter``: a service thread owns the ROUTER; any thread submits
 - ``async_submitter``  ``AsyncSubmitter``: a pump task on your loop owns the ROUTER (loop only)

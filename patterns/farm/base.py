@@ -2,22 +2,29 @@
 
 Both hand tasks out from one ``SubmitterCore`` over a ROUTER that the node makes; they differ in
 who owns the ROUTER (a service thread, or a pump task on the loop), so in how the core is held
-(a lock, or the loop) and how a caller waits. The ROUTER helpers serve both owners' loops.
+(a lock, or the loop) and how a caller waits. The ROUTER helpers serve both owners' loops. The
+owner of the ROUTER owns the journal too, when there is one: it opens it (``_open_journal``)
+and writes it.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from typing import Any
 
 from zmqkit import BrokenError, ClosedError, ConfigError, Deadline, Node, Socket, Timeout
 
+from ..durable import check_path
 from . import wire
 from .core import SubmitterCore, TaskResult, WorkerInfo
+from .journal import Journal
+from .ledger import Ledger
 
 __all__ = [
     "BATCH",
     "DEFAULT_WAIT",
+    "JOURNAL_WAIT",
     "TICK",
     "BaseSubmitter",
     "core_stats",
@@ -29,23 +36,29 @@ __all__ = [
 DEFAULT_WAIT = 30.0  # how long result() and as_completed() wait unless told
 TICK = 0.1  # seconds between looks at discovery, task deadlines and the stop flag
 BATCH = 1000  # frames taken before the submitter sends what they earned
+JOURNAL_WAIT = 10.0  # the longest a call waits for its change to be written to the journal
+
+Journaled = str | os.PathLike[str] | None  # where a durable submitter keeps its tasks
 
 
 class BaseSubmitter:
     """Hands tasks of farm ``farm`` to the workers that ask for them, from ``core`` (made with
-    the options that ``Submitter`` documents).
+    the options that ``Submitter`` documents), journaled in the file ``journal`` if given.
 
     Raises:
         ClosedError: the node is not running.
         ConfigError: a bad option, or the node already has a submitter for this farm.
     """
 
-    def __init__(self, node: Node, farm: str, core: SubmitterCore) -> None:
+    def __init__(self, node: Node, farm: str, core: SubmitterCore, journal: Journaled) -> None:
         self.node = node
         self.farm = wire.check_farm_name(farm)
         self.role = wire.role_of(farm)
         self.endpoint = ""
+        self.journal = None if journal is None else check_path(journal, "farm journal")
         self._core = core
+        self._ledger = None if journal is None else Ledger()
+        core.ledger = self._ledger
         self._closed = False
         self._failure: BaseException | None = None  # what stopped the ROUTER's owner, not close()
         if not node.running:  # unannounced: no worker could ever find it
@@ -69,6 +82,31 @@ class BaseSubmitter:
             raise BrokenError(f"{self!r} stopped: {self._failure!r}") from self._failure
         if self._closed:
             raise ClosedError(f"{self!r} is closed")
+
+    def _open_journal(self) -> Journal | None:
+        """Open the journal (in the thread or loop that will write it) and take back what it
+        holds into the core.
+
+        Raises:
+            ConfigError: the journal cannot be used (see ``Journal``).
+        """
+        if self.journal is None:
+            return None
+        journal = Journal(self.journal, self.farm)
+        try:
+            tasks, results, next_id = journal.restore()
+            with self._holding_core():
+                self._core.restore(tasks, results, next_id)
+        except BaseException:
+            journal.close()
+            raise
+        return journal
+
+    def _deliver_handed(self) -> None:
+        """The submitter closes with its process alive: the results its code was handed have
+        been delivered (the core held)."""
+        for task_id in sorted(self._core.handed):
+            self._core.deliver(task_id)
 
     def _withdraw(self) -> None:
         """Stop advertising this submitter (unless another took the role meanwhile)."""

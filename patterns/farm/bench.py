@@ -6,6 +6,9 @@ submitted at once until the last result is in; the figure is the median of ``run
 
     trivial   the handler returns its argument
     cpu-1ms   the handler spins for 1 ms of CPU time, then returns its argument
+
+``--journal`` runs each row twice, the second time with the submitter journaled in a file (a
+fresh temporary directory), and prints what the journal costs per task.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from zmqkit import Node
@@ -70,9 +75,10 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_sync(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
+def run_sync(node: Node, workers: int, tasks: int, runs: int,
+             journal: Path | None = None) -> list[float]:
     """Tasks per second of ``runs`` rounds through a ``Submitter``, once ``workers`` are seen."""
-    with Submitter(node, "bench") as submitter:
+    with Submitter(node, "bench", journal=journal) as submitter:
         deadline = time.monotonic() + 10
         while len({w.node for w in submitter.workers()}) < workers:
             if time.monotonic() > deadline:
@@ -88,9 +94,10 @@ def run_sync(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
         return rates
 
 
-async def run_async(node: Node, workers: int, tasks: int, runs: int) -> list[float]:
+async def run_async(node: Node, workers: int, tasks: int, runs: int,
+                    journal: Path | None = None) -> list[float]:
     """Tasks per second of ``runs`` rounds through an ``AsyncSubmitter``, as ``run_sync``."""
-    async with AsyncSubmitter(node, "bench") as submitter:
+    async with AsyncSubmitter(node, "bench", journal=journal) as submitter:
         deadline = time.monotonic() + 10
         while len({w.node for w in submitter.workers()}) < workers:
             if time.monotonic() > deadline:
@@ -109,7 +116,8 @@ async def run_async(node: Node, workers: int, tasks: int, runs: int) -> list[flo
 
 
 def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
-            prefetch: int, use_asyncio: bool = False) -> tuple[list[float], float, float]:
+            prefetch: int, use_asyncio: bool = False,
+            journal: Path | None = None) -> tuple[list[float], float, float]:
     """Tasks per second of each run, with ``workers`` worker processes; and the share of one
     core that the submitter and the workers (together) used, over all runs."""
     port = free_udp_port()
@@ -123,9 +131,9 @@ def measure(kind: str, workers: int, tasks: int, runs: int, slots: int,
             mine, theirs = cpu_seconds(), sum(cpu_seconds(child.pid) for child in children)
             began = time.perf_counter()
             if use_asyncio:
-                rates = asyncio.run(run_async(node, workers, tasks, runs))
+                rates = asyncio.run(run_async(node, workers, tasks, runs, journal))
             else:
-                rates = run_sync(node, workers, tasks, runs)
+                rates = run_sync(node, workers, tasks, runs, journal)
             wall = time.perf_counter() - began
             mine = (cpu_seconds() - mine) / wall
             theirs = (sum(cpu_seconds(child.pid) for child in children) - theirs) / wall
@@ -153,25 +161,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--prefetch", type=int, default=0)
     parser.add_argument("--asyncio", action="store_true", help="AsyncSubmitter, not Submitter")
+    parser.add_argument("--journal", action="store_true",
+                        help="each row also with a journaled submitter, and the cost per task")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
-    for kind in args.kinds:
-        tasks = args.tasks or (20_000 if kind == "trivial" else 4_000)
-        for workers in args.workers:
-            rates, mine, theirs = measure(kind, workers, tasks, args.runs, args.slots,
-                                          args.prefetch, args.asyncio)
-            rows.append({"kind": kind, "workers": workers, "tasks": tasks, "slots": args.slots,
-                         "prefetch": args.prefetch, "median": statistics.median(rates),
-                         "runs": rates, "submitter_cpu": mine, "workers_cpu": theirs,
-                         "submitter": "AsyncSubmitter" if args.asyncio else "Submitter"})
-            if not args.json:
-                front = "async" if args.asyncio else "sync"
-                median = statistics.median(rates)
-                print(f"{kind:8} {front:5} {workers} worker(s)  {median:9,.0f} tasks/s  "
-                      f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; cpu: submitter "
-                      f"{mine:.0%}, workers {theirs:.0%}; slots {args.slots}, prefetch "
-                      f"{args.prefetch}, {tasks} tasks)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="zmqkit-farm-bench-") as scratch:
+        journals = [None, Path(scratch) / "tasks.db"] if args.journal else [None]
+        for kind in args.kinds:
+            tasks = args.tasks or (20_000 if kind == "trivial" else 4_000)
+            for workers in args.workers:
+                medians = []
+                for journal in journals:
+                    rates, mine, theirs = measure(kind, workers, tasks, args.runs, args.slots,
+                                                  args.prefetch, args.asyncio, journal)
+                    median = statistics.median(rates)
+                    medians.append(median)
+                    rows.append({
+                        "kind": kind, "workers": workers, "tasks": tasks, "slots": args.slots,
+                        "prefetch": args.prefetch, "median": median, "runs": rates,
+                        "submitter_cpu": mine, "workers_cpu": theirs,
+                        "submitter": "AsyncSubmitter" if args.asyncio else "Submitter",
+                        "journal": journal is not None})
+                    if not args.json:
+                        front = ("async" if args.asyncio else "sync") + ("+j" if journal else "")
+                        print(f"{kind:8} {front:7} {workers} worker(s)  {median:9,.0f} tasks/s"
+                              f"  (runs: {', '.join(f'{r:,.0f}' for r in rates)}; cpu: "
+                              f"submitter {mine:.0%}, workers {theirs:.0%}; slots {args.slots}, "
+                              f"prefetch {args.prefetch}, {tasks} tasks)", flush=True)
+                if len(medians) == 2 and not args.json:
+                    cost = 1e6 / medians[1] - 1e6 / medians[0]
+                    print(f"{'':8} the journal costs {cost:,.0f} µs per task here", flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

@@ -17,6 +17,10 @@ At-least-once: a task whose worker left, was declared gone by discovery, timed o
 queue. After ``max_attempts`` losses that may be the task's fault (node gone, timed out) it fails
 with ``BrokenError``. The first result for a task wins; later ones are counted as duplicates,
 and a worker still holding a finished task gets a CANCEL.
+
+A durable submitter gives the core a ``Ledger``: the core notes there each task submitted, each
+result back and each result delivered, for the journal to write (``restore`` takes a journal's
+content back after a crash).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from __future__ import annotations
 import heapq
 import uuid as uuid_module
 from collections import Counter, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from zmqkit import BrokenError, BusyError, ConfigError, ProtocolError, ZmqkitError, codec
 
 from . import wire
+from .ledger import Ledger
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -54,7 +59,8 @@ MAX_CREDIT = 1000  # a worker claiming more free slots than this gets this many
 STATS = (  # the submitter's counters, all present from the start
     "submitted", "completed", "duplicates", "reassigned", "given-up",
     "timed-out", "lost", "reclaimed", "worker-lost", "worker-silent", "left", "workers-joined",
-    "stray", "dropped-malformed", "dropped-multipart", "dropped-stranger",
+    "stray", "dropped-malformed", "dropped-multipart", "dropped-stranger", "restored",
+    "restored-results",
 )
 
 
@@ -169,8 +175,8 @@ class SubmitterCore:
         self._next_id = 1
         self._dispatches = 0
         self._turn = 0
-        self._done_below = 1  # every id below this is done ...
-        self._done_above: set[int] = set()  # ... and so are these
+        self.ledger: Ledger | None = None  # a durable submitter's: what its journal must write
+        self.handed: set[int] = set()  # with a ledger: results handed out, not yet delivered
         self._present: set[uuid_module.UUID] = set()  # the nodes discovery listed last
 
     # -- the user's side -----------------------------------------------------------------------
@@ -190,7 +196,40 @@ class SubmitterCore:
         self._tasks[task_id] = _Task(task_id, frame)
         self._queue.append(task_id)
         self.stats["submitted"] += 1
+        if self.ledger is not None:
+            self.ledger.note_submitted(task_id, frame.payload)
         return task_id
+
+    def restore(self, tasks: Sequence[tuple[int, Any]], results: Sequence[TaskResult],
+                next_id: int) -> None:
+        """Take back what a journal held: ``tasks`` to do again and ``results`` to hand out
+        (each in id order), under their ids; new tasks get ids from ``next_id`` on.
+
+        Raises:
+            ConfigError: the core has tasks already.
+            EncodeError: a payload cannot travel (the journal only holds ones that could).
+        """
+        if self._next_id != 1 or self._tasks or self._results:
+            raise ConfigError("a journal is restored into a new submitter only")
+        for task_id, payload in tasks:
+            self._tasks[task_id] = _Task(task_id, wire.TaskFrame(task_id, payload))
+            self._queue.append(task_id)
+        for result in results:
+            self._results[result.task_id] = result
+            self._finished.append(result.task_id)
+        self._next_id = next_id
+        self.stats["restored"] += len(tasks)
+        self.stats["restored-results"] += len(results)
+        if results:
+            self.results_version += 1
+
+    def deliver(self, task_id: int) -> int:
+        """The user's code has the result of ``task_id``: the journal may forget the task.
+        Returns the ledger mark to wait for (0: nothing to wait for)."""
+        if self.ledger is None or task_id not in self.handed:
+            return 0
+        self.handed.discard(task_id)
+        return self.ledger.note_delivered(task_id)
 
     def take(self, task_id: int) -> TaskResult | None:
         """The result of ``task_id`` (handed out once), or None while it is not done.
@@ -201,6 +240,8 @@ class SubmitterCore:
         result = self._results.pop(task_id, None)
         if result is None and task_id not in self._tasks:
             raise ConfigError(f"task {task_id!r} is unknown or its result was taken already")
+        if result is not None and self.ledger is not None:
+            self.handed.add(task_id)
         return result
 
     def take_next(self) -> TaskResult | None:
@@ -208,6 +249,8 @@ class SubmitterCore:
         while self._finished:
             result = self._results.pop(self._finished.popleft(), None)
             if result is not None:
+                if self.ledger is not None:
+                    self.handed.add(result.task_id)
                 return result
         return None
 
@@ -440,15 +483,14 @@ class SubmitterCore:
         self._finished.append(task_id)
         if len(self._finished) > 2 * len(self._results) + 10_000:  # results taken by id
             self._finished = deque(i for i in self._finished if i in self._results)
-        self._done_above.add(task_id)
-        while self._done_below in self._done_above:
-            self._done_above.discard(self._done_below)
-            self._done_below += 1
         self.results_version += 1
         self.stats["completed"] += 1
+        if self.ledger is not None:
+            self.ledger.note_finished(result)
 
     def _is_done(self, task_id: int) -> bool:
-        return task_id < self._done_below or task_id in self._done_above
+        """Every id given out is a task queued or in flight until it finishes."""
+        return 0 < task_id < self._next_id and task_id not in self._tasks
 
     def _prune_timeouts(self) -> None:
         tasks = self._tasks

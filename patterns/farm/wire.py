@@ -180,6 +180,11 @@ class TaskFrame:
         """The frame with ``dispatch`` (from the core's counter: 1 and up) spliced in."""
         return self.head + codec.dumps(dispatch) + self.tail
 
+    @property
+    def payload(self) -> bytes:
+        """The payload as CBOR: the tail less the empty kwargs map (one byte, ``a0``)."""
+        return self.tail[:-1]
+
 
 _TASK_METHOD_CBOR = codec.dumps(TASK_METHOD)
 
