@@ -9,9 +9,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -204,3 +208,58 @@ def test_a_keyed_node_answers_only_its_keyring(make_node: MakeNode) -> None:
     refused = ask_nodes(plain, plain.wait_for("vault", timeout=5), timeout=0.5)[0]
     assert set(refused) == {"name", "uuid", "error"}
     assert refused["error"]
+
+
+# -- the commands, on demo nodes ------------------------------------------------------------------
+
+
+def _zmqkit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "zmqkit", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def calc_and_ticker() -> Iterator[None]:
+    """``zmqkit demo calc`` and ``zmqkit demo ticker`` on this test's beacon port."""
+    demos = [subprocess.Popen([sys.executable, "-m", "zmqkit", "demo", name, "--duration", "60"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)
+             for name in ("calc", "ticker")]
+    try:
+        yield
+    finally:
+        for demo in demos:
+            demo.terminate()
+        for demo in demos:
+            demo.wait(10)
+
+
+@pytest.mark.slow
+def test_top_topics_services_and_graph_on_demo_nodes(calc_and_ticker: None,
+                                                     tmp_path: Path) -> None:
+    assert _zmqkit("call", "calc", "add", "1", "2", "--timeout", "10").stdout.strip() == "3"
+    assert _zmqkit("call", "calc", "echo", '"hi"').returncode == 0
+    failed = _zmqkit("call", "calc", "div", "1", "0")
+    assert failed.returncode == 1 and "ZeroDivisionError" in failed.stderr
+
+    top = _zmqkit("top", "--once", "--json", "--interval", "0.2")
+    assert top.returncode == 0, top.stderr
+    rows = {row["name"]: row for row in json.loads(top.stdout)}
+    assert set(rows) == {"calc", "ticker"}
+    assert (rows["calc"]["calls"], rows["calc"]["errors"]) == (3, 1)
+    assert rows["calc"]["p99"] > 0
+    assert rows["ticker"]["published"] > 0
+
+    listed = json.loads(_zmqkit("topics", "--json").stdout)
+    assert [topic["topic"] for topic in listed] == ["ticks"]
+    assert [node["name"] for node in listed[0]["publishers"]] == ["ticker"]
+    [calc] = json.loads(_zmqkit("services", "--json").stdout)
+    assert calc["service"] == "calc" and calc["methods"]["add"] == {"calls": 1, "errors": 0}
+    assert calc["methods"]["div"] == {"calls": 1, "errors": 1}
+
+    dot = _zmqkit("graph", "--dot").stdout
+    assert dot.startswith("digraph") and '"calc' in dot and '"ticks"' in dot
+    picture = tmp_path / "mesh.svg"
+    assert _zmqkit("graph", "--svg", str(picture)).returncode == 0
+    texts = {e.text for e in ET.parse(picture).getroot().iter("{http://www.w3.org/2000/svg}text")}
+    assert {"calc", "ticker", "ticks"} <= texts

@@ -67,15 +67,16 @@ class Handler:
             mode = Mode.INLINE
         return cls(name, function, mode)
 
-    def arguments_fit(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
-        """Whether the handler accepts these arguments (asked only after a TypeError)."""
+    def arguments_misfit(self, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+        """Why the handler cannot take these arguments, or None if it can (asked only after a
+        TypeError). Read from the signature, so a method's ``self`` is never counted."""
         try:
             inspect.signature(self.function).bind(*args, **kwargs)
-        except TypeError:
-            return False
+        except TypeError as exc:
+            return str(exc)
         except ValueError:  # no signature to read (some builtins): cannot tell, assume it fits
-            return True
-        return True
+            return None
+        return None
 
     def describe(self) -> dict[str, str]:
         """What ``client.methods()`` shows: name, signature, doc and mode."""

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +28,7 @@ from zmqkit import (
     ClosedError,
     ConfigError,
     EncodeError,
+    Latency,
     Node,
     Poller,
     ProtocolError,
@@ -58,6 +60,7 @@ Outgoing = tuple[Address, bytes, bool]  # (caller's address, frame, whether the 
 _NEVER_CANCELLED = threading.Event()  # a one-shot call has no cancel flag: this one is never set
 # plain names: an enum member looked up on its class costs ten times more, on every call
 _REQUEST, _CANCEL, _INLINE = Kind.REQUEST, Kind.CANCEL, Mode.INLINE
+_clock = time.perf_counter
 
 
 class Server:
@@ -95,6 +98,10 @@ class Server:
         self.endpoint = ""
         self._stats: Counter[str] = Counter(dict.fromkeys(STATS, 0))
         self._calls = 0  # the hot counter, a plain int (the server thread alone counts it)
+        # per method, for introspection: how long each call took (its count is the calls
+        # served) and how many failed
+        self._latency = {name: Latency() for name in self.handlers}
+        self._failed: Counter[str] = Counter()
         self._outbox: deque[Outgoing] = deque()
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         # (caller, call id) of each stream in progress -> set when its caller cancels it. Only
@@ -128,6 +135,17 @@ class Server:
         stats = dict(self._stats)
         stats["calls"] = self._calls
         return stats
+
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): each method with its calls, errors and latency
+        percentiles in seconds (from the request's arrival to its answer, queueing included)."""
+        methods = {
+            name: {"calls": latency.count, "errors": self._failed[name],
+                   **latency.percentiles(), "mode": self.handlers[name].mode.value}
+            for name, latency in self._latency.items()
+        }
+        return {"kind": "rpc.Server", "service": self.node.name, "endpoint": self.endpoint,
+                "methods": methods, "stats": self.stats()}
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -258,6 +276,7 @@ class Server:
             self._not_a_request(router, message, kind, call_id)
             return
         self._calls += 1
+        started = _clock()
         handler = self.handlers.get(request[3])
         if handler is not None and handler.mode is _INLINE:  # the usual call, first
             args, kwargs = request[4], request[5]
@@ -266,6 +285,7 @@ class Server:
             except Exception as exc:  # the caller gets it as RemoteError; the server keeps serving
                 message[-1] = self._failure(handler, call_id, args, kwargs, exc)
             router.try_send_multipart(message)  # a ROUTER drops what cannot go at once
+            self._latency[handler.name].record(_clock() - started)
             return
         address = tuple(message[:-1])
         if handler is None:
@@ -290,7 +310,7 @@ class Server:
             )
         else:
             self._outstanding += 1
-            self._dispatch(handler, address, call_id, request[4], request[5])
+            self._dispatch(handler, address, call_id, request[4], request[5], started)
 
     def _not_a_request(self, router: Socket, message: list[bytes], kind: int,
                        call_id: int) -> None:
@@ -317,20 +337,22 @@ class Server:
         call_id: int,
         args: list[Any],
         kwargs: dict[str, Any],
+        started: float,
     ) -> None:
         cancelled = _NEVER_CANCELLED
         if handler.mode in (Mode.STREAM, Mode.ASYNC_STREAM):
             cancelled = self._streams[(address, call_id)] = threading.Event()
         if handler.mode is Mode.BLOCKING:
-            self._jobs.put(
-                lambda: self._post(address, self._call(handler, call_id, args, kwargs), True)
-            )
+            self._jobs.put(lambda: self._post(
+                address, self._call(handler, call_id, args, kwargs), True, handler, started))
         elif handler.mode is Mode.STREAM:
-            self._jobs.put(lambda: self._stream(handler, address, call_id, args, kwargs, cancelled))
+            self._jobs.put(lambda: self._stream(handler, address, call_id, args, kwargs, cancelled,
+                                                started))
         else:
             assert self._loop is not None
             asyncio.run_coroutine_threadsafe(
-                self._call_async(handler, address, call_id, args, kwargs, cancelled), self._loop
+                self._call_async(handler, address, call_id, args, kwargs, cancelled, started),
+                self._loop,
             )
 
     def _describe(self, call_id: int) -> bytes:
@@ -364,10 +386,12 @@ class Server:
         exc: Exception,
     ) -> bytes:
         self._stats["errors"] += 1
-        if isinstance(exc, TypeError) and not handler.arguments_fit(args, kwargs):
+        self._failed[handler.name] += 1
+        misfit = handler.arguments_misfit(args, kwargs) if isinstance(exc, TypeError) else None
+        if misfit is not None:
             signature = handler.describe()["signature"]
             return _error(
-                call_id, "zmqkit.BadArguments", f"{signature} cannot take these arguments: {exc}"
+                call_id, "zmqkit.BadArguments", f"{signature} cannot take these arguments: {misfit}"
             )
         if isinstance(exc, EncodeError):
             return _error(call_id, "zmqkit.EncodeError", f"{handler.name} returned {exc}")
@@ -383,6 +407,7 @@ class Server:
         args: list[Any],
         kwargs: dict[str, Any],
         cancelled: threading.Event,
+        started: float,
     ) -> None:
         key = (address, call_id)
         try:
@@ -394,9 +419,10 @@ class Server:
                     self._post(address, codec.encode_stream_item(call_id, item), False)
             finally:
                 items.close()
-            self._post(address, codec.encode_stream_end(call_id), True)
+            self._post(address, codec.encode_stream_end(call_id), True, handler, started)
         except Exception as exc:  # reported to the caller as RemoteError
-            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True)
+            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True,
+                       handler, started)
         finally:
             self._streams.pop(key, None)
 
@@ -408,12 +434,13 @@ class Server:
         args: list[Any],
         kwargs: dict[str, Any],
         cancelled: threading.Event,
+        started: float,
     ) -> None:
         key = (address, call_id)
         try:
             if handler.mode is Mode.ASYNC:
                 result = await handler.function(*args, **kwargs)
-                self._post(address, codec.encode_reply(call_id, result), True)
+                self._post(address, codec.encode_reply(call_id, result), True, handler, started)
                 return
             items = handler.function(*args, **kwargs)
             try:
@@ -423,14 +450,19 @@ class Server:
                     self._post(address, codec.encode_stream_item(call_id, item), False)
             finally:
                 await items.aclose()
-            self._post(address, codec.encode_stream_end(call_id), True)
+            self._post(address, codec.encode_stream_end(call_id), True, handler, started)
         except Exception as exc:  # reported to the caller as RemoteError
-            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True)
+            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True,
+                       handler, started)
         finally:
             self._streams.pop(key, None)
 
-    def _post(self, address: Address, frame: bytes, finished: bool) -> None:
-        """Hand a frame to the server thread, waking it if it is not awake already."""
+    def _post(self, address: Address, frame: bytes, finished: bool,
+              handler: Handler | None = None, started: float = 0.0) -> None:
+        """Hand a frame to the server thread, waking it if it is not awake already; the last
+        frame of a call (given its ``handler`` and when it ``started``) counts its latency."""
+        if handler is not None:
+            self._latency[handler.name].record(_clock() - started)
         self._outbox.append((address, frame, finished))
         self._service.wake()
 

@@ -17,7 +17,7 @@ from types import FrameType
 
 from .. import __version__
 from ..errors import ConfigError, ZmqkitError
-from . import benchmark, call, demo, keys, peers, rates, topic
+from . import benchmark, call, demo, keys, mesh, peers, rates, topic
 from .output import Output, silence_stdout
 from .parsing import CommandParser, UsageError
 from .scope import check_scope, scope_options
@@ -35,6 +35,7 @@ COMMANDS: tuple[Register, ...] = (
     call.register,
     topic.register,
     rates.register,
+    mesh.register,
     keys.register,
     benchmark.register,
     demo.register,
