@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 import pytest
 import zmq
-from zmqkit.patterns import pubsub
+from zmqkit.patterns import failover, farm, groups, pubsub, rpc, state, survey
 
 from zmqkit import Keypair, Keyring, Latency, Node
 from zmqkit.graph import build, layers, to_dot, to_svg
@@ -263,3 +263,50 @@ def test_top_topics_services_and_graph_on_demo_nodes(calc_and_ticker: None,
     assert _zmqkit("graph", "--svg", str(picture)).returncode == 0
     texts = {e.text for e in ET.parse(picture).getroot().iter("{http://www.w3.org/2000/svg}text")}
     assert {"calc", "ticker", "ticks"} <= texts
+
+
+# -- every part of every pattern says what it is --------------------------------------------------
+
+
+def _echo(x: Any) -> Any:
+    return x
+
+
+PARTS: dict[str, tuple[Callable[[Node], Any], dict[str, Any]]] = {
+    "rpc.Server": (lambda node: rpc.serve(node, [_echo]), {"service": "every", "methods": {
+        "_echo": {"calls": 0, "errors": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0,
+                  "mode": "inline"}}}),
+    "rpc.Client": (lambda node: rpc.Client(node, "calc"), {"target": "calc", "calls": 0}),
+    "failover.FailoverClient": (lambda node: failover.FailoverClient(node, "db"),
+                                {"target": "db", "calls": 0}),
+    "pubsub.Publisher": (lambda node: pubsub.Publisher(node), {"topics": {}}),
+    "pubsub.Subscriber": (lambda node: pubsub.Subscriber(node, "ticks"),
+                          {"topics": ["ticks"], "received": 0, "gaps": 0}),
+    "survey.Surveyor": (lambda node: survey.Surveyor(node, "sensors"),
+                        {"target": "sensors", "calls": 0}),
+    "farm.Submitter": (lambda node: farm.Submitter(node, "jobs"), {"name": "jobs"}),
+    "farm.Worker": (lambda node: farm.Worker(node, _echo, "jobs"), {"name": "jobs"}),
+    "groups.Groups": (lambda node: groups.Groups(node), {"groups": []}),
+    "state.State": (lambda node: state.State(node, "config"), {"name": "config"}),
+}
+
+
+@pytest.mark.parametrize("kind", PARTS)
+def test_every_part_of_every_pattern_describes_itself(make_node: MakeNode, kind: str) -> None:
+    make, expected = PARTS[kind]
+    node = make_node("every")
+    with make(node):
+        [described] = node.report()["parts"]
+    assert described["kind"] == kind
+    assert {key: described[key] for key in expected} == expected
+    assert "error" not in described
+    cbor2.loads(cbor2.dumps(described))  # it travels as it is
+
+
+def test_the_table_above_covers_every_pattern() -> None:
+    import pkgutil
+
+    import zmqkit.patterns
+
+    patterns = {info.name for info in pkgutil.iter_modules(zmqkit.patterns.__path__) if info.ispkg}
+    assert patterns == {kind.split(".")[0] for kind in PARTS}

@@ -123,9 +123,12 @@ class Introspection:
 
 
 def describe_part(part: object) -> dict[str, Any]:
-    """What a part says of itself: its ``describe()`` if it has one, else its kind and its
-    ``stats()``. A part that fails to describe itself is reported, not fatal."""
-    kind = f"{type(part).__module__.removeprefix('zmqkit.patterns.')}.{type(part).__name__}"
+    """What a part says of itself: its kind (``rpc.Server``: the pattern and the class), then
+    its ``describe()`` if it has one, else its ``stats()``. A part that fails to describe
+    itself is reported, not fatal."""
+    module = type(part).__module__
+    family = module.removeprefix("zmqkit.patterns.").split(".")[0]  # rpc, pubsub, farm, ...
+    kind = f"{family}.{type(part).__name__}"
     try:
         describe: Callable[[], dict[str, Any]] | None = getattr(part, "describe", None)
         if describe is not None:

@@ -139,6 +139,10 @@ class BaseSubmitter:
         with self._holding_core():
             return core_stats(self._core)
 
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the farm, and the counters of ``stats``."""
+        return {"name": self.farm, "endpoint": self.endpoint, "stats": core_stats(self._core)}
+
     def workers(self) -> list[WorkerInfo]:
         """The workers that asked for work: node UUID, tasks in flight, completed, credit.
 

@@ -174,6 +174,10 @@ class Worker:
         with self._stats_lock:
             return dict(self._stats)
 
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the farm worked for, and the counters."""
+        return {"name": self.farm, "stats": self.stats()}
+
     def _wake(self) -> None:
         for service in self._services:
             service.wake()

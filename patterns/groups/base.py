@@ -86,6 +86,10 @@ class BaseGroups:
             counts["dropped-inbox"] = self._inbox.dropped
         return counts
 
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the groups joined, and the counters."""
+        return {"groups": sorted(self.joined), "stats": self.stats()}
+
     # -- membership ------------------------------------------------------------------------------
 
     @property

@@ -104,7 +104,6 @@ class BaseSubscriber:
     def describe(self) -> dict[str, Any]:
         """For introspection (``Node.report``): the topics, and the counters of ``stats``."""
         stats = self.stats()
-        return {"kind": f"pubsub.{type(self).__name__}",
-                "topics": self._feed.intake.topics.names(),
+        return {"topics": self._feed.intake.topics.names(),
                 "publishers": stats.get("publishers", 0), "received": stats.get("received", 0),
                 "gaps": stats.get("gaps", 0), "stats": stats}

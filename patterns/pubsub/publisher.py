@@ -92,8 +92,7 @@ class Publisher:
         """For introspection (``Node.report``): each topic with the messages published on it."""
         with self._lock:
             topics = {topic: {"published": count} for topic, count in self._seqs.items()}
-        return {"kind": "pubsub.Publisher", "endpoint": self.endpoint, "topics": topics,
-                "stats": self.stats()}
+        return {"endpoint": self.endpoint, "topics": topics, "stats": self.stats()}
 
     def publish(self, topic: str, data: Any) -> int:
         """Publish ``data`` on ``topic``; return its sequence number. Any thread may call it.

@@ -124,6 +124,11 @@ class AsyncCaller:
         """Counters: calls, sent, answered, retried, unreachable, refused, dropped-*."""
         return dict(self._core.stats)
 
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the service called, and the calls made."""
+        stats = self.stats()
+        return {"target": self.name, "calls": stats.get("calls", 0), "stats": stats}
+
     # -- calling -------------------------------------------------------------------------------
 
     async def call(

@@ -144,7 +144,7 @@ class Server:
                    **latency.percentiles(), "mode": self.handlers[name].mode.value}
             for name, latency in self._latency.items()
         }
-        return {"kind": "rpc.Server", "service": self.node.name, "endpoint": self.endpoint,
+        return {"service": self.node.name, "endpoint": self.endpoint,
                 "methods": methods, "stats": self.stats()}
 
     # -- life cycle ------------------------------------------------------------------------------

@@ -116,6 +116,11 @@ class SyncCaller:
         with self._lock:
             return dict(self._core.stats)
 
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the service called, and the calls made."""
+        stats = self.stats()
+        return {"target": self.name, "calls": stats.get("calls", 0), "stats": stats}
+
     # -- calling -------------------------------------------------------------------------------
 
     def call(

@@ -58,6 +58,11 @@ class BaseSurveyor:
         with self._lock:
             return dict(self._stats)
 
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the name surveyed, and the surveys made."""
+        stats = self.stats()
+        return {"target": self.name, "calls": stats.get("surveys", 0), "stats": stats}
+
     def close(self) -> None:
         """Close the sockets; later surveys raise ClosedError, and one running ends with it.
         Safe to call twice, from any thread."""
