@@ -188,9 +188,11 @@ def test_the_admin_wire_with_raw_frames(make_node: MakeNode) -> None:
         version, kind, call_id, report = cbor2.loads(dealer.recv())
         assert (version, kind, call_id, report["name"]) == (1, 2, 7, "seen")
         dealer.send(cbor2.dumps([1, 1, 8, "shutdown", [], {}]))
-        assert cbor2.loads(dealer.recv())[:4] == [1, 3, 8, "MethodNotFound"]
+        assert cbor2.loads(dealer.recv())[:4] == [1, 3, 8, "zmqkit.MethodNotFound"]
         dealer.send(b"\xff garbage")
-        assert cbor2.loads(dealer.recv())[:4] == [1, 3, 0, "ProtocolError"]
+        assert cbor2.loads(dealer.recv())[:4] == [1, 3, 0, "zmqkit.ProtocolError"]
+        dealer.send_multipart([cbor2.dumps([1, 1, 10, INTROSPECT, [], {}]), b"more"])
+        assert cbor2.loads(dealer.recv())[:4] == [1, 3, 0, "zmqkit.ProtocolError"]
         dealer.send(cbor2.dumps([1, 1, 9, INTROSPECT, [], {}]))  # and it goes on answering
         assert cbor2.loads(dealer.recv())[2] == 9
 

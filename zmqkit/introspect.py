@@ -96,8 +96,9 @@ class Introspection:
         delimiter between them)."""
         address, frame = message[:-1], message[-1]
         try:
-            if not address or len(message) > 3:
-                raise ProtocolError("a request is a routing id and exactly one frame")
+            if len(message) != 2 and not (len(message) == 3 and not message[1]):
+                address = message[:2] if len(message) > 2 and not message[1] else message[:1]
+                raise ProtocolError("a request is exactly one frame")
             request = codec.decode(frame)
             if request[1] != Kind.REQUEST:
                 raise ProtocolError(f"expected a REQUEST, not kind {request[1]!r}")
@@ -105,20 +106,20 @@ class Introspection:
             self.stats["refused"] += 1
             log.debug("admin request refused: %s", exc)
             if address:
-                router.try_send_multipart([*address, codec.encode_error(0, "ProtocolError",
-                                                                       str(exc))])
+                router.try_send_multipart([*address, codec.encode_error(
+                    0, "zmqkit.ProtocolError", str(exc))])
             return
         call_id, method = request[2], request[3]
         if method != INTROSPECT:
             self.stats["refused"] += 1
-            reply = codec.encode_error(call_id, "MethodNotFound",
+            reply = codec.encode_error(call_id, "zmqkit.MethodNotFound",
                                        f"the admin endpoint answers {INTROSPECT!r} only")
         else:
             self.stats["answered"] += 1
             try:
                 reply = codec.encode_reply(call_id, self._node.report())
             except ZmqkitError as exc:  # a part described itself with something CBOR lacks
-                reply = codec.encode_error(call_id, type(exc).__name__, str(exc))
+                reply = codec.encode_error(call_id, "zmqkit.EncodeError", str(exc))
         router.try_send_multipart([*address, reply])
 
 
