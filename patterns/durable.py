@@ -12,18 +12,21 @@ three rules that every durable part follows:
   last commits, which ``synchronous=FULL`` would keep at the cost of an fsync per commit.
 
 The file records what it is for (``kind``) and whose it is (``owner``: a farm's or a group's
-name), so a journal is never read as a store, nor one farm's tasks by another farm.
+name), so a journal is never read as a store, nor one farm's tasks by another farm. A part's
+file is a ``Database``: the farm's ``Journal`` and the state's ``Store`` are two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from zmqkit import BrokenError, ConfigError, check_timeout
+from zmqkit import BrokenError, ConfigError, ProtocolError, check_timeout, codec
 
-__all__ = ["DEFAULT_TIMEOUT", "FORMAT", "broken", "check_path", "open_database"]
+__all__ = ["DEFAULT_TIMEOUT", "FORMAT", "Database", "check_path", "open_database"]
 
 DEFAULT_TIMEOUT = 2.0  # the longest a durable part waits for the file's lock
 FORMAT = 1  # the layout of the tables; a file of another format is refused
@@ -97,7 +100,52 @@ def _claim(connection: sqlite3.Connection, path: Path, expected: dict[str, objec
                               f"{expected['kind']!r} of {expected['owner']!r} (format {FORMAT})")
 
 
-def broken(path: Path, exc: sqlite3.Error) -> BrokenError:
-    """The error a durable part raises (``from exc``) when its file fails under it (a full
-    disk, say)."""
-    return BrokenError(f"{str(path)!r} failed: {exc}")
+class Database:
+    """A durable part's file, open for the calling thread alone (see ``open_database``).
+
+    Raises:
+        ConfigError: ``path`` is not a file to use, or ``open_database`` refuses it.
+    """
+
+    def __init__(self, path: object, *, kind: str, owner: str, tables: Sequence[str],
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = check_path(path, kind)
+        self.db = open_database(self.path, kind=kind, owner=owner, tables=tables,
+                                timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<zmqkit {type(self).__name__} {str(self.path)!r}>"
+
+    def close(self) -> None:
+        """Close the file (idempotent); what was committed stays."""
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The statements run in the ``with`` block commit together, or not at all.
+
+        Raises:
+            BrokenError: the file failed (a full disk, say); nothing of them was kept.
+        """
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise BrokenError(f"{str(self.path)!r} failed: {exc}") from exc
+
+    def read_cbor(self, blob: object, what: str) -> Any:
+        """A value the part stored as CBOR.
+
+        Raises:
+            ConfigError: it cannot be read back (the file was changed by hand?).
+        """
+        try:
+            if type(blob) is not bytes:
+                raise ProtocolError(f"a {type(blob).__name__}, not CBOR bytes")
+            return codec.loads(blob)
+        except ProtocolError as exc:
+            raise ConfigError(f"{str(self.path)!r}: {what} cannot be read back: {exc}") from exc

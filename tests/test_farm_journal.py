@@ -147,7 +147,7 @@ def test_farm_journal_failure_is_a_broken_error(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "tasks.db", "squares")
     ledger = Ledger()
     ledger.note_submitted(1, b"\x01")
-    journal._db.execute("DROP TABLE tasks")  # the file fails under it
+    journal.db.execute("DROP TABLE tasks")  # the file fails under it
     with pytest.raises(BrokenError, match="failed") as raised:
         journal.write(ledger.take())
     assert isinstance(raised.value.__cause__, sqlite3.Error)

@@ -170,12 +170,13 @@ import zmqkit
 from zmqkit.patterns import state
 
 config = json.loads(sys.argv[1])
-name = config.pop("name")
+name, store = config.pop("name"), config.pop("store", None)
 
 with zmqkit.Node(name, **config) as node, \
-        state.State(node, "inventory", heartbeat=0.3, sync_timeout=1.0) as replica:
+        state.State(node, "inventory", heartbeat=0.3, sync_timeout=1.0, store=store) as replica:
     replica.wait_synced(timeout=5)
-    print("ready", json.dumps({"uuid": str(node.uuid), "host": node.host}), flush=True)
+    print("ready", json.dumps({"uuid": str(node.uuid), "host": node.host,
+                               "keys": len(replica.items())}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "write":

@@ -98,7 +98,8 @@ def test_state_core_last_writer_wins_whatever_the_order(rand: random.Random) -> 
         core.receive(writer, seq, [op], wall=0)
     assert core.visible(0) == {"a": "w2-a", "c": "w3-c"}
     assert core.entries["b"].deleted and core.entries["b"].writer == W2
-    assert core.applied == {W1: 2, W2: 2, W3: 2}
+    assert core.progress == {W1: 2, W2: 2, W3: 2}
+    assert core.retired == {W1: 2}  # every write of W1 lost: it holds no key, so it is retired
 
 
 def test_state_core_tombstones_and_local_stamps() -> None:

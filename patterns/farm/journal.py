@@ -15,13 +15,12 @@ that owns the submitter's socket, never by another.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid as uuid_module
 from typing import Any, NamedTuple
 
-from zmqkit import BrokenError, ConfigError, ProtocolError, RemoteError, codec, remote_error
+from zmqkit import BrokenError, ConfigError, RemoteError, codec, remote_error
 
-from ..durable import DEFAULT_TIMEOUT, broken, check_path, open_database
+from ..durable import DEFAULT_TIMEOUT, Database
 from .core import TaskResult
 from .ledger import Batch
 
@@ -44,7 +43,7 @@ class Restored(NamedTuple):
     next_id: int
 
 
-class Journal:
+class Journal(Database):
     """The tasks of farm ``farm``'s submitter in the SQLite file at ``path``; used by the thread
     that made it.
 
@@ -53,16 +52,7 @@ class Journal:
     """
 
     def __init__(self, path: object, farm: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = check_path(path, "farm journal")
-        self._db = open_database(self.path, kind=KIND, owner=farm, tables=TABLES,
-                                 timeout=timeout)
-
-    def __repr__(self) -> str:
-        return f"<zmqkit farm Journal {str(self.path)!r}>"
-
-    def close(self) -> None:
-        """Close the file (idempotent); what was committed stays."""
-        self._db.close()
+        super().__init__(path, kind=KIND, owner=farm, tables=TABLES, timeout=timeout)
 
     def restore(self) -> Restored:
         """The tasks and results the file holds (what a crashed submitter left).
@@ -72,17 +62,18 @@ class Journal:
         """
         tasks: list[tuple[int, Any]] = []
         results: list[TaskResult] = []
-        rows = self._db.execute("SELECT id, payload, result FROM tasks ORDER BY id").fetchall()
+        rows = self.db.execute("SELECT id, payload, result FROM tasks ORDER BY id").fetchall()
         for task_id, payload, result in rows:
+            if result is None:
+                tasks.append((task_id, self.read_cbor(payload, f"task {task_id}")))
+                continue
+            row = self.read_cbor(result, f"the result of task {task_id}")
             try:
-                if result is None:
-                    tasks.append((task_id, codec.loads(payload)))
-                else:
-                    results.append(_read_result(task_id, codec.loads(result)))
-            except (ProtocolError, ValueError, TypeError, IndexError) as exc:
-                raise ConfigError(f"{str(self.path)!r}: task {task_id} cannot be read back: "
-                                  f"{exc}") from exc
-        stored = self._db.execute("SELECT value FROM meta WHERE name = 'next_id'").fetchone()
+                results.append(_read_result(task_id, row))
+            except (ValueError, TypeError, IndexError) as exc:
+                raise ConfigError(f"{str(self.path)!r}: the result of task {task_id} cannot be "
+                                  f"read back: {exc}") from exc
+        stored = self.db.execute("SELECT value FROM meta WHERE name = 'next_id'").fetchone()
         next_id = max([stored[0] if stored else 1, *(row[0] + 1 for row in rows)])
         return Restored(tasks, results, next_id)
 
@@ -92,9 +83,7 @@ class Journal:
         Raises:
             BrokenError: the file failed (a full disk, say); nothing of the batch was kept.
         """
-        db = self._db
-        try:
-            db.execute("BEGIN")
+        with self.transaction() as db:
             if batch.submitted:
                 db.executemany("INSERT OR REPLACE INTO tasks (id, payload) VALUES (?, ?)",
                                batch.submitted)
@@ -105,11 +94,6 @@ class Journal:
             if batch.delivered:
                 db.executemany("DELETE FROM tasks WHERE id = ?",
                                [(task_id,) for task_id in batch.delivered])
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise broken(self.path, exc) from exc
 
 
 def _result_row(result: TaskResult) -> bytes:

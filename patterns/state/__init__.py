@@ -26,7 +26,8 @@ How the replicas stay in step:
 - Every member publishes a digest of its per-writer sequence numbers each ``heartbeat``. A
   member that sees a digest ahead of its own for longer than a heartbeat asks that member for
   what it lacks: a write lost at the tail of a stream (a writer SIGKILLed mid-send) still reaches
-  everyone.
+  everyone. A sync request that fails is tried again later, waiting longer after each failure in
+  a row (0.2 s doubled, up to 10 s); ``sync_status()`` says where it stands.
 - Conflicts: per key, the write with the higher ``(stamp, writer)`` wins, where ``stamp`` is the
   writer's wall clock in nanoseconds (raised past the stamp of the entry it replaces, so a node's
   own write always wins on that node) and ``writer`` the writer's 16-byte id, compared as bytes.
@@ -35,13 +36,19 @@ How the replicas stay in step:
   resurrect it. A TTL key carries ``expires_at`` (the writer's stamp plus the TTL); on every node
   it reads as absent from that wall-clock time on, and turns into a tombstone.
 
+Durable, as an opt-in: ``state.State(node, "inventory", store="map.db")`` keeps the replica in a
+SQLite file (its map, tombstones and per-writer table); ``set`` and ``delete`` return once the
+write is there, and a replica started on the store after a crash has every such write.
+
 Limits: a tombstone (deleted or expired key) costs its key and version until the replica
-closes, so use a bounded key space; the per-writer table grows by one entry per replica ever
-started in the group; a snapshot travels as one frame (64 MiB at most); TTLs are only as
-consistent as the nodes' wall clocks.
+closes (in a store: for good), so use a bounded key space; the per-writer table holds the
+writers that hold a key, plus the last 1,000 that no longer do (a writer is one ``State``
+instance: each start is a new one); a snapshot travels as one frame (64 MiB at most); TTLs are
+only as consistent as the nodes' wall clocks.
 
 - ``wire``         the group's messages (docs/protocol.md, section 9.2), through ``zmqkit.codec``
 - ``core``         ``StateCore``: the map, versions, tombstones, TTL, per-writer sequences (pure)
+- ``store``        ``Store``: a durable replica's map in one SQLite file
 - ``planner``      ``SyncPlanner``: which member to ask for a sync, and when (pure, fed ``now``)
 - ``replica``      ``Replica``: core and planner behind one lock, between callers and the engine
 - ``engine``       ``Engine``: the service thread that alone owns the replica's sockets
@@ -55,7 +62,7 @@ from __future__ import annotations
 from . import wire
 from .async_state import AsyncState
 from .core import Change, ChangeKind, StateCore
-from .planner import Plan, SyncPlanner
+from .planner import Plan, SyncPlanner, SyncStatus
 from .state import State
 from .wire import SYNC_METHOD, pub_role, sync_role, topic
 
@@ -68,6 +75,7 @@ __all__ = [
     "State",
     "StateCore",
     "SyncPlanner",
+    "SyncStatus",
     "pub_role",
     "sync_role",
     "topic",

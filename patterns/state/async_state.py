@@ -18,7 +18,7 @@ from typing import Any
 
 from zmqkit import Deadline, LoopOwner, LoopWakeup, Node, check_timeout
 
-from .base import ANY, BaseState
+from .base import ANY, BaseState, Stored
 from .core import Change
 from .state import MAX_CHANGE_BACKLOG
 
@@ -30,16 +30,19 @@ class AsyncState(BaseState):
 
     The same options and the same replica as ``State``; the waits are awaitable and the changes
     come as an async iterator. ``close()`` works from any thread (the node's close included).
+    With a store, ``set`` and ``delete`` return once the replica's thread has stored the write
+    (a fraction of a millisecond, during which the loop waits).
 
     Raises:
         WrongThread: made without a running loop (use ``State`` from plain code).
     """
 
     def __init__(self, node: Node, group: str, *, heartbeat: float = 1.0,
-                 sync_timeout: float = 2.0, join_wait: float = 0.5, give_up: float = 5.0) -> None:
+                 sync_timeout: float = 2.0, join_wait: float = 0.5, give_up: float = 5.0,
+                 store: Stored = None) -> None:
         self._owner = LoopOwner("an AsyncState", instead="state.State")
         super().__init__(node, group, heartbeat=heartbeat, sync_timeout=sync_timeout,
-                         join_wait=join_wait, give_up=give_up)
+                         join_wait=join_wait, give_up=give_up, store=store)
 
     async def __aenter__(self) -> AsyncState:
         return self

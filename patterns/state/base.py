@@ -3,12 +3,14 @@
 A replica is usable once constructed: its service thread is running, its sockets are bound and
 advertised, and it is attached to its node (``node.close()`` closes it). Reads and writes work on
 the local copy and never wait on the network; a write is applied at once and handed to the
-service thread, which alone touches the sockets and publishes it.
+service thread, which alone touches the sockets and publishes it. With a store, the service
+thread also writes it to the store first, and the write returns once it is there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid as uuid_module
@@ -17,12 +19,15 @@ from typing import Any
 
 from zmqkit import BrokenError, ClosedError, ConfigError, Node, ServiceThread, Timeout
 
+from ..durable import check_path
 from .engine import Engine
-from .planner import SyncPlanner
+from .planner import SyncPlanner, SyncStatus
 from .replica import Replica
 from .wire import check_group, pub_role, sync_role, wire_value
 
-__all__ = ["ANY", "BaseState"]
+__all__ = ["ANY", "BaseState", "Stored"]
+
+Stored = str | os.PathLike[str] | None  # where a durable replica keeps its map
 
 NS = 1_000_000_000
 ANY: Any = object()  # wait_for: any value will do
@@ -32,9 +37,11 @@ class BaseState:
     """One replica of the group ``group``'s map, on ``node`` (see ``State`` for the options)."""
 
     def __init__(self, node: Node, group: str, *, heartbeat: float = 1.0,
-                 sync_timeout: float = 2.0, join_wait: float = 0.5, give_up: float = 5.0) -> None:
+                 sync_timeout: float = 2.0, join_wait: float = 0.5, give_up: float = 5.0,
+                 store: Stored = None) -> None:
         self.node = node
         self.group = check_group(group)
+        self.store = None if store is None else check_path(store, "state store")
         for name, seconds in (("heartbeat", heartbeat), ("sync_timeout", sync_timeout),
                               ("join_wait", join_wait), ("give_up", give_up)):
             if not 0 < seconds < 1e6:
@@ -47,9 +54,10 @@ class BaseState:
         self.heartbeat = heartbeat
         planner = SyncPlanner(join_wait=join_wait, timeout=sync_timeout, grace=heartbeat,
                               give_up=give_up)
-        self._replica = Replica(self.writer.bytes, planner, f"state replica {group!r} on "
-                                                            f"{node.name!r}")
-        self._engine = Engine(node, self._replica, group, self.writer, heartbeat)
+        self._replica = Replica(self.writer.bytes, planner,
+                                f"state replica {group!r} on {node.name!r}",
+                                durable=self.store is not None)
+        self._engine = Engine(node, self._replica, group, self.writer, heartbeat, self.store)
         self._service = ServiceThread(f"zmqkit-state:{group}", self._engine.run)
         self._replica.wake = self._service.wake
         self._closing = threading.Lock()
@@ -106,8 +114,19 @@ class BaseState:
         return self._replica.synced
 
     def stats(self) -> dict[str, int]:
-        """Counters: applied, duplicates, held, lost, dropped-* by reason, syncs, served, ..."""
-        return self._replica.stats()
+        """Counters: applied, duplicates, held, lost, dropped-* by reason, syncs, served,
+        sync-failures, retired-writers, store-writes, ...; and the gauges writers and retired
+        (the per-writer tables, both bounded)."""
+        return {**self._replica.stats(), **self._replica.table_sizes()}
+
+    def describe(self) -> dict[str, Any]:
+        """For introspection (``Node.report``): the map's group, and the counters."""
+        return {"name": self.group, "stats": self.stats()}
+
+    def sync_status(self) -> SyncStatus:
+        """Where syncing stands: synced or not, the member asked now, failures in a row and the
+        last one's reason, and how long until the next try (backing off after failures)."""
+        return self._replica.sync_status(time.monotonic())
 
     # -- reading and writing -------------------------------------------------------------------
 
@@ -130,7 +149,8 @@ class BaseState:
         return self._replica.visible(time.time_ns())
 
     def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
-        """Set ``key`` here at once and publish the write to the group.
+        """Set ``key`` here at once and publish the write to the group. With a store, it
+        returns once the store holds the write: a crash after that loses it not.
 
         ``ttl``: seconds after which the key expires on every node (by the writer's clock).
 
@@ -138,7 +158,9 @@ class BaseState:
             EncodeError: the value cannot travel on the wire; nothing changed.
             ConfigError: the key is not text or the ttl is not a positive number.
             ClosedError: the replica is closed.
-            BrokenError: the replica's thread failed (the error is the cause).
+            BrokenError: the replica's thread failed (the error is the cause), its store
+                included.
+            Timeout: the store did not take the write within ``STORE_WAIT`` seconds.
         """
         self._check_caller()
         if type(key) is not str:
@@ -151,7 +173,8 @@ class BaseState:
         self._replica.write(key, value, size, time.time_ns(), ttl_ns)
 
     def delete(self, key: str) -> bool:
-        """Delete ``key`` on every node; True if it was visible here.
+        """Delete ``key`` on every node; True if it was visible here. With a store, it returns
+        once the store holds the tombstone.
 
         The tombstone is published even when the key is absent here: a write of it that has not
         reached this node yet is older, and loses.
@@ -159,7 +182,8 @@ class BaseState:
         Raises:
             ConfigError: the key is not text.
             ClosedError: the replica is closed.
-            BrokenError: the replica's thread failed.
+            BrokenError: the replica's thread failed, its store included.
+            Timeout: the store did not take the delete within ``STORE_WAIT`` seconds.
         """
         self._check_caller()
         if type(key) is not str:
@@ -192,7 +216,7 @@ class BaseState:
             broken = BrokenError(f"{self!r} stopped: {error!r}")
             broken.__cause__ = error
             return broken
-        return Timeout(failure)
+        return Timeout(f"{failure} ({self.sync_status()})")
 
     @staticmethod
     def _wanted(key: str, value: Any) -> str:

@@ -3,6 +3,11 @@
 ``StateCore`` is fed writes (local ones, UPDATES from the group, snapshots from a member) and
 ``wall`` (nanoseconds since the epoch), and returns the visible ``Change``s. It is the same on
 every replica, so every replica ends with the same map whatever order the writes arrive in.
+
+The per-writer table stays bounded: a writer that holds no key any more (every write of it was
+superseded) is **retired**, its sequence number kept in a bounded table of its own, so that a
+late write of it is still known for what it is. A durable replica's core also notes what
+changed (``dirty``) for its store to write, and ``restore`` takes a store's content back.
 """
 
 from __future__ import annotations
@@ -10,18 +15,19 @@ from __future__ import annotations
 import enum
 import heapq
 import uuid as uuid_module
-from collections import Counter, deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import ChainMap, Counter, OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from zmqkit import ConfigError, ProtocolError
 
 from .wire import OP_DELETE, OP_SET, is_uint, is_writer, seq_table, valid_op
 
-__all__ = ["MAX_HELD", "Change", "ChangeKind", "Entry", "StateCore"]
+__all__ = ["MAX_HELD", "MAX_RETIRED", "Change", "ChangeKind", "Dirty", "Entry", "StateCore"]
 
 MAX_HELD = 10_000  # messages held back behind a gap; beyond it the oldest go (a sync refills them)
+MAX_RETIRED = 1000  # writers that hold no key, remembered with their sequence numbers
 
 
 class ChangeKind(enum.Enum):
@@ -64,6 +70,21 @@ class Entry:
         code = OP_DELETE if self.deleted else OP_SET
         return [self.writer, self.seq, code, key, self.stamp, self.value, self.expires_at]
 
+    @classmethod
+    def from_wire(cls, entry: list[Any], wall: int) -> Entry:
+        """The entry ``as_wire`` describes (expired at ``wall``: a tombstone)."""
+        writer, seq, code, _, stamp, value, expires_at = entry
+        deleted = code == OP_DELETE or (expires_at is not None and expires_at <= wall)
+        return cls(stamp, writer, seq, None if deleted else value, expires_at, deleted)
+
+
+@dataclass(slots=True)
+class Dirty:
+    """What changed since a durable replica's store last wrote: keys, and writers' progress."""
+
+    keys: set[str] = field(default_factory=set)
+    writers: set[bytes] = field(default_factory=set)
+
 
 class StateCore:
     """The replicated map without sockets or a clock: fed writes and ``wall`` (ns since the
@@ -71,19 +92,29 @@ class StateCore:
 
     ``applied[w]`` is the last sequence number of writer ``w`` applied here, with every earlier
     one applied too (or given up as lost, see ``skip_gap``). A message that does not follow on is
-    ``held`` until a merge fills the gap.
+    ``held`` until a merge fills the gap. ``retired`` keeps the same for writers that hold no key
+    (the oldest forgotten beyond ``max_retired``); ``progress`` reads both.
+
+    ``durable``: note what changes in ``dirty``, for a store to write.
     """
 
-    def __init__(self, writer: bytes, *, max_held: int = MAX_HELD) -> None:
+    def __init__(self, writer: bytes, *, max_held: int = MAX_HELD,
+                 max_retired: int = MAX_RETIRED, durable: bool = False) -> None:
         if not is_writer(writer):
             raise ConfigError("a writer id is 16 bytes")
         self.writer = writer
         self.entries: dict[str, Entry] = {}
         self.applied: dict[bytes, int] = {}
+        self.retired: OrderedDict[bytes, int] = OrderedDict()
+        self.progress: ChainMap[bytes, int] = ChainMap(self.applied, self.retired)
+        self.holding: Counter[bytes] = Counter()  # keys (tombstones too) each writer holds
+        self.dirty: Dirty | None = Dirty() if durable else None
         self.seq = 0
         self.held: deque[tuple[bytes, int, list[Any]]] = deque()
         self.max_held = max_held
+        self.max_retired = max_retired
         self.synced = False
+        self._idle: set[bytes] = set()  # writers whose last key went since the last settle
         self._counts: Counter[str] = Counter()
         self._expiries: list[tuple[int, str]] = []
         self._uuids: dict[bytes, uuid_module.UUID] = {}
@@ -132,8 +163,10 @@ class StateCore:
 
     def _apply_local(self, op: list[Any], wall: int) -> Change | None:
         self.seq += 1
-        self.applied[self.writer] = self.seq
-        return self._apply(self.writer, self.seq, op, wall)
+        self._advance(self.writer, self.seq)
+        change = self._apply(self.writer, self.seq, op, wall)
+        self._settle(())
+        return change
 
     # -- remote writes ---------------------------------------------------------------------------
 
@@ -147,7 +180,7 @@ class StateCore:
         expired = expires_at is not None and expires_at <= wall
         deleted = code == OP_DELETE or expired
         stored = None if deleted else value
-        self.entries[key] = Entry(stamp, writer, seq, stored, expires_at, deleted)
+        self._store(key, Entry(stamp, writer, seq, stored, expires_at, deleted), current)
         if not deleted:
             if expires_at is not None:
                 self._schedule_expiry(expires_at, key)
@@ -173,7 +206,7 @@ class StateCore:
         if not ops or first < 1 or not all(valid_op(op) for op in ops):
             self._counts["dropped-malformed"] += 1
             return []
-        done = self.applied.get(writer, 0)
+        done = self.progress.get(writer, 0)
         if last_seq <= done:
             self._counts["duplicates"] += len(ops)
             return []
@@ -189,13 +222,14 @@ class StateCore:
             change = self._apply(writer, first + offset, ops[offset], wall)
             if change is not None:
                 changes.append(change)
-        self.applied[writer] = last_seq
+        self._advance(writer, last_seq)
         self._counts["applied"] += len(ops) - (done + 1 - first)
+        self._settle((writer,))
         return changes
 
     def missing(self) -> dict[bytes, int]:
         """Writers whose held messages wait for a gap: writer -> first missing sequence number."""
-        return {writer: self.applied.get(writer, 0) + 1 for writer, _, _ in self.held}
+        return {writer: self.progress.get(writer, 0) + 1 for writer, _, _ in self.held}
 
     def skip_gap(self, writer: bytes, wall: int) -> list[Change]:
         """Give up waiting for ``writer``'s missing writes (nobody has them: its node died before
@@ -203,11 +237,11 @@ class StateCore:
         firsts = [first for held_writer, first, _ in self.held if held_writer == writer]
         if not firsts:
             return []
-        done = self.applied.get(writer, 0)
+        done = self.progress.get(writer, 0)
         resume = min(firsts)
         if resume > done + 1:
             self._counts["lost"] += resume - done - 1
-            self.applied[writer] = resume - 1
+            self._advance(writer, resume - 1)
         return self._replay(wall)
 
     def _replay(self, wall: int) -> list[Change]:
@@ -221,12 +255,12 @@ class StateCore:
 
     def snapshot(self, known: Mapping[bytes, int]) -> dict[str, Any]:
         """What a replica that has applied ``known`` lacks: the entries written after it (by
-        writer and sequence), and this replica's per-writer table."""
+        writer and sequence), and this replica's per-writer table (retired writers too)."""
         entries = [
             entry.as_wire(key) for key, entry in self.entries.items()
             if entry.seq > known.get(entry.writer, 0)
         ]
-        return {"writers": self.digest(), "entries": entries}
+        return {"writers": [[w, seq] for w, seq in self.progress.items()], "entries": entries}
 
     def merge(self, snapshot: object, wall: int) -> list[Change]:
         """Merge a sync reply (see ``snapshot``), then replay what was held.
@@ -252,11 +286,78 @@ class StateCore:
                 if change is not None:
                     changes.append(change)
         for writer, seq in writers.items():
-            if writer != self.writer and seq > self.applied.get(writer, 0):
-                self.applied[writer] = seq
+            if writer != self.writer and seq > self.progress.get(writer, 0):
+                self._advance(writer, seq)
         self.synced = True
         self._counts["merged"] += 1
+        self._settle(writers)
         return changes + self._replay(wall)
+
+    # -- the per-writer table ------------------------------------------------------------------
+
+    def _store(self, key: str, entry: Entry, current: Entry | None) -> None:
+        """Put ``entry`` in place of ``current``, counting the keys each writer holds."""
+        self.entries[key] = entry
+        self.holding[entry.writer] += 1
+        if current is not None:
+            left = self.holding[current.writer] - 1
+            if left:
+                self.holding[current.writer] = left
+            else:
+                del self.holding[current.writer]
+                self._idle.add(current.writer)
+        if self.dirty is not None:
+            self.dirty.keys.add(key)
+
+    def _advance(self, writer: bytes, seq: int) -> None:
+        """``writer`` is applied up to ``seq``: live again if it was retired."""
+        self.retired.pop(writer, None)
+        self.applied[writer] = seq
+        if self.dirty is not None:
+            self.dirty.writers.add(writer)
+
+    def _settle(self, touched: Iterable[bytes]) -> None:
+        """Retire the writers (among ``touched`` and those whose last key went) that hold no key
+        and wait for no gap: their sequence numbers move to ``retired``, which stays bounded."""
+        candidates = self._idle.union(touched)
+        self._idle.clear()
+        for writer in candidates:
+            if (writer == self.writer or writer in self.holding or writer not in self.applied
+                    or any(held[0] == writer for held in self.held)):
+                continue
+            self.retired[writer] = self.applied.pop(writer)
+            self._counts["retired-writers"] += 1
+            dirty = self.dirty
+            if dirty is not None:
+                dirty.writers.add(writer)
+            if len(self.retired) > self.max_retired:
+                forgotten, _ = self.retired.popitem(last=False)
+                if dirty is not None:
+                    dirty.writers.add(forgotten)
+
+    def take_dirty(self) -> Dirty:
+        """What changed since the last call (empty without ``durable``)."""
+        dirty = self.dirty
+        if dirty is None:
+            return Dirty()
+        self.dirty = Dirty()
+        return dirty
+
+    def restore(self, entries: Mapping[str, Entry], progress: Mapping[bytes, int]) -> None:
+        """Take back what a store held: the entries (tombstones too) and each writer's progress.
+
+        Raises:
+            ConfigError: the core has been used already.
+        """
+        if self.entries or self.progress or self.seq:
+            raise ConfigError("a store is restored into a new replica only")
+        for key, entry in entries.items():
+            self._store(key, entry, None)
+            if not entry.deleted and entry.expires_at is not None:
+                self._schedule_expiry(entry.expires_at, key)
+        self.applied.update(progress)
+        self._settle(progress)
+        self.dirty = Dirty() if self.dirty is not None else None
 
     # -- expiry ----------------------------------------------------------------------------------
 
@@ -276,6 +377,8 @@ class StateCore:
             if entry is None or entry.deleted or entry.expires_at != at:
                 continue  # rewritten since
             entry.deleted, entry.value = True, None
+            if self.dirty is not None:
+                self.dirty.keys.add(key)
             changes.append(self._change(key, ChangeKind.EXPIRED, None, entry.writer, entry.stamp))
         return changes
 

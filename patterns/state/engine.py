@@ -6,7 +6,9 @@
     DEALER  (one member at a time)    asks for a sync when the planner says so
 
 Every socket comes from the node, so a node with keys serves and connects over CURVE only. The
-engine talks to the callers' side only through ``Replica``.
+engine talks to the callers' side only through ``Replica``. A durable replica's store belongs to
+the engine too: opened in its thread (what it held taken back before the thread is ready),
+written each turn before the writes it holds are published, and closed when the thread ends.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import itertools
 import logging
 import time
 import uuid as uuid_module
+from pathlib import Path
 
 from zmqkit import (
     Node,
@@ -30,6 +33,7 @@ from zmqkit import (
 
 from . import wire
 from .replica import Replica
+from .store import Store
 
 __all__ = ["TICK", "Engine"]
 
@@ -53,8 +57,10 @@ class Engine:
     _poller: Poller
 
     def __init__(self, node: Node, replica: Replica, group: str, writer: uuid_module.UUID,
-                 heartbeat: float) -> None:
+                 heartbeat: float, store: Path | None = None) -> None:
         self.node = node
+        self.store_path = store
+        self._store: Store | None = None
         self.replica = replica
         self.group = group
         self.writer = writer.bytes
@@ -75,7 +81,33 @@ class Engine:
     # -- the thread --------------------------------------------------------------------------------
 
     def run(self, service: ServiceThread) -> None:
-        """The service thread's body: make the sockets, serve until stopped, close them."""
+        """The service thread's body: open the store, make the sockets, serve until stopped,
+        close them."""
+        failure: BaseException | None = None
+        try:
+            self._store = self._open_store()
+            self._run_sockets(service)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if self._store is not None:
+                self._store.close()
+            self.replica.engine_stopped(failure)
+
+    def _open_store(self) -> Store | None:
+        """The store, with what it held taken back into the replica (None: not durable)."""
+        if self.store_path is None:
+            return None
+        store = Store(self.store_path, self.group)
+        try:
+            self.replica.restore(*store.load(time.time_ns()))
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _run_sockets(self, service: ServiceThread) -> None:
         made: list[Socket] = []
         try:
             self._pub = self.node.server_socket(SocketKind.PUB)
@@ -92,7 +124,8 @@ class Engine:
             try:
                 self._serve(service)
             finally:
-                self._flush()  # writes made just before the close still go out (PUB lingers)
+                self._persist()  # writes made just before the close are stored...
+                self._flush()  # ... and still go out (PUB lingers)
         finally:
             self._drop_dealer()
             for sock in made:
@@ -104,6 +137,7 @@ class Engine:
         while not service.stopping:
             now = time.monotonic()
             self._refresh_members()
+            self._persist()
             self._flush()
             self._tick(now, time.time_ns())
             replica.dispatch()
@@ -149,6 +183,24 @@ class Engine:
                    if uuid not in self._refused}
         if self.replica.set_members(members) is not None:
             self._drop_dealer()
+
+    # -- storing -----------------------------------------------------------------------------------
+
+    def _persist(self) -> None:
+        """Write what changed since the last turn to the store, in one transaction.
+
+        Raises:
+            BrokenError: the store failed; the engine stops (and so does every durable write).
+        """
+        if self._store is None:
+            return
+        taken = self.replica.take_changes()
+        if taken is None:
+            return
+        changes, seq = taken
+        self._store.write(changes)
+        self.replica.stored(seq)
+        self.replica.count("store-writes")
 
     # -- publishing --------------------------------------------------------------------------------
 

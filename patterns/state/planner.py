@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["FAILURE_PENALTY", "Plan", "SyncPlanner"]
+__all__ = ["FAILURE_PENALTY", "MAX_BACKOFF", "Plan", "SyncPlanner", "SyncStatus"]
 
 FAILURE_PENALTY = 5.0  # seconds a member that failed a sync is asked only as a last resort
+MAX_BACKOFF = 10.0  # the longest wait between two sync requests after failures in a row
 
 
 class Plan(NamedTuple):
@@ -20,6 +21,27 @@ class Plan(NamedTuple):
     timed_out: uuid_module.UUID | None = None  # the request in flight to this member failed
     alone: bool = False  # no member showed up: this replica is synced as it is
     give_up: tuple[bytes, ...] = ()  # writers whose gaps nobody can fill (see skip_gap)
+
+
+class SyncStatus(NamedTuple):
+    """Where a replica's syncing stands: ``State.sync_status()``."""
+
+    synced: bool  # the initial sync is done (a member's snapshot merged, or no member found)
+    members: int  # members known to sync with
+    asking: uuid_module.UUID | None  # the member a sync request waits on now
+    failures: int  # sync requests that failed in a row (0 once one succeeds)
+    last_error: str | None  # why the last one failed
+    retry_in: float  # seconds before the next request may leave (backing off after failures)
+
+    def __str__(self) -> str:
+        state = "synced" if self.synced else "not synced"
+        parts = [f"{state}, {self.members} members"]
+        if self.asking is not None:
+            parts.append(f"asking {self.asking}")
+        if self.failures:
+            parts.append(f"{self.failures} syncs failed in a row (last: {self.last_error}), "
+                         f"next try in {self.retry_in:.1f} s")
+        return "; ".join(parts)
 
 
 @dataclass(slots=True)
@@ -37,6 +59,8 @@ class SyncPlanner:
     in a writer's stream (ask a member whose digest covers it, else each member once, and after
     ``give_up`` seconds with nobody able to fill it, give it up); a member's digest ahead of ours
     for ``grace`` seconds (ask that member). One request at a time, ``timeout`` seconds each.
+    After a failure the next request waits ``retry`` seconds, doubled with each failure in a
+    row up to ``max_backoff``: a member that never answers is asked less and less often.
     """
 
     join_wait: float = 0.5
@@ -44,6 +68,9 @@ class SyncPlanner:
     grace: float = 1.0
     give_up: float = 5.0
     retry: float = 0.2
+    max_backoff: float = MAX_BACKOFF
+    failures: int = 0
+    last_error: str | None = None
     members: dict[uuid_module.UUID, str] = field(default_factory=dict)
     digests: dict[uuid_module.UUID, dict[bytes, int]] = field(default_factory=dict)
     inflight: tuple[uuid_module.UUID, float] | None = None
@@ -65,6 +92,7 @@ class SyncPlanner:
         self.members = dict(members)
         for gone in [m for m in self.digests if m not in self.members]:
             del self.digests[gone]
+        self._failed_at = {m: at for m, at in self._failed_at.items() if m in self.members}
         for writer in [w for w, claim in self._claims.items() if claim.member not in self.members]:
             del self._claims[writer]  # it went with what it had: nobody else claimed it
         if self.inflight is not None and self.inflight[0] not in self.members:
@@ -88,18 +116,32 @@ class SyncPlanner:
     def succeeded(self, now: float) -> None:
         """The request in flight was answered and merged."""
         self.inflight = None
+        self.failures = 0
+        self.last_error = None
 
-    def failed(self, now: float) -> None:
-        """The request in flight failed: its member is asked last for a while."""
+    def failed(self, now: float, why: str = "") -> None:
+        """The request in flight failed: its member is asked last for a while, and the next
+        request waits, longer after each failure in a row (up to ``max_backoff``)."""
         if self.inflight is not None:
             self._failed_at[self.inflight[0]] = now
         self.inflight = None
-        self._not_before = now + self.retry
+        self.failures += 1
+        self.last_error = why or "failed"
+        backoff = self.retry * 2.0 ** min(self.failures - 1, 32)
+        self._not_before = now + min(backoff, self.max_backoff)
+
+    def status(self, now: float, *, synced: bool) -> SyncStatus:
+        """Where syncing stands at ``now``."""
+        asking = self.inflight[0] if self.inflight is not None else None
+        return SyncStatus(synced, len(self.members), asking, self.failures, self.last_error,
+                          max(0.0, self._not_before - now))
 
     def next_wake(self, now: float, *, synced: bool, gaps: bool) -> float:
         """Seconds until the planner may want to act again (a bound for the owner's wait)."""
         if self.inflight is not None:
             return max(0.0, self.inflight[1] - now)
+        if now < self._not_before:
+            return self._not_before - now
         if not synced or gaps or self._claims:
             return 0.05
         return 3600.0
@@ -111,15 +153,15 @@ class SyncPlanner:
             member, deadline = self.inflight
             if now < deadline:
                 return Plan()
-            self.failed(now)
+            self.failed(now, f"{member} did not answer in {self.timeout:g} s")
             return Plan(timed_out=member)
+        if not synced and not self.members:
+            started = now if self.started_at is None else self.started_at
+            return Plan(alone=now - started >= self.join_wait)
         if now < self._not_before:
             return Plan()
         if not synced:
-            if self.members:
-                return Plan(ask=self._ask(self._pick(list(self.members), now), now))
-            started = now if self.started_at is None else self.started_at
-            return Plan(alone=now - started >= self.join_wait)
+            return Plan(ask=self._ask(self._pick(list(self.members), now), now))
         needs = self._needs(now, applied, missing)
         for writer, seq in needs.items():
             asked = self._asked.setdefault(writer, {})

@@ -4,7 +4,11 @@ Callers (any thread) read and write here and never wait on the network: a write 
 core at once and queued in the outbox. The engine (the replica's service thread) takes the
 outbox, feeds in what the group sends, asks the planner what to do, and hands the changes to the
 listeners. This is the whole interface between the two sides; no socket is touched here, and
-the clock is read only by the blocking wait.
+the clock is read only by the blocking waits.
+
+A durable replica's writes return once its store holds them: the engine, which alone uses the
+store, takes what changed (``take_changes``), writes it, and says how far it got (``stored``);
+writes from many threads share one transaction.
 """
 
 from __future__ import annotations
@@ -16,15 +20,18 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from zmqkit import ClosedError, Deadline, ProtocolError
+from zmqkit import BrokenError, ClosedError, Deadline, ProtocolError, Timeout
 
 from .core import Change, Entry, StateCore
-from .planner import Plan, SyncPlanner
+from .planner import Plan, SyncPlanner, SyncStatus
+from .store import Changes
 from .wire import OP_OVERHEAD
 
-__all__ = ["Listener", "Replica"]
+__all__ = ["STORE_WAIT", "Listener", "Replica"]
 
 log = logging.getLogger("zmqkit.state")
+
+STORE_WAIT = 10.0  # the longest a durable write waits for its store
 
 Listener = Callable[[list[Change]], None]  # called with [] once, on close
 
@@ -34,14 +41,21 @@ class Replica:
 
     ``name`` is how errors name the replica (``ClosedError`` once ``close`` was called).
     ``wake`` is called after every local write: it wakes the engine to publish it.
+    ``durable``: a write returns once the engine has stored it.
     """
 
-    def __init__(self, writer: bytes, planner: SyncPlanner, name: str) -> None:
+    def __init__(self, writer: bytes, planner: SyncPlanner, name: str, *,
+                 durable: bool = False) -> None:
         self.name = name
         self.wake: Callable[[], None] = lambda: None
-        self._core = StateCore(writer)
+        self.durable = durable
+        self._core = StateCore(writer, durable=durable)
         self._planner = planner
         self._lock = threading.Lock()
+        self._stored = threading.Condition(self._lock)  # notified as the store catches up
+        self._stored_seq = 0  # this replica's own writes the store holds, up to this one
+        self._engine_failure: BaseException | None = None
+        self._engine_done = False
         self._changed = threading.Condition()  # notified after changes, a sync, or the close
         self._outbox: list[list[Any]] = []
         self._sizes: list[int] = []
@@ -80,26 +94,42 @@ class Replica:
         with self._lock:
             return dict(Counter(self._core.stats()) + self._counts)
 
+    def sync_status(self, now: float) -> SyncStatus:
+        """Where syncing stands at ``now`` (monotonic seconds)."""
+        with self._lock:
+            return self._planner.status(now, synced=self._core.synced)
+
+    def table_sizes(self) -> dict[str, int]:
+        """How many writers the per-writer tables hold: live and retired."""
+        with self._lock:
+            return {"writers": len(self._core.applied), "retired": len(self._core.retired)}
+
     # -- callers: writing --------------------------------------------------------------------------
 
     def write(self, key: str, value: Any, size: int, wall: int, ttl_ns: int | None) -> None:
         """Apply a set here and queue it for the group; ``size`` is the value's encoded size.
+        Durable: returns once the store holds it.
 
         Raises:
             ClosedError: the replica is closed.
+            BrokenError, Timeout: see ``_wait_stored``.
         """
         with self._lock:
             self._check_open()
             op, change = self._core.write(key, value, wall, ttl_ns)
             self._queue(op, len(key) + size)
             self._pending.append(change)
+            seq = self._core.seq
         self.wake()
+        self._wait_stored(seq)
 
     def remove(self, key: str, wall: int) -> bool:
-        """Apply a delete here and queue it; True if the key was visible.
+        """Apply a delete here and queue it; True if the key was visible. Durable: returns once
+        the store holds it.
 
         Raises:
             ClosedError: the replica is closed.
+            BrokenError, Timeout: see ``_wait_stored``.
         """
         with self._lock:
             self._check_open()
@@ -107,8 +137,33 @@ class Replica:
             self._queue(op, len(key))
             if change is not None:
                 self._pending.append(change)
+            seq = self._core.seq
         self.wake()
+        self._wait_stored(seq)
         return change is not None
+
+    def _wait_stored(self, seq: int) -> None:
+        """Wait until the store holds this replica's own writes up to ``seq`` (durable only).
+
+        Raises:
+            BrokenError: the engine stopped on an error (the store failed, say).
+            ClosedError: the engine stopped before storing it.
+            Timeout: not stored within ``STORE_WAIT`` seconds.
+        """
+        if not self.durable:
+            return
+        deadline = Deadline.after(STORE_WAIT)
+        with self._stored:
+            while self._stored_seq < seq:
+                failure = self._engine_failure
+                if failure is not None:
+                    raise BrokenError(f"{self.name} stopped: {failure!r}") from failure
+                if self._engine_done:
+                    raise ClosedError(f"{self.name} closed before the write was stored")
+                if deadline.expired():
+                    raise Timeout(f"{self.name}: the store did not take a write in "
+                                  f"{STORE_WAIT:g} s")
+                self._stored.wait(deadline.remaining())
 
     def _queue(self, op: list[Any], size: int) -> None:
         self._outbox.append(op)
@@ -175,6 +230,38 @@ class Replica:
         with self._lock:  # stats() reads the counters from other threads
             self._counts[what] += how_many
 
+    # -- the engine: the store --------------------------------------------------------------------
+
+    def restore(self, entries: Mapping[str, Entry], progress: Mapping[bytes, int]) -> None:
+        """Take back what the store held (before the engine serves)."""
+        with self._lock:
+            self._core.restore(entries, progress)
+
+    def take_changes(self) -> tuple[Changes, int] | None:
+        """What changed since the last call, for the store, with the seq of this replica's last
+        write it includes; None when nothing did."""
+        with self._lock:
+            core = self._core
+            dirty = core.take_dirty()
+            if not (dirty.keys or dirty.writers):
+                return None
+            entries = [core.entries[key].as_wire(key) for key in dirty.keys]
+            writers = [(writer, core.progress.get(writer)) for writer in dirty.writers]
+            return Changes(entries, writers), core.seq
+
+    def stored(self, seq: int) -> None:
+        """The store holds this replica's writes up to ``seq``: their writers may return."""
+        with self._stored:
+            self._stored_seq = max(self._stored_seq, seq)
+            self._stored.notify_all()
+
+    def engine_stopped(self, failure: BaseException | None) -> None:
+        """The engine has stopped (on ``failure``, if not None): no write will be stored now."""
+        with self._stored:
+            self._engine_done = True
+            self._engine_failure = failure
+            self._stored.notify_all()
+
     # -- the engine: what the group sends ----------------------------------------------------------
 
     def receive(self, writer: bytes, last_seq: int, ops: list[Any], wall: int) -> None:
@@ -186,7 +273,7 @@ class Replica:
                     now: float) -> None:
         """A member's DIGEST: the planner notes what it has that we lack."""
         with self._lock:
-            self._planner.digest_from(member, applied, self._core.applied, now)
+            self._planner.digest_from(member, applied, self._core.progress, now)
 
     def snapshot(self, known: Mapping[bytes, int]) -> dict[str, Any]:
         """What a member that has applied ``known`` lacks (the result of a sync request)."""
@@ -204,7 +291,7 @@ class Replica:
             except ProtocolError as exc:
                 log.debug("%s: a sync failed: %s", self.name, exc)
                 self._counts["sync-failures"] += 1
-                self._planner.failed(now)
+                self._planner.failed(now, str(exc))
 
     # -- the engine: planning ----------------------------------------------------------------------
 
@@ -224,7 +311,7 @@ class Replica:
         with self._lock:
             core = self._core
             self._pending += core.expire(wall)
-            plan = self._planner.plan(now, synced=core.synced, applied=core.applied,
+            plan = self._planner.plan(now, synced=core.synced, applied=core.progress,
                                       missing=core.missing())
             if plan.alone:
                 core.synced = True

@@ -43,10 +43,14 @@ class State(BaseState):
         sync_timeout: seconds a member gets to answer a sync request before another is asked.
         join_wait: seconds to wait for a first member before starting alone.
         give_up: seconds a gap that no member can fill is waited for before it is skipped.
+        store: a file (SQLite) to keep the replica in: its map, tombstones and per-writer
+            table. A replica started on it after a crash (SIGKILL included) holds every write
+            whose ``set`` or ``delete`` had returned, then syncs with the group as usual.
 
     Raises:
         ConfigError: a bad group name or option, the node already holds a replica of the
-            group, or the sockets could not be bound.
+            group, the sockets could not be bound, or the store cannot be used (another
+            replica holds it, or it is another group's).
         ClosedError: the node is not running.
     """
 
