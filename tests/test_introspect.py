@@ -54,6 +54,13 @@ def test_latency_percentiles_are_the_upper_edges_of_the_true_quantiles() -> None
         reported = latency.percentiles()[name]
         assert true <= reported <= max(true * 1.19, 1e-6 * 1.25), name  # a bucket is 19% wide
     assert latency.count == len(samples)
+    halves = Latency(), Latency()
+    for index, sample in enumerate(samples):
+        halves[index % 2].record(sample)
+    merged, whole = Latency.merged(halves).percentiles(), latency.percentiles()
+    assert merged == pytest.approx(whole)
+    assert {key: merged[key] for key in ("p50", "p90", "p99")} == {
+        key: whole[key] for key in ("p50", "p90", "p99")}
 
 
 def test_latency_of_nothing_is_zero_and_extremes_land_in_the_end_buckets() -> None:
@@ -72,7 +79,8 @@ def _report(name: str, uuid: str, *parts: dict[str, Any]) -> dict[str, Any]:
 
 
 SERVER = {"kind": "rpc.Server", "service": "calc",
-          "methods": {"add": {"calls": 3, "errors": 1, "p50": 0.0001, "p99": 0.002}}}
+          "methods": {"add": {"calls": 3, "errors": 1, "p50": 0.0001, "p99": 0.002}},
+          "latency": {"p50": 0.0001, "p99": 0.002}}
 PUBLISHER = {"kind": "pubsub.Publisher", "topics": {"ticks": {"published": 40}},
              "stats": {"dropped": 1}}
 SUBSCRIBER = {"kind": "pubsub.Subscriber", "topics": ["ticks"], "received": 38, "gaps": 2}

@@ -91,8 +91,9 @@ def _totals(report: Mapping[str, Any]) -> dict[str, Any]:
             for counters in part.get("methods", {}).values():
                 calls += int(counters.get("calls", 0))
                 errors += int(counters.get("errors", 0))
-                p50 = max(p50, float(counters.get("p50", 0.0)))
-                p99 = max(p99, float(counters.get("p99", 0.0)))
+            latency = part.get("latency", {})  # over every method's calls
+            p50 = max(p50, float(latency.get("p50", 0.0)))
+            p99 = max(p99, float(latency.get("p99", 0.0)))
         elif kind in PUBLISHERS:
             published += sum(int(c.get("published", 0)) for c in part.get("topics", {}).values())
         elif kind in SUBSCRIBERS:

@@ -9,6 +9,7 @@ samples. Pure: no clock, no sockets; the caller measures and hands the duration 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 __all__ = ["Latency"]
 
@@ -43,6 +44,16 @@ class Latency:
         self._buckets[index if index < BUCKETS else BUCKETS - 1] += 1
         self.count += 1
         self.total += seconds
+
+    @classmethod
+    def merged(cls, latencies: Iterable[Latency]) -> Latency:
+        """One histogram of every duration in ``latencies`` (a service's, from its methods')."""
+        total = cls()
+        for latency in latencies:
+            total._buckets = [a + b for a, b in zip(total._buckets, latency._buckets, strict=True)]
+            total.count += latency.count
+            total.total += latency.total
+        return total
 
     def quantile(self, fraction: float) -> float:
         """The upper edge of the bucket holding the ``fraction`` quantile, in seconds (0.0

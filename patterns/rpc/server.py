@@ -144,8 +144,9 @@ class Server:
                    **latency.percentiles(), "mode": self.handlers[name].mode.value}
             for name, latency in self._latency.items()
         }
-        return {"service": self.node.name, "endpoint": self.endpoint,
-                "methods": methods, "stats": self.stats()}
+        every = Latency.merged(self._latency.values())
+        return {"service": self.node.name, "endpoint": self.endpoint, "methods": methods,
+                "latency": every.percentiles(), "stats": self.stats()}
 
     # -- life cycle ------------------------------------------------------------------------------
 
