@@ -56,6 +56,7 @@ class SocketKind(enum.IntEnum):
     PAIR = zmq.PAIR
     PUB = zmq.PUB
     SUB = zmq.SUB
+    XPUB = zmq.XPUB  # a PUB that also reads its subscribers' subscriptions (groups' handshake)
     REQ = zmq.REQ
     REP = zmq.REP
     DEALER = zmq.DEALER
