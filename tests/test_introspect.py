@@ -320,3 +320,28 @@ def test_the_table_above_covers_every_pattern() -> None:
 
     patterns = {info.name for info in pkgutil.iter_modules(zmqkit.patterns.__path__) if info.ispkg}
     assert patterns == {kind.split(".")[0] for kind in PARTS}
+
+
+# -- logging as the ecosystem expects -------------------------------------------------------------
+
+
+def test_the_library_logs_under_zmqkit_installs_no_handler_and_is_quiet_on_the_hot_path(
+        make_node: MakeNode, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    assert logging.getLogger("zmqkit").handlers == []
+    assert all(not logger.handlers for name, logger in logging.Logger.manager.loggerDict.items()
+               if name.startswith("zmqkit") and isinstance(logger, logging.Logger))
+    node, caller = make_node("quiet"), make_node("caller")
+    with rpc.serve(node, [_echo]), rpc.Client(caller, "quiet") as client, \
+            pubsub.Publisher(node) as publisher, pubsub.Subscriber(caller, "t") as subscriber:
+        subscriber.wait_for_publishers(timeout=5)
+        client.call("_echo", 0)
+        with caplog.at_level(logging.DEBUG, logger="zmqkit"):
+            for seq in range(200):
+                assert client.call("_echo", seq) == seq
+                publisher.publish("t", seq)
+            for _ in range(200):
+                subscriber.recv(5)
+        hot = [record for record in caplog.records if record.name.startswith("zmqkit")]
+    assert hot == [], [record.getMessage() for record in hot]

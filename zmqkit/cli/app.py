@@ -10,6 +10,7 @@ command quietly, with 0.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from .scope import check_scope, scope_options
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Register = Callable[["argparse._SubParsersAction[CommandParser]", CommandParser], None]
 
@@ -56,7 +58,13 @@ def build_parser() -> CommandParser:
         "zmqkit COMMAND --help shows each command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"zmqkit {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="warning", type=str.lower,
+        help="what the library's zmqkit.* loggers print on stderr (default warning)",
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, help="what to do (each has --help)"
+    )
     scope = scope_options()
     for register in COMMANDS:
         register(commands, scope)
@@ -77,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the library installs no handler (it only logs, under zmqkit.*); the command is the
+    # application, so it says where the records go
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     usage: CommandParser = args.command_parser
     try:
         if hasattr(args, "scope"):
