@@ -62,11 +62,11 @@ def topics(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def top_rows(reports: Iterable[Mapping[str, Any]],
-             previous: Mapping[str, Mapping[str, Any]] | None = None,
-             seconds: float = 0.0) -> list[dict[str, Any]]:
+             previous: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per node: calls served and failed, latency, messages out and in, drops, peers;
-    with ``previous`` (the last rows by uuid) and ``seconds``, the rates since then too. A node
-    that did not answer is a row with its ``error``."""
+    with ``previous`` (the last rows by uuid), the rates since then too, over the time that
+    passed on that node (its uptime then and now). A node that did not answer is a row with
+    its ``error``."""
     rows = []
     for report in reports:
         if "error" in report:
@@ -75,6 +75,7 @@ def top_rows(reports: Iterable[Mapping[str, Any]],
             continue
         row = _totals(report)
         before = (previous or {}).get(str(report["uuid"]))
+        seconds = row["uptime"] - before.get("uptime", 0.0) if before is not None else 0.0
         if before is not None and seconds > 0 and "error" not in before:
             for counter in ("calls", "published", "received"):
                 row[f"{counter}/s"] = round(max(0, row[counter] - before[counter]) / seconds, 1)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -20,14 +21,16 @@ from ..graph import Graph, build, to_dot, to_svg
 from ..introspect import ask_nodes
 from ..mesh import by_uuid, services, top_rows, topics
 from ..node import Node
-from .output import Output, rich_table
+from .output import Output
 from .parsing import CommandParser, add_command, seconds
 from .scope import make_node
 
 __all__ = ["register"]
 
-TOP_COLUMNS = ("name", "uuid", "calls", "calls/s", "errors", "p50 ms", "p99 ms", "published",
-               "pub/s", "received", "recv/s", "dropped", "peers", "parts")
+# short headers, so that the table fits 80 columns: calls served, errors, latency in ms,
+# messages published ("sent") and received, each with its rate; drops and peers
+TOP_COLUMNS = ("node", "calls", "/s", "err", "p50ms", "p99ms", "sent", "/s", "recv", "/s", "drop",
+               "peers")
 SORT_KEYS = ("name", "calls", "errors", "p99", "published", "received", "dropped")
 
 
@@ -100,10 +103,11 @@ def _add_wait(parser: CommandParser) -> None:
                         help="the most seconds to wait for nodes and their answers (default 1.5)")
 
 
-def _reports(node: Node, wait: float) -> list[dict[str, Any]]:
-    """Every node's report, asked at once: the nodes found within ``wait``, then their answers
-    within ``wait`` again."""
-    peers = sorted(node.gather(timeout=wait), key=lambda peer: (peer.name, peer.uuid.hex))
+def _reports(node: Node, wait: float, *, gather: bool = True) -> list[dict[str, Any]]:
+    """Every node's report, asked at once: the nodes found within ``wait`` (``gather``: asked
+    to answer now; else those discovery knows already), then their answers within ``wait``."""
+    peers = node.gather(timeout=wait) if gather else node.peers()
+    peers.sort(key=lambda peer: (peer.name, peer.uuid.hex))
     return ask_nodes(node, peers, timeout=wait)
 
 
@@ -115,9 +119,11 @@ def run_top(args: argparse.Namespace, out: Output) -> int:
         previous = by_uuid(top_rows(_reports(node, args.wait)))
         time.sleep(args.interval)
         if args.once:
-            rows = _sorted(top_rows(_reports(node, args.wait), previous, args.interval), args.sort)
+            rows = _sorted(top_rows(_reading(node, args), previous), args.sort)
             if args.json:
                 out.value(rows, compact=True)
+            elif out.terminal:
+                out.show(_top_table(_top_title(rows) + f", by {args.sort}", rows))
             else:
                 out.table(_top_title(rows), TOP_COLUMNS, [_top_cells(row) for row in rows])
             return 0
@@ -128,7 +134,7 @@ def run_top(args: argparse.Namespace, out: Output) -> int:
                     time.sleep(args.interval)
         while True:  # in a pipe: one reading per line, as JSON or as a table's rows
             started = time.monotonic()
-            rows = _sorted(top_rows(_reports(node, args.wait), previous, args.interval), args.sort)
+            rows = _sorted(top_rows(_reading(node, args), previous), args.sort)
             previous = by_uuid(rows)
             if args.json:
                 out.value(rows, compact=True)
@@ -139,11 +145,27 @@ def run_top(args: argparse.Namespace, out: Output) -> int:
 
 def _show_reading(node: Node, args: argparse.Namespace, previous: dict[str, Any], live: Live
                   ) -> dict[str, Any]:
-    rows = _sorted(top_rows(_reports(node, args.wait), previous, args.interval), args.sort)
-    table: Table = rich_table(_top_title(rows) + f" (by {args.sort}; Ctrl-C ends)",
-                              TOP_COLUMNS, [_top_cells(row) for row in rows])
-    live.update(table, refresh=True)
+    rows = _sorted(top_rows(_reading(node, args), previous), args.sort)
+    live.update(_top_table(_top_title(rows) + f", by {args.sort} (Ctrl-C ends)", rows),
+                refresh=True)
     return by_uuid(rows)
+
+
+def _top_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """The live table: no lines between columns, numbers to the right, so that it fits 80
+    columns."""
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1),
+                  pad_edge=False)
+    for index, column in enumerate(TOP_COLUMNS):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in _top_cells(row)))
+    return table
+
+
+def _reading(node: Node, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A later reading: the nodes discovery knows now (it keeps up by itself), asked again."""
+    return _reports(node, args.wait, gather=False)
 
 
 def _sorted(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -159,17 +181,18 @@ def _top_title(rows: list[dict[str, Any]]) -> str:
 
 
 def _top_cells(row: dict[str, Any]) -> list[str]:
+    node = f"{row['name']} {str(row['uuid'])[:6]}"
     if "error" in row:
-        return [str(row["name"]), str(row["uuid"])[:8], row["error"], *[""] * 11]
+        return [node, row["error"], *[""] * (len(TOP_COLUMNS) - 2)]
 
     def rate(key: str) -> str:
         return f"{row[key]:,.1f}" if key in row else "-"
 
     return [
-        str(row["name"]), str(row["uuid"])[:8], f"{row['calls']:,}", rate("calls/s"),
-        f"{row['errors']:,}", f"{1000 * row['p50']:.2f}", f"{1000 * row['p99']:.2f}",
-        f"{row['published']:,}", rate("published/s"), f"{row['received']:,}",
-        rate("received/s"), f"{row['dropped']:,}", str(row["peers"]), str(row["parts"]),
+        node, f"{row['calls']:,}", rate("calls/s"), f"{row['errors']:,}",
+        f"{1000 * row['p50']:.2f}", f"{1000 * row['p99']:.2f}", f"{row['published']:,}",
+        rate("published/s"), f"{row['received']:,}", rate("received/s"), f"{row['dropped']:,}",
+        str(row["peers"]),
     ]
 
 
