@@ -27,10 +27,10 @@ from .scope import make_node
 
 __all__ = ["register"]
 
-# short headers, so that the table fits 80 columns: calls served, errors, latency in ms,
-# messages published ("sent") and received, each with its rate; drops and peers
-TOP_COLUMNS = ("node", "calls", "/s", "err", "p50ms", "p99ms", "sent", "/s", "recv", "/s", "drop",
-               "peers")
+# short headers, so that the table fits 80 columns: calls served, errors, latency p50 and p99
+# in milliseconds, messages published ("sent") and received, each with its rate; drops, peers
+TOP_COLUMNS = ("node", "calls", "/s", "err", "p50", "p99", "sent", "/s", "recv", "/s", "drop",
+               "peer")
 SORT_KEYS = ("name", "calls", "errors", "p99", "published", "received", "dropped")
 
 
@@ -146,7 +146,7 @@ def run_top(args: argparse.Namespace, out: Output) -> int:
 def _show_reading(node: Node, args: argparse.Namespace, previous: dict[str, Any], live: Live
                   ) -> dict[str, Any]:
     rows = _sorted(top_rows(_reading(node, args), previous), args.sort)
-    live.update(_top_table(_top_title(rows) + f", by {args.sort} (Ctrl-C ends)", rows),
+    live.update(_top_table(_top_title(rows) + f", by {args.sort} (ms; Ctrl-C ends)", rows),
                 refresh=True)
     return by_uuid(rows)
 
