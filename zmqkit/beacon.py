@@ -1,35 +1,34 @@
-"""The discovery beacon: UDP I/O around a PeerTable, in one named thread.
+"""One node's presence: what it says, whom it tells, and what it hears.
 
-The thread announces the node at once, then every ``interval``; answers a newcomer's first beacon
-within a few milliseconds so that discovery does not wait a whole interval; answers a SOLICIT at
-once, by unicast to its sender (rate-limited); says goodbye on close. It runs beside user code so
-that a node busy computing is not declared dead by its peers.
-
-Two UDP sockets: the shared beacon port (every node of the host binds it, so each hears every
-broadcast) and a port of the node's own, from which it sends everything. Unicast to the shared
-port reaches one socket of the host only (``SO_REUSEPORT``); unicast to the sender's own port,
-where answers go, reaches exactly that node.
+A ``Beacon`` announces its node at once, then every ``interval``; answers a newcomer's first
+beacon, and a SOLICIT, at once by unicast (within a budget); passes on the addresses it knows to
+the nodes it reaches by unicast (peer exchange); and says goodbye on close. Its I/O runs on the
+process's ``BeaconHub`` (one thread and one pair of sockets per port, shared by every node of the
+process), beside user code, so that a node busy computing is not declared dead by its peers.
 
 Scopes decide where beacons go and where endpoints are bound:
 
 - ``localhost``: the loopback broadcast 127.255.255.255; endpoints on 127.0.0.1. Datagrams from
-  outside 127.0.0.0/8 are dropped, so nothing from the network gets in either.
+  outside 127.0.0.0/8 are dropped (but a seed's), so nothing from the network gets in either.
 - ``subnet``: one named interface's broadcast address; endpoints on that interface's address.
-- ``seeds`` (with either scope): unicast beacons to each listed ``HOST[:PORT]`` too.
+- ``seeds`` (with either scope): unicast beacons to every address of each ``HOST[:PORT]`` too,
+  names looked up again every few intervals (``zmqkit.resolver``).
 
-Bad datagrams are dropped and counted in ``stats``; the first is logged as a warning, the rest
-at debug level, so a noisy network cannot flood the log.
+Whom it beacons to by unicast, and the limits on it, is ``zmqkit.contacts``; as the mesh grows,
+its interval grows (``contacts.scaled_interval``) and it says so in its ``interval`` header, so
+that its peers' expiry follows. Bad datagrams are dropped and counted in ``stats``; the first is
+logged as a warning, the rest at debug level, so a noisy network cannot flood the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import logging
 import os
 import random
-import select
-import socket
+import threading
 import time
 import uuid as uuid_module
 from collections import Counter
@@ -38,11 +37,18 @@ from dataclasses import dataclass
 
 import ifaddr
 
-from .codec import BeaconKind, decode_discovery, encode_beacon
-from .contacts import RateLimit
-from .errors import ConfigError, EncodeError, ProtocolError
-from .peers import EventKind, Peer, PeerEvent, PeerTable
-from .service import ServiceThread
+from .codec import (
+    MAX_PEER_LIST,
+    BeaconFields,
+    BeaconKind,
+    PeerList,
+    encode_beacon,
+    encode_peer_list,
+)
+from .contacts import Address, Contacts, scaled_interval
+from .errors import ConfigError, EncodeError
+from .hub import BeaconHub
+from .peers import INTERVAL_HEADER, EventKind, Peer, PeerEvent, PeerTable
 
 __all__ = [
     "DEFAULT_PORT",
@@ -62,10 +68,10 @@ PORT_VARIABLE = "ZMQKIT_PORT"
 LOOPBACK_BROADCAST = "127.255.255.255"
 LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_NETWORK = ipaddress.IPv4Network("127.0.0.0/8")
-MAX_DATAGRAMS_PER_WAKE = 1000  # under a flood, still get back to announcing and expiring
-ANSWER_DELAY = 0.02  # answer newcomers within this, jittered, so a crowd is not answered at once
+ANSWER_DELAY = 0.02  # a broadcast answer comes within this, jittered, so a crowd is spread
 SOLICIT_GAP = 0.1  # a node solicits at most this often; calls in between share the next one
-ANSWER_BURST = 32  # solicits answered at once; then ANSWER_BURST per interval
+RESOLVE_EVERY = 5  # intervals between two lookups of a seed name
+EXPIRY_TICK = 0.25  # expiry is checked at most this often (a quarter interval, if shorter)
 
 
 class Scope(enum.Enum):
@@ -76,7 +82,8 @@ class Scope(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Seed:
-    """A host that gets unicast beacons."""
+    """A host (an IPv4 address or a name, looked up again every few intervals) that gets
+    unicast beacons."""
 
     host: str
     port: int
@@ -103,22 +110,44 @@ def default_port() -> int:
 
 
 def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> Seed:
-    """``HOST`` or ``HOST:PORT`` as a Seed with a numeric IPv4 host.
+    """``HOST`` or ``HOST:PORT`` as a Seed. A name is not looked up here: the beacon looks it
+    up (again and again), and a name that does not resolve yet is retried, never fatal.
 
     Raises:
-        ConfigError: a malformed seed or a host name that does not resolve.
+        ConfigError: a malformed seed: no host, a port out of 1..65535, a host that is no
+            IPv4 address and no host name.
     """
+    if not isinstance(text, str):
+        raise ConfigError(f"a seed is HOST or HOST:PORT, not {text!r}")
     host, colon, port_text = text.rpartition(":") if ":" in text else (text, "", "")
     try:
         port = int(port_text) if colon else default_port
         if not 0 < port < 65536:
-            raise ValueError(port)
-        if not host.strip():
-            raise ValueError("no host")  # "" resolves to 0.0.0.0: this host, not a seed
-        address = socket.gethostbyname(host)
-    except (ValueError, OSError) as exc:
+            raise ValueError(f"port {port}")
+        if not _is_host(host):
+            raise ValueError("no host" if not host.strip() else f"bad host {host!r}")
+    except ValueError as exc:
         raise ConfigError(f"a seed is HOST or HOST:PORT, not {text!r} ({exc})") from exc
-    return Seed(address, port)
+    return Seed(host, port)
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4 address, or a DNS name (letters, digits, hyphens, dots; labels of 1-63)."""
+    if _is_ipv4(host):
+        return True
+    labels = host.rstrip(".").split(".")
+    return 0 < len(host) <= 253 and all(
+        0 < len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum()
+        and label.isascii() and not label.startswith("-") for label in labels
+    ) and not host.replace(".", "").isdigit()
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def interface_addresses(name: str) -> tuple[str, str, ipaddress.IPv4Network]:
@@ -142,10 +171,12 @@ def interface_addresses(name: str) -> tuple[str, str, ipaddress.IPv4Network]:
 
 
 class Beacon:
-    """Announces one node and tracks its peers, from a thread started by ``start``.
+    """Announces one node and tracks its peers, on the process's beacon thread from ``start``.
 
-    ``on_events`` is called from the beacon thread with each batch of presence events, after the
-    snapshot returned by ``peers`` has been updated.
+    ``on_events`` is called from the beacon thread with each batch of presence events, after
+    what ``snapshot`` returns has been updated. ``network`` is what its broadcasts reach (a peer
+    outside it is beaconed by unicast); ``accept_from`` is where datagrams may come from (None:
+    anywhere but loopback; seeds always may).
     """
 
     def __init__(
@@ -156,6 +187,7 @@ class Beacon:
         port: int = DEFAULT_PORT,
         broadcast: str | None = LOOPBACK_BROADCAST,
         seeds: Sequence[Seed] = (),
+        network: ipaddress.IPv4Network | None = LOOPBACK_NETWORK,
         accept_from: ipaddress.IPv4Network | None = LOOPBACK_NETWORK,
         announce: bool = True,
         interval: float = 1.0,
@@ -167,63 +199,53 @@ class Beacon:
         self.name = name
         self.uuid = node_uuid
         self.port = port
-        self.targets = [(broadcast, port)] if broadcast else []
-        self.targets += [(seed.host, seed.port) for seed in seeds]
+        self.broadcast: list[Address] = [(broadcast, port)] if broadcast else []
         self.accept_from = accept_from
-        self.seed_hosts = frozenset(seed.host for seed in seeds)  # answers from seeds get in too
         self.announce = announce
-        self.interval = interval
+        self.base_interval = self.interval = interval
+        self.resolve_every = RESOLVE_EVERY * interval
         self.on_events = on_events
         self.stats: Counter[str] = Counter()
         self.table = PeerTable(node_uuid, expiry)
-        # (table version, peers) replaced as one tuple, so a reader never pairs a version with
-        # a peer list older than it
-        self.snapshot: tuple[int, tuple[Peer, ...]] = (0, ())
+        self.contacts = Contacts(interval, expiry, network=network, accept=accept_from)
+        self._names = {(s.host, s.port) for s in seeds if not _is_ipv4(s.host)}
+        for seed in seeds:
+            if _is_ipv4(seed.host):
+                self.contacts.set_seed(str(seed), {(seed.host, seed.port)})
         self._endpoints: dict[str, str] = {}
         self._headers: dict[str, str] = {}
         self._seq = 0
+        self._saying = threading.Lock()  # what it says changes from user threads and the hub
         self._warned = False
         self._solicit_wanted = False
         self._last_solicit = -SOLICIT_GAP
-        self._answers = RateLimit(ANSWER_BURST, ANSWER_BURST / interval)
-        # the beacon thread opens, uses and closes the UDP socket: it has one owner
-        self._service = ServiceThread(f"zmqkit-beacon:{name}", self._run)
+        self._next_announce = 0.0
+        self._announced_seq = -1
+        self._next_expiry_check = 0.0
+        self._heard = 0  # beacons taken: the snapshot is rebuilt when this or the version moves
+        self._snapshot: tuple[int, int, tuple[Peer, ...]] = (0, 0, ())
+        self._hub: BeaconHub | None = None
+        self._lock: threading.Lock | contextlib.nullcontext[None] = contextlib.nullcontext()
+        self.leaving = False
+        self.gone = threading.Event()
+        self.due = 0.0
 
-    # -- called from the owner's thread ----------------------------------------------------------
-
-    _sock: socket.socket  # the shared port: opened, used and closed by the beacon thread only
-    _own: socket.socket  # the node's own port, which sends everything and gets the answers
+    # -- called from any thread ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the thread, which opens the beacon port (shared with the host's other nodes).
+        """Join the process's beacon thread for this port (started by the first node).
 
         Raises:
             ConfigError: the port cannot be opened.
         """
-        self._service.start()
+        self._hub = BeaconHub.join(self)
+        self._lock = self._hub.lock
 
-    def _open(self, port: int, *, shared: bool) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            if shared:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.bind(("", port))
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot open the beacon port {port}: {exc}") from exc
-        return sock
-
-    def solicit(self) -> None:
-        """Ask every node the beacon reaches to answer now (from any thread; rate-limited).
-
-        Sent by the beacon thread at once, or SOLICIT_GAP after the last solicit: calls in
-        between share that one.
-        """
-        self._solicit_wanted = True
-        self._wake()
+    def close(self, timeout: float = 2.0) -> None:
+        """Say goodbye and leave the beacon thread (the last node's close joins it). Safe to
+        call twice. From an event callback (the beacon thread itself) it only asks."""
+        if self._hub is not None and not self.leaving:
+            self._hub.leave(self, timeout)
 
     def advertise(self, endpoints: Mapping[str, str], headers: Mapping[str, str]) -> None:
         """Change what the beacon says; peers hear it at once.
@@ -237,155 +259,265 @@ class Beacon:
         for what, mapping in (("endpoints", endpoints), ("headers", headers)):
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
                 raise EncodeError(f"beacon {what} map text to text, not {dict(mapping)!r}")
-        encode_beacon(BeaconKind.HELLO, self.name, self.uuid, self._seq + 1, endpoints, headers)
-        self._endpoints = dict(endpoints)
-        self._headers = dict(headers)
-        self._seq += 1
+        with self._saying:
+            encode_beacon(BeaconKind.HELLO, self.name, self.uuid, self._seq + 1, endpoints,
+                          self._with_interval(headers))
+            self._endpoints = dict(endpoints)
+            self._headers = dict(headers)
+            self._seq += 1
         self._wake()
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Say goodbye, stop the thread and join it (it closes its socket). Safe to call twice.
+    def solicit(self) -> None:
+        """Ask every node the beacon reaches to answer now (from any thread; rate-limited).
 
-        From an event callback (the beacon thread itself) it only asks: the thread ends when
-        the callback returns.
+        Sent by the beacon thread at once, or SOLICIT_GAP after the last solicit: calls in
+        between share that one.
         """
-        self._service.stop(timeout)
+        self._solicit_wanted = True
+        self._wake()
+
+    @property
+    def version(self) -> int:
+        """Grows whenever a peer joins, changes or goes."""
+        return self.table.version
+
+    @property
+    def snapshot(self) -> tuple[int, tuple[Peer, ...]]:
+        """``(version, peers)``, consistent with each other and fresh to the last beacon."""
+        with self._lock:
+            version, heard, peers = self._snapshot
+            if (version, heard) != (self.table.version, self._heard):
+                peers = tuple(self.table.peers())
+                self._snapshot = (self.table.version, self._heard, peers)
+            return self.table.version, peers
 
     def _wake(self) -> None:
-        self._service.wake()  # before start: the thread reads the latest state when it starts
+        hub = self._hub
+        if hub is not None and not self.gone.is_set():
+            self.due = 0.0
+            hub.wake()
 
-    # -- the beacon thread -----------------------------------------------------------------------
+    def _with_interval(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers it sends: the node's, and its interval when the mesh has stretched it."""
+        if self.interval == self.base_interval:
+            return dict(headers)
+        return {**headers, INTERVAL_HEADER: str(round(self.interval * 1000))}
 
-    def _run(self, service: ServiceThread) -> None:
-        """Open the ports, then read, expire, announce, sleep until the next thing is due."""
-        self._sock = self._open(self.port, shared=True)
-        try:
-            self._own = self._open(0, shared=False)
-        except BaseException:
-            self._sock.close()
-            raise
-        try:
-            service.ready()
-            self._serve(service)
-        finally:
-            self._own.close()
-            self._sock.close()
+    # -- called by the hub, in its thread, under its lock ---------------------------------------
 
-    def _serve(self, service: ServiceThread) -> None:
-        next_announce = time.monotonic()
-        announced_seq = -1
-        sockets = [self._sock.fileno(), self._own.fileno()]
-        while not service.stopping:
-            now = time.monotonic()
-            # read what is waiting before expiring anyone: after this thread was starved of CPU,
-            # a peer's fresh beacon may be sitting in the buffer
-            read, received = self._receive(now)
-            if self.announce and any(event.kind is EventKind.JOINED for event in received):
-                next_announce = min(next_announce, now + random.uniform(0, ANSWER_DELAY))
-            expired = self.table.expire(now)
-            if read or expired:
-                # even without events: every beacon moves a peer's last_seen, and the snapshot
-                # must follow, or ages read from it go stale
-                self._publish(received + expired)
-            if self.announce and (now >= next_announce or announced_seq != self._seq):
-                announced_seq = self._seq
-                self._send(BeaconKind.HELLO)
-                next_announce = now + self.interval
-            next_expiry = self.table.next_expiry() or now + self.interval
-            wake_at = min(next_announce if self.announce else next_expiry, next_expiry)
-            if self._solicit_wanted:
-                if now >= self._last_solicit + SOLICIT_GAP:
-                    self._solicit_wanted = False
-                    self._last_solicit = now
-                    self._send(BeaconKind.SOLICIT)
-                    self.stats["solicits"] += 1
-                else:
-                    wake_at = min(wake_at, self._last_solicit + SOLICIT_GAP)
-            wakeup = service.wakeup.fileno()
-            readable, _, _ = select.select(
-                [*sockets, wakeup], [], [], max(0.0, wake_at - now)
-            )
-            if wakeup in readable:
-                service.wakeup.take()
-        if self.announce:
-            self._send(BeaconKind.GOODBYE)
+    def seed_names(self) -> set[Address]:
+        """The seeds given by name, for the resolver."""
+        return self._names
 
-    def _publish(self, events: list[PeerEvent]) -> None:
-        """Refresh the snapshot that ``peers`` reads, then hand the events to ``on_events``."""
-        self.snapshot = (self.table.version, tuple(self.table.peers()))
-        if events:
-            self.on_events(events)
-
-    def _receive(self, now: float) -> tuple[bool, list[PeerEvent]]:
-        """Read the datagrams waiting (up to a batch on each socket); return whether any came,
-        and the events."""
-        events: list[PeerEvent] = []
-        read = False
-        for sock in (self._sock, self._own):
-            for _ in range(MAX_DATAGRAMS_PER_WAKE):
-                try:
-                    datagram, (address, port) = sock.recvfrom(65536)
-                    read = True
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # e.g. ICMP errors surfacing from an earlier send
-                    self._drop("socket-error", f"{exc}")
-                    continue
-                events += self._take(datagram, address, port, now)
-        return read, events
-
-    def _take(self, datagram: bytes, address: str, port: int, now: float) -> list[PeerEvent]:
-        """One datagram: checked, decoded, answered if it solicits, fed to the table."""
-        self.stats["received"] += 1
-        if not self._accepts(address):
-            self._drop("foreign", f"a datagram from {address}, outside loopback")
-            return []
-        try:
-            decoded = decode_discovery(datagram)
-        except ProtocolError as exc:
-            self._drop("malformed", f"{len(datagram)} bytes from {address}: {exc}")
-            return []
-        if len(decoded) == 2:
-            return []  # a peer list: not taken yet
-        kind, _, node_uuid = decoded[:3]
-        if kind is BeaconKind.SOLICIT and node_uuid != self.uuid:
-            self._answer(address, port, now)
-        return self.table.apply(decoded, address, now, port)
-
-    def _answer(self, address: str, port: int, now: float) -> None:
-        """Send this node's HELLO to a solicitor's own port, within the answer budget."""
-        if not self.announce or not self._answers.allow(now):
-            self.stats["solicits-unanswered"] += 1
-            return
-        self._send(BeaconKind.HELLO, [(address, port)])
-
-    def _accepts(self, address: str) -> bool:
-        """Whether a datagram from ``address`` may be read: the scope's network or a seed."""
-        if self.accept_from is None or address in self.seed_hosts:
+    def accepts(self, host: str) -> bool:
+        """Whether a datagram from ``host`` may be read: from the scope's network (with no
+        network, from anywhere but loopback, which is the localhost scope's), or from a seed."""
+        if self.contacts.is_seed_host(host):
             return True
         try:
-            return ipaddress.IPv4Address(address) in self.accept_from
+            address = ipaddress.IPv4Address(host)
         except ValueError:
             return False
+        if self.accept_from is None:
+            return not address.is_loopback
+        return address in self.accept_from
 
-    def _send(self, kind: BeaconKind, targets: Sequence[tuple[str, int]] | None = None) -> None:
-        if kind is BeaconKind.SOLICIT:  # only who asks: the answers carry the rest
-            datagram = encode_beacon(kind, self.name, self.uuid, 0, {}, {})
-        else:
-            datagram = encode_beacon(
-                kind, self.name, self.uuid, self._seq, self._endpoints, self._headers
-            )
-        for target in self.targets if targets is None else targets:
-            try:
-                self._own.sendto(datagram, target)
-                self.stats["sent"] += 1
-            except OSError as exc:
-                self._drop("send-error", f"to {target[0]}:{target[1]}: {exc}")
+    def count(self, key: str) -> None:
+        self.stats[key] += 1
 
-    def _drop(self, reason: str, detail: str) -> None:
+    def drop(self, reason: str, detail: str) -> None:
+        """Count a dropped datagram; log the first loudly, the rest at debug level."""
         self.stats[f"dropped-{reason}"] += 1
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
         log.log(
             level, "beacon %s dropped %s (later drops are logged at debug level)", self.name, detail
         )
+
+    def begin(self, now: float, hub: BeaconHub) -> None:
+        """Joined: announce now, and ask the seeds to answer."""
+        self.contacts.own = {(host, hub.own_port) for host in hub.local_hosts}
+        self._next_announce = now
+        self._next_expiry_check = now
+        if self.contacts.seeds:
+            self._solicit_wanted = True
+        self.due = now
+
+    def resolved(self, name: Address, addresses: set[Address], now: float) -> None:
+        """A seed name's addresses now: new ones get a HELLO and a solicit at once."""
+        fresh = self.contacts.set_seed(f"{name[0]}:{name[1]}", addresses)
+        if self.announce:
+            self._send(self._hello(), fresh)
+        self._send(self._solicit_datagram(), fresh)
+
+    def receive(self, decoded: BeaconFields | PeerList, source: Address, broadcast: bool,
+                now: float) -> list[PeerEvent]:
+        """One datagram from ``source``, sent to a broadcast address or not; its events."""
+        if len(decoded) == 2:
+            self._take_peer_list(decoded, source, now)
+            return []
+        kind, _, node_uuid = decoded[0], decoded[1], decoded[2]
+        if node_uuid == self.uuid:
+            return []
+        if kind is BeaconKind.SOLICIT:
+            self._answer(source, now, solicited=True, broadcast=broadcast)
+            return []
+        self._heard += 1
+        events = self.table.apply(decoded, source[0], now, source[1])
+        if kind is BeaconKind.GOODBYE:
+            self.contacts.forget(node_uuid)
+            return events
+        if events:  # a newcomer (or a peer that shortened its interval) may expire first
+            self._next_expiry_check = min(self._next_expiry_check, now + self.table.expiry)
+            self.due = min(self.due, self._next_expiry_check)
+        became_unicast = self.contacts.heard(node_uuid, source, broadcast=broadcast, now=now)
+        joined = any(event.kind is EventKind.JOINED for event in events)
+        if joined:
+            self.contacts.joined(source)
+        if joined or became_unicast:
+            self._answer(source, now, solicited=False, broadcast=broadcast)
+        if became_unicast:
+            self.due = 0.0  # its peer list is due
+        return events
+
+    def tick(self, now: float) -> list[PeerEvent]:
+        """Whatever is due now: expiry, announce, solicit, peer lists, probes; sets ``due``."""
+        events: list[PeerEvent] = []
+        if now >= self._next_expiry_check:
+            events = self.table.expire(now)
+            for event in events:
+                self.contacts.forget(event.peer.uuid)
+            tick = min(EXPIRY_TICK, self.base_interval / 4)
+            self._next_expiry_check = max(self.table.next_expiry() or now + 60.0, now + tick)
+        if self.announce:
+            self._rescale()
+            if now >= self._next_announce or self._announced_seq != self._seq:
+                self._announce(now)
+        if self._solicit_wanted and now >= self._last_solicit + SOLICIT_GAP:
+            self._solicit_wanted = False
+            self._last_solicit = now
+            seeds = sorted(self.contacts.seed_addresses())
+            self._send(self._solicit_datagram(), self.broadcast + seeds)
+            self.stats["solicits"] += 1
+        if now >= self.contacts.exchange_at:
+            known = self._known_addresses()
+            for target, addresses in self.contacts.exchange(known, now):
+                self._send(encode_peer_list(self.uuid, addresses), [target])
+                self.stats["peer-lists-sent"] += 1
+        if self.contacts.candidates:
+            probe = self._hello() if self.announce else self._solicit_datagram()
+            for address in self.contacts.probes_due(now):
+                self._send(probe, [address])
+                self.stats["probes"] += 1
+        self._schedule(now)
+        return events
+
+    def end(self) -> None:
+        """Leaving: one GOODBYE to everyone it beacons to."""
+        if self.announce:
+            with self._saying:
+                datagram = encode_beacon(BeaconKind.GOODBYE, self.name, self.uuid, self._seq,
+                                         self._endpoints, self._with_interval(self._headers))
+            self._send(datagram, self.broadcast + self.contacts.targets(time.monotonic()))
+
+    def deliver(self, events: list[PeerEvent]) -> None:
+        """Hand a batch of events to the node (outside the hub's lock)."""
+        self.on_events(events)
+
+    # -- the parts of a turn ---------------------------------------------------------------------
+
+    def _schedule(self, now: float) -> None:
+        due = [self._next_expiry_check, self.contacts.exchange_at, self.contacts.next_probe()]
+        if self.announce:
+            due.append(self._next_announce)
+        if self._solicit_wanted:
+            due.append(self._last_solicit + SOLICIT_GAP)
+        self.due = max(now, min(due))
+
+    def _announce(self, now: float) -> None:
+        """A HELLO to every target; a solicit to the seeds that no live peer answers from."""
+        self._announced_seq = self._seq
+        self._next_announce = now + self.interval
+        self._send(self._hello(), self.broadcast + self.contacts.targets(now))
+        live_hosts = {peer.address for peer in self.table.peers()}
+        silent = [a for a in sorted(self.contacts.seed_addresses()) if a[0] not in live_hosts]
+        if silent:
+            self._send(self._solicit_datagram(), silent)
+
+    def _rescale(self) -> None:
+        """Stretch (or shrink) the interval with the mesh; a change is announced (new seq)."""
+        interval = scaled_interval(self.base_interval, len(self.table), self.interval)
+        if interval != self.interval:
+            with self._saying:
+                self.interval = interval
+                self._seq += 1
+            self._next_announce = min(self._next_announce, 0.0)
+
+    def _answer(self, source: Address, now: float, *, solicited: bool, broadcast: bool) -> None:
+        """This node's HELLO to ``source`` at once, by unicast, within the answer budget.
+
+        A sender without a port of its own (it sends from the shared port) is answered by an
+        early broadcast instead, since unicast to the shared port reaches one node of its host
+        only. A solicitor is also sent the addresses it may not hear by broadcast.
+        """
+        if not self.announce:
+            if solicited:
+                self.stats["solicits-unanswered"] += 1
+            return
+        if source[1] == self.port:
+            self._next_announce = min(self._next_announce, now + random.uniform(0, ANSWER_DELAY))
+            self.due = 0.0
+            return
+        if not self.contacts.answers.allow(now):
+            self.stats["solicits-unanswered" if solicited else "answers-deferred"] += 1
+            return
+        self._send(self._hello(), [source])
+        if solicited:
+            self._send_list_to_solicitor(source, now, broadcast=broadcast)
+
+    def _send_list_to_solicitor(self, source: Address, now: float, *, broadcast: bool) -> None:
+        """A solicitor that broadcast hears this node's neighbours itself: it gets the peers
+        known by unicast only; one that solicited by unicast gets every known address."""
+        if broadcast:
+            addresses = sorted(set(self.contacts.unicast(now).values()))
+        else:
+            addresses = self._known_addresses()
+        addresses = [a for a in addresses if a != source][:MAX_PEER_LIST]
+        if addresses and self.contacts.lists.allow(now):
+            self._send(encode_peer_list(self.uuid, addresses), [source])
+            self.stats["peer-lists-sent"] += 1
+
+    def _take_peer_list(self, decoded: PeerList, source: Address, now: float) -> None:
+        """Addresses from a live peer that sent them from where it beacons: candidates. From
+        anyone else (a stranger, a spoofed source) they are ignored."""
+        sender, addresses = decoded
+        peer = self.table.get(sender)
+        if peer is None or (peer.address, peer.port) != source:
+            self.stats["peer-lists-ignored"] += 1
+            return
+        self.stats["peer-lists"] += 1
+        known = set(self._known_addresses())
+        if self.contacts.offer(addresses, known, now):
+            self.due = 0.0
+
+    def _known_addresses(self) -> list[Address]:
+        return sorted({(peer.address, peer.port) for peer in self.table.peers()})
+
+    def _hello(self) -> bytes:
+        with self._saying:
+            return encode_beacon(BeaconKind.HELLO, self.name, self.uuid, self._seq,
+                                 self._endpoints, self._with_interval(self._headers))
+
+    def _solicit_datagram(self) -> bytes:
+        return encode_beacon(BeaconKind.SOLICIT, self.name, self.uuid, 0, {}, {})
+
+    def _send(self, datagram: bytes, targets: Sequence[Address]) -> None:
+        hub = self._hub
+        if hub is None:
+            return
+        for target in targets:
+            error = hub.send(datagram, target)
+            if error is None:
+                self.stats["sent"] += 1
+            else:
+                self.drop("send-error", f"to {target[0]}:{target[1]}: {error}")

@@ -78,7 +78,10 @@ class Node:
             ``$ZMQKIT_PORT`` if set, else 47474; nodes on other ports never meet).
         scope: ``"localhost"`` (default: nothing leaves this host) or ``"subnet"``.
         interface: the network interface for ``subnet`` scope.
-        seeds: ``HOST[:PORT]`` strings that also get unicast beacons.
+        seeds: ``HOST[:PORT]`` strings that also get unicast beacons: every address a name
+            resolves to, looked up again every few intervals (a name that does not resolve
+            yet is retried, never an error). Nodes that hear a unicast beacon answer it and
+            pass on the peers they know, so one seed is enough (docs/discovery.md).
         interval: seconds between beacons.
         expiry: seconds of silence after which a peer is declared gone.
         headers: small text map carried in every beacon.
@@ -116,8 +119,10 @@ class Node:
             if not interface:
                 raise ConfigError("subnet scope needs an interface, e.g. interface='eth0'")
             address, broadcast, network = interface_addresses(interface)
+            accept_from = None  # a subnet node hears nodes from anywhere: seeds, routed peers
         else:
             address, broadcast, network = LOOPBACK_HOST, LOOPBACK_BROADCAST, LOOPBACK_NETWORK
+            accept_from = LOOPBACK_NETWORK
         self.name = name
         self.uuid = uuid_module.uuid4()
         self.host = host or address
@@ -149,7 +154,8 @@ class Node:
             port=port,
             broadcast=broadcast,
             seeds=[s if isinstance(s, Seed) else parse_seed(s, port) for s in seeds],
-            accept_from=network,
+            network=network,
+            accept_from=accept_from,
             announce=announce,
             interval=interval,
             expiry=expiry,
@@ -335,7 +341,7 @@ class Node:
     @property
     def peers_version(self) -> int:
         """Grows whenever a peer joins, changes or goes: a cheap "look again" signal."""
-        return self._beacon.snapshot[0]
+        return self._beacon.version
 
     def peers(self, name: str | None = None, *, role: str | None = None) -> list[Peer]:
         """The peers discovered so far: all, or those called ``name``, or serving ``role``."""

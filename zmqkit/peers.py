@@ -13,7 +13,19 @@ from dataclasses import dataclass, replace
 
 from .codec import BeaconFields, BeaconKind, decode_beacon
 
-__all__ = ["EventKind", "Peer", "PeerEvent", "PeerTable"]
+__all__ = ["EXPIRY_INTERVALS", "INTERVAL_HEADER", "EventKind", "Peer", "PeerEvent", "PeerTable"]
+
+INTERVAL_HEADER = "interval"  # a node beaconing slower than its base says so: milliseconds
+EXPIRY_INTERVALS = 3  # a peer that says its interval is kept for this many of them at least
+MAX_INTERVAL_MS = 86_400_000  # a day: a larger claim is read as this
+
+
+def announced_interval(headers: Mapping[str, str]) -> float:
+    """The interval in seconds that a peer's ``interval`` header announces; 0 when none."""
+    text = headers.get(INTERVAL_HEADER, "")
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        return 0.0
+    return min(int(text), MAX_INTERVAL_MS) / 1000
 
 
 class EventKind(enum.Enum):
@@ -43,6 +55,11 @@ class Peer:
         """Seconds since its last beacon."""
         return now - self.last_seen
 
+    def lifetime(self, expiry: float) -> float:
+        """How long it lives unheard for a receiver whose expiry is ``expiry``: longer when it
+        announces a longer interval (a node in a large mesh beacons less often)."""
+        return max(expiry, EXPIRY_INTERVALS * announced_interval(self.headers))
+
 
 @dataclass(frozen=True, slots=True)
 class PeerEvent:
@@ -68,6 +85,10 @@ class PeerTable:
 
     def __len__(self) -> int:
         return len(self._peers)
+
+    def get(self, node_uuid: uuid_module.UUID) -> Peer | None:
+        """The peer with this UUID, if known."""
+        return self._peers.get(node_uuid)
 
     def peers(self, name: str | None = None) -> list[Peer]:
         """Known peers, all or only those called ``name``, oldest first."""
@@ -124,7 +145,7 @@ class PeerTable:
 
     def expire(self, now: float) -> list[PeerEvent]:
         """Drop the peers unheard for ``expiry`` seconds; return an EXPIRED event for each."""
-        gone = [peer for peer in self._peers.values() if now - peer.last_seen >= self.expiry]
+        gone = [p for p in self._peers.values() if now - p.last_seen >= p.lifetime(self.expiry)]
         for peer in gone:
             del self._peers[peer.uuid]
         if gone:
@@ -135,4 +156,4 @@ class PeerTable:
         """The earliest time at which ``expire`` will find something to drop, if any peer."""
         if not self._peers:
             return None
-        return min(peer.last_seen for peer in self._peers.values()) + self.expiry
+        return min(peer.last_seen + peer.lifetime(self.expiry) for peer in self._peers.values())
