@@ -132,7 +132,7 @@ def test_graph_has_nodes_topics_and_call_edges_and_renders_as_dot_and_svg() -> N
     assert '-> "node:cccc' in dot
     svg = ET.fromstring(to_svg(graph))
     texts = {element.text for element in svg.iter("{http://www.w3.org/2000/svg}text")}
-    assert {"calc", "ticker", "watcher", "ticks", "calls 3 calls"} <= texts
+    assert {"calc", "ticker", "watcher", "ticks", "3 calls", "40 msgs", "subscribes"} <= texts
 
 
 def test_layout_puts_every_edge_of_a_chain_left_to_right_and_survives_cycles() -> None:

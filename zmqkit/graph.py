@@ -10,7 +10,7 @@ a browser opens with nothing else installed. Pure: no sockets, no clock.
 from __future__ import annotations
 
 import html
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +55,7 @@ class Edge:
 
     @property
     def label(self) -> str:
+        """What the edge carried so far ("3 calls", "240 msgs"), or "" when not counted."""
         noun = "calls" if self.verb == "calls" else "msgs"
         return f"{self.count:,} {noun}" if self.count else ""
 
@@ -165,6 +166,7 @@ class _Box:
     y: float
     width: float
     height: float
+    column_right: float  # where the widest box of its column ends: edges leave from there
 
 
 def layers(graph: Graph) -> list[list[str]]:
@@ -256,7 +258,7 @@ def to_svg(graph: Graph, title: str = "zmqkit mesh") -> str:
         for key in column:
             lines = 1 + len(graph.vertices[key].lines)
             box_height = lines * LINE_HEIGHT + PAD
-            boxes[key] = _Box(x, y, width, box_height)
+            boxes[key] = _Box(x, y, _width(graph.vertices[key]), box_height, x + width)
             y += box_height + ROW_GAP
         height = max(height, y)
         x += width + COLUMN_GAP
@@ -274,8 +276,12 @@ def to_svg(graph: Graph, title: str = "zmqkit mesh") -> str:
         f'<text x="{MARGIN}" y="{MARGIN + FONT_SIZE}" font-size="{FONT_SIZE + 4}" '
         f'font-weight="bold" fill="#0f172a">{html.escape(title)}</text>',
     ]
-    parts.extend(_edge_svg(edge, boxes[edge.source], boxes[edge.target]) for edge in graph.edges
-                 if edge.source in boxes and edge.target in boxes)
+    leaving = Counter(edge.source for edge in graph.edges)
+    arriving = Counter(edge.target for edge in graph.edges)
+    for edge in graph.edges:
+        # a label halfway, or nearer the end that is not shared with other edges
+        at = 0.75 if leaving[edge.source] > 1 else 0.25 if arriving[edge.target] > 1 else 0.5
+        parts.append(_edge_svg(edge, boxes[edge.source], boxes[edge.target], at))
     parts.extend(_vertex_svg(graph.vertices[key], box) for key, box in boxes.items())
     parts.append(_legend(MARGIN, total_height - MARGIN))
     parts.append("</svg>")
@@ -304,28 +310,45 @@ def _vertex_svg(vertex: Vertex, box: _Box) -> str:
     )
 
 
-def _edge_svg(edge: Edge, source: _Box, target: _Box) -> str:
-    x1, y1 = source.x + source.width, source.y + source.height / 2
+def _edge_svg(edge: Edge, source: _Box, target: _Box, at: float) -> str:
+    """A curve from the right side of ``source`` to the left side of ``target`` (around the
+    right, to the target's right side, when the target is not further right), labelled at the
+    fraction ``at`` of its way."""
+    start, y1 = source.x + source.width, source.y + source.height / 2
+    x1 = source.column_right  # straight out of the column first, never across its boxes
     x2, y2 = target.x, target.y + target.height / 2
-    if x2 <= x1:  # a call back to the left, or within a column: loop around the right side
-        x2, reach = target.x + target.width, max(source.x + source.width, x2) + COLUMN_GAP / 2
-        path = (f"M {x1:.1f} {y1:.1f} C {reach:.1f} {y1:.1f}, {reach:.1f} {y2:.1f}, "
-                f"{x2:.1f} {y2:.1f}")
-        label_x, label_y = reach - 4, (y1 + y2) / 2
+    if x2 <= x1:
+        x2 = target.column_right
+        reach = max(x1, x2) + COLUMN_GAP / 2
+        control1, control2 = (reach, y1), (reach, y2)
     else:
         bend = (x2 - x1) / 2
-        path = (f"M {x1:.1f} {y1:.1f} C {x1 + bend:.1f} {y1:.1f}, {x2 - bend:.1f} {y2:.1f}, "
-                f"{x2:.1f} {y2:.1f}")
-        label_x, label_y = (x1 + x2) / 2, (y1 + y2) / 2 - 4
+        control1, control2 = (x1 + bend, y1), (x2 - bend, y2)
+    path = (f"M {start:.1f} {y1:.1f} L {x1:.1f} {y1:.1f} C {control1[0]:.1f} {control1[1]:.1f}, "
+            f"{control2[0]:.1f} {control2[1]:.1f}, {x2:.1f} {y2:.1f}")
+    if x2 == target.column_right and x2 > target.x + target.width:  # back into a column
+        path += f" L {target.x + target.width:.1f} {y2:.1f}"
+    label_x, label_y = _bezier((x1, y1), control1, control2, (x2, y2), at)
     dash = "" if edge.verb == "calls" else ' stroke-dasharray="5 3"'
-    words = " ".join(filter(None, [edge.verb, edge.label]))
+    words = edge.label or edge.verb
     return (
-        f'<g class="edge {edge.verb}"><title>{html.escape(words)}</title>'
-        f'<path d="{path}" fill="none" stroke="#475569" stroke-width="1.4"{dash} '
+        f'<g class="edge {edge.verb}"><title>{html.escape(edge.verb)} {html.escape(edge.label)}'
+        f'</title><path d="{path}" fill="none" stroke="#475569" stroke-width="1.4"{dash} '
         f'marker-end="url(#arrow)"/>'
-        f'<text x="{label_x:.1f}" y="{label_y:.1f}" text-anchor="middle" font-size="10" '
-        f'fill="#334155">{html.escape(words)}</text></g>'
+        f'<text x="{label_x:.1f}" y="{label_y - 3:.1f}" text-anchor="middle" font-size="10" '
+        f'fill="#334155" stroke="white" stroke-width="3" paint-order="stroke">'
+        f"{html.escape(words)}</text></g>"
     )
+
+
+def _bezier(p0: tuple[float, float], p1: tuple[float, float], p2: tuple[float, float],
+            p3: tuple[float, float], t: float) -> tuple[float, float]:
+    """The point at ``t`` (0 to 1) along a cubic Bézier curve."""
+    u = 1 - t
+    weights = (u * u * u, 3 * u * u * t, 3 * u * t * t, t * t * t)
+    points = (p0, p1, p2, p3)
+    return (sum(w * p[0] for w, p in zip(weights, points, strict=True)),
+            sum(w * p[1] for w, p in zip(weights, points, strict=True)))
 
 
 def _legend(x: float, y: float) -> str:
