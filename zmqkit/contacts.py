@@ -230,11 +230,14 @@ class Contacts:
         return taken
 
     def _accepted(self, host: str) -> bool:
-        """Whether answers from ``host`` would be read (the beacon's own rule)."""
+        """Whether answers from ``host`` would be read (the beacon's own rule: the scope's
+        network, or anywhere but loopback when it has none, or a seed's host)."""
         try:
             address = ipaddress.IPv4Address(host)
         except ValueError:
             return False
+        if self.is_seed_host(host):
+            return True
         return not address.is_loopback if self.accept is None else address in self.accept
 
     def probes_due(self, now: float) -> list[Address]:
