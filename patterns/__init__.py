@@ -10,7 +10,7 @@ General layout (one pattern per module):
 - ``state``    a key-value map replicated across the nodes of a group (Clone)
 - ``groups``   join named groups; shout to a group, whisper to one peer
 
-and ``durable``, the one SQLite file that a durable farm submitter or state replica keeps.
+and ``_durable``, the one SQLite file that a durable farm submitter or state replica keeps.
 """
 
 from __future__ import annotations

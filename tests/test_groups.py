@@ -29,6 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zmqkit.patterns import groups
 from zmqkit.patterns.groups import AsyncGroups, GroupEvent, GroupEventKind, Groups, GroupsCore
+from zmqkit.patterns.groups.core import JOIN_GRACE, MAX_SENDERS
 
 from zmqkit import (
     BrokenError,
@@ -71,24 +72,65 @@ def kinds(events: list[GroupEvent]) -> list[tuple[GroupEventKind, str | None]]:
 # -- the core --------------------------------------------------------------------------------------
 
 
+def marked(core: GroupsCore[Any], member: uuid.UUID, *names: str) -> GroupsCore[Any]:
+    """``core`` with ``member``'s marks for ``names`` read already (its subscriptions are in)."""
+    for name in names:
+        assert core.mark(member, name, True) == []  # before its beacon: no event yet
+    return core
+
+
 def test_groups_core_membership_from_beacon_headers() -> None:
-    core = GroupsCore(ME)
-    assert kinds(core.update(peer(P1, "p1", 1, "ops,dev"))) == [(Join, "dev"), (Join, "ops")]
-    assert core.update(peer(P1, "p1", 1, "ops,dev")) == []  # the same beacon again
-    assert kinds(core.update(peer(P1, "p1", 2, "ops,qa"))) == [(Join, "qa"), (Leave, "dev")]
-    assert core.update(peer(P1, "p1", 1, "")) == []  # older than what we know: ignored
-    assert core.update(peer(ME, "me", 5, "ops")) == []  # ourselves
-    assert core.update(peer(P2, "p2", 1, "ops", serves=False)) == []  # no groups endpoint
-    assert kinds(core.update(peer(P2, "p2", 2, ",bad*,ops, x"))) == [(Join, "ops")]
+    core = marked(GroupsCore(ME), P1, "ops", "dev", "qa")
+    marked(core, P2, "ops")
+    assert kinds(core.update(peer(P1, "p1", 1, "ops,dev"), 0)) == [(Join, "dev"), (Join, "ops")]
+    assert core.update(peer(P1, "p1", 1, "ops,dev"), 0) == []  # the same beacon again
+    assert kinds(core.update(peer(P1, "p1", 2, "ops,qa"), 0)) == [(Join, "qa"), (Leave, "dev")]
+    assert core.update(peer(P1, "p1", 1, ""), 0) == []  # older than what we know: ignored
+    assert core.update(peer(ME, "me", 5, "ops"), 0) == []  # ourselves
+    assert core.update(peer(P2, "p2", 1, "ops", serves=False), 0) == []  # no groups endpoint
+    assert kinds(core.update(peer(P2, "p2", 2, ",bad*,ops, x"), 0)) == [(Join, "ops")]
     assert core.stats["dropped-bad-group"] == 3
     assert core.members("ops") == [groups.Member("p1", P1), groups.Member("p2", P2)]
     assert list(core.groups()) == ["ops", "qa"]
-    gone = core.presence(PeerEvent(EventKind.EXPIRED, peer(P1, "p1", 2, "ops,qa")))
+    gone = core.presence(PeerEvent(EventKind.EXPIRED, peer(P1, "p1", 2, "ops,qa")), 0)
     assert kinds(gone) == [(Leave, "ops"), (Leave, "qa"), (Gone, None)]
     assert gone[-1].body == "expired"
-    closed = core.update(peer(P2, "p2", 3, "ops", serves=False))  # its Groups closed
+    closed = core.update(peer(P2, "p2", 3, "ops", serves=False), 0)  # its Groups closed
     assert kinds(closed) == [(Leave, "ops"), (Gone, None)] and closed[-1].body == "closed"
     assert core.remove(P2, "left") == [] and core.groups() == {}
+    assert core.marks == {}  # a peer gone takes its marks along
+
+
+def test_groups_core_reports_a_join_once_the_member_can_hear_shouts() -> None:
+    """A member's JOIN waits for its mark (its subscription reached our publisher), or for
+    JOIN_GRACE when none comes (a peer that sends no mark); until then it is not a member."""
+    core = GroupsCore(ME)
+    assert core.update(peer(P1, "p1", 1, "dev,ops"), now=10.0) == []
+    assert core.members("ops") == [] and core.groups() == {} and core.next_join() == 12.0
+    assert kinds(core.mark(P1, "ops", True)) == [(Join, "ops")]
+    assert core.members("ops") == [groups.Member("p1", P1)] and list(core.groups()) == ["ops"]
+    assert core.mark(P1, "ops", True) == []  # once
+    assert core.due(11.9) == [] and kinds(core.due(12.0)) == [(Join, "dev")]
+    assert core.stats["joins-unmarked"] == 1 and core.next_join() is None
+    assert core.update(peer(P2, "p2", 1, "ops"), now=20.0) == []
+    assert core.update(peer(P2, "p2", 2, ""), now=20.5) == []  # left before it joined: silent
+    assert core.update(peer(P2, "p2", 3, "ops"), now=21.0) == []
+    gone = core.remove(P2, "expired")
+    assert kinds(gone) == [(Gone, None)] and core.due(99.0) == []
+    assert core.mark(P1, "ops", False) == [] and (P1, "ops") not in core.marks
+    assert kinds(core.update(peer(P1, "p1", 2, "dev"), now=30.0)) == [(Leave, "ops")]
+
+
+def test_groups_join_marks_are_subscriptions_that_match_no_publication() -> None:
+    mark = groups.wire.join_mark(P1, "ops")
+    for prefix in codec.publish_prefixes("zmqkit.group.ops"):
+        assert not mark.startswith(prefix) and not prefix.startswith(mark[:1])
+    assert groups.wire.read_join_mark(b"\x01" + mark) == (P1, "ops", True)
+    assert groups.wire.read_join_mark(b"\x00" + mark) == (P1, "ops", False)
+    for other in (b"\x01" + codec.publish_prefixes("zmqkit.group.ops")[0], b"\x02" + mark,
+                  b"\x01" + mark[:-3], b"\x01" + groups.wire.JOIN_MARK + P1.bytes + b"\xff",
+                  b"\x01" + groups.wire.JOIN_MARK + P1.bytes + b"bad*", b""):
+        assert groups.wire.read_join_mark(other) is None
 
 
 @given(st.lists(st.text(min_size=1, max_size=10), max_size=8))
@@ -102,14 +144,14 @@ def test_groups_header_round_trips_valid_names(names: list[str]) -> None:
 def test_groups_core_ignores_an_older_description_without_the_groups_role() -> None:
     """The groups thread reads the peer table, then the events queued while it started: an
     event from before the peer's Groups advertised its ROUTER is stale, not a Groups closing."""
-    core = GroupsCore(ME)
-    assert kinds(core.update(peer(P1, "p1", 3, "ops"))) == [(GroupEventKind.JOIN, "ops")]
+    core = marked(GroupsCore(ME), P1, "ops")
+    assert kinds(core.update(peer(P1, "p1", 3, "ops"), 0)) == [(GroupEventKind.JOIN, "ops")]
     older = PeerEvent(EventKind.UPDATED, peer(P1, "p1", 2, serves=False))
-    assert core.presence(older) == []
+    assert core.presence(older, 0) == []
     assert core.members("ops") == [groups.Member("p1", P1)]
     newer = PeerEvent(EventKind.UPDATED, peer(P1, "p1", 4, serves=False))
-    assert kinds(core.presence(newer)) == [(GroupEventKind.LEAVE, "ops"),
-                                           (GroupEventKind.GONE, None)]
+    assert kinds(core.presence(newer, 0)) == [(GroupEventKind.LEAVE, "ops"),
+                                              (GroupEventKind.GONE, None)]
 
 
 def test_groups_core_whisper_deadlines_and_peers_gone() -> None:
@@ -164,6 +206,76 @@ def test_groups_core_shout_intake_counts_gaps_and_drops_what_is_not_for_us() -> 
     assert core.take_whisper([b"short", "p1", "hi"]) is None
     assert core.take_whisper([P1.bytes, "p1", "hi"]) == GroupEvent(
         GroupEventKind.WHISPER, "p1", P1, None, "hi")
+
+
+def test_groups_core_per_sender_table_is_bounded() -> None:
+    """Each (sender, topic) keeps its last shout number, to count gaps; the table keeps the
+    MAX_SENDERS heard most lately, however many senders (or forged sender ids) come."""
+    core = GroupsCore(ME)
+    first = codec.decode(codec.encode_publish("zmqkit.group.ops", P1.bytes, 1, ["p1", 0]))
+    core.take_shout(first, {"ops"})
+    for n in range(MAX_SENDERS + 10):
+        sender = uuid.UUID(int=1000 + n).bytes
+        message = codec.decode(codec.encode_publish("zmqkit.group.ops", sender, 5, ["x", n]))
+        assert len(core.take_shout(message, {"ops"})) == 1
+        if n == MAX_SENDERS // 2:
+            core.take_shout(codec.decode(codec.encode_publish(
+                "zmqkit.group.ops", P1.bytes, 2, ["p1", 1])), {"ops"})  # P1 heard again
+    assert len(core._last_seq) == MAX_SENDERS and (P1.bytes, "zmqkit.group.ops") in core._last_seq
+    assert core.stats["gaps"] == 0  # a sender heard first (at 5) counts no gap
+
+
+def test_groups_join_waits_for_the_members_subscription_or_its_grace(
+    make_node: Callable[[str], Node],
+) -> None:
+    """A member announced by its beacon whose subscription has not reached us is no member
+    yet: its JOIN comes with its mark, and a shout sent then reaches it. A member that sends no
+    mark (an implementation without one) is reported JOIN_GRACE seconds after its beacon."""
+    raw = make_node("raw")  # a member written from the wire doc, slow to connect
+    router, publisher = raw.server_socket(SocketKind.ROUTER), raw.server_socket(SocketKind.PUB)
+    sub = raw.client_socket(SocketKind.SUB)
+    try:
+        with Groups(make_node("old")) as old:
+            raw.advertise(groups.ROLE, router.endpoint)
+            raw.advertise(groups.PUB_ROLE, publisher.endpoint)
+            raw.set_header(groups.GROUPS_HEADER, "quiet,room")
+            old_peer = raw.wait_for("old", role=groups.PUB_ROLE, timeout=5)[0]
+            with pytest.raises(Timeout):  # announced, but it cannot hear shouts yet
+                next_event(old, GroupEventKind.JOIN, 0.5)
+            assert old.members("room") == []
+            for prefix in groups.wire.subscription("room"):
+                sub.subscribe(prefix)
+            sub.subscribe(groups.wire.join_mark(raw.uuid, "room"))
+            sub.connect_peer(old_peer, groups.PUB_ROLE)
+            joined = next_event(old, GroupEventKind.JOIN)
+            assert (joined.uuid, joined.group) == (raw.uuid, "room")
+            old.shout("room", "at once")
+            message = codec.decode(sub.recv(timeout=5))
+            assert message[2] == "zmqkit.group.room" and message[5] == ["old", "at once"]
+            late = next_event(old, GroupEventKind.JOIN, 2 * JOIN_GRACE)  # no mark: the grace
+            assert late.group == "quiet" and old.stats()["joins-unmarked"] == 1
+    finally:
+        for sock in (router, publisher, sub):
+            sock.close()
+
+
+def test_groups_a_shout_sent_as_the_join_is_seen_reaches_the_newcomer(
+    make_node: Callable[[str], Node],
+) -> None:
+    """No pause: a JOIN is reported once the newcomer's subscription has reached the shouter,
+    even when the newcomer joins the instant it starts (before it has connected to anyone)."""
+    with Groups(make_node("old")) as old:
+        heard = []
+        for round_ in range(6):
+            with Groups(make_node(f"new-{round_}")) as new:
+                new.join("room")
+                joined = next_event(old, GroupEventKind.JOIN)
+                assert (joined.peer, joined.group) == (f"new-{round_}", "room")
+                assert groups.Member(joined.peer, joined.uuid) in old.members("room")
+                old.shout("room", round_)  # at once
+                heard.append(next_event(new, GroupEventKind.SHOUT, 5.0).body)
+        assert heard == list(range(6))
+        assert old.stats().get("joins-unmarked", 0) == 0
 
 
 # -- nodes over the network ------------------------------------------------------------------------

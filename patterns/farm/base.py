@@ -15,7 +15,7 @@ from typing import Any
 
 from zmqkit import BrokenError, ClosedError, ConfigError, Deadline, Node, Socket, Timeout
 
-from ..durable import check_path
+from .._durable import check_path
 from . import wire
 from .core import SubmitterCore, TaskResult, WorkerInfo
 from .journal import Journal

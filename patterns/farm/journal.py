@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from zmqkit import BrokenError, ConfigError, RemoteError, codec, remote_error
 
-from ..durable import DEFAULT_TIMEOUT, Database
+from .._durable import DEFAULT_TIMEOUT, Database
 from .core import TaskResult
 from .ledger import Batch
 
@@ -48,7 +48,7 @@ class Journal(Database):
     that made it.
 
     Raises:
-        ConfigError: the file cannot be used (see ``durable.open_database``).
+        ConfigError: the file cannot be used (see ``_durable.open_database``).
     """
 
     def __init__(self, path: object, farm: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:

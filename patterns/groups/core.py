@@ -3,6 +3,10 @@
 ``GroupsCore`` is fed peers from discovery, frames from the sockets and ``now``; it returns
 events, the answers to send and the waiters of whispers to settle. The groups thread alone
 uses it (it is not thread-safe); tests drive it directly.
+
+A peer's JOIN is reported once the peer can hear this node's shouts to the group: when its mark
+(``wire.join_mark``) has reached this node's publisher, or ``JOIN_GRACE`` seconds after its
+beacon announced the group, whichever comes first. Until then it is not among the members.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from zmqkit.codec import Kind
 
 from . import wire
 
-__all__ = ["MAX_GONE", "GroupEvent", "GroupEventKind", "GroupsCore", "Member"]
+__all__ = ["JOIN_GRACE", "MAX_GONE", "MAX_MARKS", "MAX_SENDERS", "GroupEvent", "GroupEventKind",
+           "GroupsCore", "Member"]
 
 MAX_GONE = 10_000  # UUIDs of peers seen going, so that a whisper to one fails at once
+MAX_SENDERS = 10_000  # (sender, topic) pairs whose last shout number is kept, to count gaps
+MAX_MARKS = 10_000  # (peer, group) marks kept, for joins their beacons have not announced yet
+JOIN_GRACE = 2.0  # a member that sends no mark is reported joined this long after its beacon
 
 W = TypeVar("W")  # what waits for a whisper's acknowledgement (a future, in the groups thread)
 
@@ -93,13 +101,16 @@ class GroupsCore(Generic[W]):
         self.stats: Counter[str] = Counter()
         self._pending: dict[int, _Pending[W]] = {}
         self._call_ids = itertools.count(1)
-        self._last_seq: dict[tuple[bytes, str], int] = {}
+        self._last_seq: dict[tuple[bytes, str], int] = {}  # oldest first, MAX_SENDERS at most
         self._uuids: dict[bytes, uuid_module.UUID] = {}
+        self.marks: dict[tuple[uuid_module.UUID, str], None] = {}  # marks read, oldest first
+        self.joining: dict[tuple[uuid_module.UUID, str], float] = {}  # announced, not marked
 
     # -- membership ------------------------------------------------------------------------------
 
-    def update(self, peer: Peer) -> list[GroupEvent]:
-        """A peer appeared or changed: the JOIN and LEAVE events its ``groups`` header implies."""
+    def update(self, peer: Peer, now: float) -> list[GroupEvent]:
+        """A peer appeared or changed: the JOIN and LEAVE events its ``groups`` header implies
+        (a JOIN only once the peer's mark for the group came: see ``mark`` and ``due``)."""
         if peer.uuid == self.own_uuid:
             return []
         known = self.peers.get(peer.uuid)
@@ -113,14 +124,49 @@ class GroupsCore(Generic[W]):
         before = known.groups if known is not None else frozenset()
         self.peers[peer.uuid] = Tracked(peer.name, groups, peer.seq, peer.endpoints[wire.ROLE],
                                         peer.endpoints.get(wire.PUB_ROLE))
-        joins = [GroupEvent(GroupEventKind.JOIN, peer.name, peer.uuid, g)
-                 for g in sorted(groups - before)]
-        leaves = [GroupEvent(GroupEventKind.LEAVE, peer.name, peer.uuid, g)
-                  for g in sorted(before - groups)]
-        return joins + leaves
+        events = []
+        for group in sorted(groups - before):
+            if (peer.uuid, group) in self.marks:
+                events.append(GroupEvent(GroupEventKind.JOIN, peer.name, peer.uuid, group))
+            else:
+                self.joining[(peer.uuid, group)] = now + JOIN_GRACE
+        for group in sorted(before - groups):
+            if self.joining.pop((peer.uuid, group), None) is None:  # else: never reported
+                events.append(GroupEvent(GroupEventKind.LEAVE, peer.name, peer.uuid, group))
+        return events
+
+    def mark(self, peer_uuid: uuid_module.UUID, group: str, subscribed: bool) -> list[GroupEvent]:
+        """A peer's mark for ``group`` reached (or left) this node's publisher: its JOIN, if its
+        beacon announced the group already."""
+        key = (peer_uuid, group)
+        if not subscribed:
+            self.marks.pop(key, None)
+            return []
+        self.marks[key] = None
+        if len(self.marks) > MAX_MARKS:
+            del self.marks[next(iter(self.marks))]
+        known = self.peers.get(peer_uuid)
+        if self.joining.pop(key, None) is None or known is None:
+            return []
+        return [GroupEvent(GroupEventKind.JOIN, known.name, peer_uuid, group)]
+
+    def due(self, now: float) -> list[GroupEvent]:
+        """The JOINs whose mark did not come within ``JOIN_GRACE`` (a peer that sends none)."""
+        late = [key for key, deadline in self.joining.items() if deadline <= now]
+        events = []
+        for peer_uuid, group in late:
+            del self.joining[(peer_uuid, group)]
+            self.stats["joins-unmarked"] += 1
+            events.append(GroupEvent(GroupEventKind.JOIN, self.peers[peer_uuid].name, peer_uuid,
+                                     group))
+        return events
+
+    def next_join(self) -> float | None:
+        """When the next unmarked JOIN is due."""
+        return min(self.joining.values(), default=None)
 
     def remove(self, peer_uuid: uuid_module.UUID, reason: str) -> list[GroupEvent]:
-        """A peer is gone: LEAVE each of its groups, then GONE."""
+        """A peer is gone: LEAVE each of its groups (those reported joined), then GONE."""
         known = self.peers.pop(peer_uuid, None)
         if known is None:
             return []
@@ -129,23 +175,28 @@ class GroupsCore(Generic[W]):
             del self.gone[next(iter(self.gone))]
         for key in [key for key in self._last_seq if key[0] == peer_uuid.bytes]:
             del self._last_seq[key]
+        for key in [key for key in self.marks if key[0] == peer_uuid]:
+            del self.marks[key]
+        unreported = {g for g in known.groups if self.joining.pop((peer_uuid, g), None)}
         leaves = [GroupEvent(GroupEventKind.LEAVE, known.name, peer_uuid, g)
-                  for g in sorted(known.groups)]
+                  for g in sorted(known.groups - unreported)]
         return [*leaves, GroupEvent(GroupEventKind.GONE, known.name, peer_uuid, None, reason)]
 
-    def presence(self, event: PeerEvent) -> list[GroupEvent]:
+    def presence(self, event: PeerEvent, now: float) -> list[GroupEvent]:
         """The group events of one presence event."""
         if event.kind in (EventKind.JOINED, EventKind.UPDATED):
-            return self.update(event.peer)
+            return self.update(event.peer, now)
         return self.remove(event.peer.uuid, event.kind.value)
 
     def members(self, group: str) -> list[Member]:
-        """The peers known to be in ``group``, sorted."""
-        return sorted(Member(p.name, u) for u, p in self.peers.items() if group in p.groups)
+        """The peers known to be in ``group`` (their JOIN reported), sorted."""
+        return sorted(Member(p.name, u) for u, p in self.peers.items()
+                      if group in p.groups and (u, group) not in self.joining)
 
     def groups(self) -> dict[str, list[Member]]:
         """Every group some known peer is in, with its members."""
-        names = sorted({g for p in self.peers.values() for g in p.groups})
+        names = sorted({g for u, p in self.peers.items() for g in p.groups
+                        if (u, g) not in self.joining})
         return {group: self.members(group) for group in names}
 
     # -- whispers sent ---------------------------------------------------------------------------
@@ -271,10 +322,12 @@ class GroupsCore(Generic[W]):
             self.stats["dropped-not-joined"] += len(shouts.items)  # left while on their way
             return []
         key = (shouts.sender, shouts.topic)
-        last = self._last_seq.get(key)
+        last = self._last_seq.pop(key, None)  # put back last: the table is oldest first
         if last is not None and shouts.first_seq > last + 1:
             self.stats["gaps"] += shouts.first_seq - last - 1
         self._last_seq[key] = shouts.first_seq + len(shouts.items) - 1
+        if len(self._last_seq) > MAX_SENDERS:  # a sender quiet the longest starts afresh
+            del self._last_seq[next(iter(self._last_seq))]
         self.stats["shouts"] += len(shouts.items)
         sender_uuid = self._uuid(shouts.sender)
         return [GroupEvent(GroupEventKind.SHOUT, item[0], sender_uuid, shouts.group, item[1])

@@ -1,6 +1,6 @@
 """The loop of the groups thread: it alone touches the sockets and the core.
 
-    PUB     (bound, role ``groups-pub``)  this node's shouts
+    XPUB    (bound, role ``groups-pub``)  this node's shouts; it reads the peers' join marks
     SUB     (connected to every peer's ``groups-pub``)  the shouts of the groups it is in
     ROUTER  (bound, role ``groups``)  whispers to this node, acknowledged
     DEALER  (one per peer whispered to)  whispers from this node, and their acknowledgements
@@ -119,7 +119,7 @@ class Engine:
         self.closing = False
         made: list[Socket] = []
         try:
-            self.pub = node.server_socket(SocketKind.PUB)
+            self.pub = node.server_socket(SocketKind.XPUB)
             made.append(self.pub)
             self.router = node.server_socket(SocketKind.ROUTER)
             made.append(self.router)
@@ -140,7 +140,7 @@ class Engine:
         self.connected: dict[uuid_module.UUID, str] = {}
         self.refused: dict[uuid_module.UUID, SecurityError] = {}  # peers whose keys we refuse
         self.parked: list[_Parked] = []
-        self.poller = Poller([self.sub, self.router, service.wakeup])
+        self.poller = Poller([self.sub, self.router, self.pub, service.wakeup])
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -148,8 +148,9 @@ class Engine:
         """The peers discovered before the thread started (the events queued since are read
         next; the core ignores what is older than what it knows)."""
         events: list[GroupEvent] = []
+        now = time.monotonic()
         for peer in self.node.peers(role=wire.ROLE):
-            events += self.core.update(peer)
+            events += self.core.update(peer, now)
         self.refresh_connections()
         self.deliver_membership(events)
 
@@ -159,12 +160,16 @@ class Engine:
             self.run_commands()
             self.take_presence()
             self.flush()
-            self.settle_expired(time.monotonic())
+            now = time.monotonic()
+            self.settle_expired(now)
+            self.deliver_membership(self.core.due(now))
             for ready in self.poller.poll(self.next_wait()):
                 if ready is self.sub:
                     self.take_shouts()
                 elif ready is self.router:
                     self.serve()
+                elif ready is self.pub:
+                    self.take_marks()
                 elif isinstance(ready, Socket) and ready in self.dealer_peer:
                     self.take_acks(ready)
 
@@ -191,9 +196,8 @@ class Engine:
     def next_wait(self) -> float:
         """How long the poll may sleep: until the next whisper deadline, at most ``TICK``."""
         deadlines = [d.at for _, _, d, _ in self.parked] + list(self.draining.values())
-        pending = self.core.next_deadline()
-        if pending is not None:
-            deadlines.append(pending)
+        deadlines += [at for at in (self.core.next_deadline(), self.core.next_join())
+                      if at is not None]
         if not deadlines:
             return TICK
         return min(TICK, max(0.0, min(deadlines) - time.monotonic()) + 0.001)
@@ -215,8 +219,9 @@ class Engine:
     def change(self, group: str, join: bool) -> None:
         """Join or leave ``group``.
 
-        Joining subscribes, then announces (a peer that sees the header can reach us); leaving
-        announces, then unsubscribes, and drops the group's shouts still on their way.
+        Joining subscribes (the group's topic, then the mark that tells each peer it has
+        arrived), then announces; leaving announces, then unsubscribes, and drops the group's
+        shouts still on their way.
 
         Raises:
             ClosedError: closing.
@@ -243,12 +248,24 @@ class Engine:
                 self.subscribe(group, False)
 
     def subscribe(self, group: str, on: bool) -> None:
-        """(Un)subscribe to the group's shouts."""
-        for prefix in wire.subscription(group):
+        """(Un)subscribe to the group's shouts, and (un)set the mark that follows them."""
+        for prefix in (*wire.subscription(group), wire.join_mark(self.node.uuid, group)):
             if on:
                 self.sub.subscribe(prefix)
             else:
                 self.sub.unsubscribe(prefix)
+
+    def take_marks(self) -> None:
+        """Read the subscriptions the peers' SUBs sent to the XPUB: their marks release JOINs."""
+        events: list[GroupEvent] = []
+        for _ in range(READ_BATCH):
+            message = self.pub.try_recv()
+            if message is None:
+                break
+            mark = wire.read_join_mark(message)
+            if mark is not None:
+                events += self.core.mark(*mark)
+        self.deliver_membership(events)
 
     def take_presence(self) -> None:
         """Read the presence events queued by discovery: membership, connections, and the
@@ -257,8 +274,9 @@ class Engine:
         if not presence:
             return
         events: list[GroupEvent] = []
+        now = time.monotonic()
         for event in presence:
-            events += self.core.presence(event)
+            events += self.core.presence(event, now)
         self.refresh_connections()
         self.deliver_membership(events)
         parked, self.parked = self.parked, []
@@ -282,6 +300,8 @@ class Engine:
                 self.connected[peer_uuid] = wanted[peer_uuid]
         for peer_uuid in [u for u in self.dealers if u not in self.core.peers]:
             self.retire_dealer(peer_uuid)
+        for peer_uuid in [u for u in self.refused if u not in self.core.peers]:
+            del self.refused[peer_uuid]  # gone: the table stays as small as the mesh
 
     def connect(self, sock: Socket, peer: Peer, role: str) -> bool:
         """Connect ``sock`` to ``peer``'s ``role`` under the node's keys; False (counted, warned

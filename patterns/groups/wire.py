@@ -4,6 +4,13 @@
     node ──► group  PUBLISH or PUBLISH_BATCH on topic "zmqkit.group.<group>", data [name, body]
     node ──► peer   REQUEST zmqkit.groups.whisper            args [sender_uuid, sender_name, body]
     peer ──► node   REPLY null (the whisper is in its inbox), or ERROR
+    member ─► peer  SUBSCRIBE ff "zmqkit.groups.joined" 00 <uuid: 16 bytes> <group>   the mark
+
+The mark is a subscription that no publication matches, made after the group's own: a peer
+whose publisher (an XPUB) reads it knows that the member's subscription to the group has
+arrived (subscriptions on one connection arrive in order), so a shout it sends from then on
+reaches the member. The peer reports the member's JOIN only then (or ``JOIN_GRACE`` seconds
+after the beacon announced it, for a member that sends no mark).
 
 docs/protocol.md (section 9.3) is the normative description. Everything here is built and read
 through ``zmqkit.codec``; nothing touches a socket or a clock.
@@ -19,6 +26,7 @@ from zmqkit import ConfigError, codec
 
 __all__ = [
     "GROUPS_HEADER",
+    "JOIN_MARK",
     "MAX_GROUP_BYTES",
     "PUB_ROLE",
     "ROLE",
@@ -34,7 +42,9 @@ __all__ = [
     "encode_whisper",
     "format_groups",
     "group_of",
+    "join_mark",
     "parse_groups",
+    "read_join_mark",
     "read_shouts",
     "read_whisper_args",
     "subscription",
@@ -47,6 +57,7 @@ ROLE = "groups"  # beacon role: the ROUTER that takes whispers
 PUB_ROLE = "groups-pub"  # beacon role: the PUB that sends shouts
 TOPIC_PREFIX = "zmqkit.group."  # + group: the topic of the group's shouts
 WHISPER_METHOD = "zmqkit.groups.whisper"
+JOIN_MARK = b"\xffzmqkit.groups.joined\x00"  # 0xff starts no CBOR message: it matches nothing
 MAX_GROUP_BYTES = 64
 UUID_BYTES = 16
 
@@ -108,6 +119,26 @@ def group_of(topic: str) -> str:
 def subscription(group: str) -> tuple[bytes, bytes]:
     """The SUB prefixes that take ``group``'s shouts and nothing else."""
     return codec.publish_prefixes(topic_of(group))
+
+
+def join_mark(member: uuid_module.UUID, group: str) -> bytes:
+    """The subscription that tells a peer's publisher that ``member`` takes ``group``'s shouts."""
+    return JOIN_MARK + member.bytes + group.encode(errors="surrogatepass")
+
+
+def read_join_mark(message: bytes) -> tuple[uuid_module.UUID, str, bool] | None:
+    """(member, group, subscribed) from a subscription message an XPUB read (``01`` or ``00``,
+    then the prefix); None for any other subscription, or a mark naming no valid group."""
+    head = len(JOIN_MARK) + 1
+    if len(message) <= head + UUID_BYTES or message[1:head] != JOIN_MARK or message[0] > 1:
+        return None
+    try:
+        group = message[head + UUID_BYTES:].decode()
+    except UnicodeDecodeError:
+        return None
+    if not valid_group(group):
+        return None
+    return uuid_module.UUID(bytes=message[head:head + UUID_BYTES]), group, message[0] == 1
 
 
 def encode_shout(name: str, body: Any) -> bytes:

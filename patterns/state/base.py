@@ -19,7 +19,7 @@ from typing import Any
 
 from zmqkit import BrokenError, ClosedError, ConfigError, Node, ServiceThread, Timeout
 
-from ..durable import check_path
+from .._durable import check_path
 from .engine import Engine
 from .planner import SyncPlanner, SyncStatus
 from .replica import Replica

@@ -165,6 +165,7 @@ class Engine:
                               if self._pub_role in peer.endpoints}
         wanted = {uuid: peer.endpoints[self._pub_role]
                   for uuid, peer in self._member_peers.items()}
+        self._refused &= wanted.keys()  # members gone are forgotten: bounded by the group
         for member, endpoint in list(self._connected.items()):
             if wanted.get(member) != endpoint:
                 self._sub.disconnect(endpoint)

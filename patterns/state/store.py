@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from zmqkit import ConfigError, codec
 
-from ..durable import DEFAULT_TIMEOUT, Database
+from .._durable import DEFAULT_TIMEOUT, Database
 from .core import Entry
 from .wire import is_uint, is_writer, valid_op
 
@@ -43,7 +43,7 @@ class Store(Database):
     that made it.
 
     Raises:
-        ConfigError: the file cannot be used (see ``durable.open_database``).
+        ConfigError: the file cannot be used (see ``_durable.open_database``).
     """
 
     def __init__(self, path: object, group: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
