@@ -104,6 +104,20 @@ def test_services_and_topics_are_read_from_the_parts() -> None:
     }]
 
 
+def test_two_readings_give_the_rate_of_each_topic_and_each_counted_edge() -> None:
+    later = [dict(report) for report in REPORTS]
+    later[1] = _report("ticker", "t" * 32, {"kind": "pubsub.Publisher",
+                                             "topics": {"ticks": {"published": 80}}})
+    later[2] = _report("watcher", "w" * 32, SUBSCRIBER, dict(CALLER, calls=13))
+    for report in later[:3]:
+        report["uptime"] = 3.0  # two seconds after the first reading, on each node's clock
+    [ticks] = topics(later, REPORTS)
+    assert ticks["rate"] == 20.0
+    rates = {(edge.verb, edge.rate) for edge in build(later, REPORTS).edges}
+    assert rates == {("publishes", 20.0), ("calls", 5.0), ("subscribes", None)}
+    assert "13 calls, 5/s" in to_svg(build(later, REPORTS))
+
+
 def test_top_rows_count_calls_errors_messages_and_drops_and_rates_from_two_readings() -> None:
     first = top_rows(REPORTS)
     calc, ticker, watcher, gone = first
@@ -261,17 +275,18 @@ def test_top_topics_services_and_graph_on_demo_nodes(calc_and_ticker: None,
     assert rows["calc"]["p99"] > 0
     assert rows["ticker"]["published"] > 0
 
-    listed = json.loads(_zmqkit("topics", "--json").stdout)
+    listed = json.loads(_zmqkit("topics", "--json", "--interval", "0.5").stdout)
     assert [topic["topic"] for topic in listed] == ["ticks"]
     assert [node["name"] for node in listed[0]["publishers"]] == ["ticker"]
+    assert listed[0]["rate"] > 0
     [calc] = json.loads(_zmqkit("services", "--json").stdout)
     assert calc["service"] == "calc" and calc["methods"]["add"] == {"calls": 1, "errors": 0}
     assert calc["methods"]["div"] == {"calls": 1, "errors": 1}
 
-    dot = _zmqkit("graph", "--dot").stdout
+    dot = _zmqkit("graph", "--dot", "--interval", "0").stdout
     assert dot.startswith("digraph") and '"calc' in dot and '"ticks"' in dot
     picture = tmp_path / "mesh.svg"
-    assert _zmqkit("graph", "--svg", str(picture)).returncode == 0
+    assert _zmqkit("graph", "--svg", str(picture), "--interval", "0.3").returncode == 0
     texts = {e.text for e in ET.parse(picture).getroot().iter("{http://www.w3.org/2000/svg}text")}
     assert {"calc", "ticker", "ticks"} <= texts
 

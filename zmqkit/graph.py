@@ -52,12 +52,17 @@ class Edge:
     target: str
     verb: str  # "calls", "publishes", "subscribes", "submits", "works", "joins", "replicates"
     count: int = 0  # calls or messages so far, where the part counts them
+    reporter: str = ""  # the node whose part counts them
+    rate: float | None = None  # per second, between two readings
 
     @property
     def label(self) -> str:
-        """What the edge carried so far ("3 calls", "240 msgs"), or "" when not counted."""
+        """What the edge carried ("3 calls", "240 msgs, 20/s"), or "" when not counted."""
+        if not self.count:
+            return ""
         noun = "calls" if self.verb == "calls" else "msgs"
-        return f"{self.count:,} {noun}" if self.count else ""
+        rate = f", {self.rate:,.3g}/s" if self.rate is not None else ""
+        return f"{self.count:,} {noun}{rate}"
 
 
 @dataclass
@@ -72,8 +77,31 @@ class Graph:
         return self.vertices[key]
 
 
-def build(reports: Iterable[Mapping[str, Any]]) -> Graph:
-    """The graph of the nodes that answered (entries with an ``error`` are left out)."""
+def build(reports: Iterable[Mapping[str, Any]],
+          previous: Iterable[Mapping[str, Any]] | None = None) -> Graph:
+    """The graph of the nodes that answered (entries with an ``error`` are left out); given
+    the ``previous`` reports of the same nodes, each counted edge gets its rate since then,
+    over the time that passed on the node that counts it."""
+    reports = list(reports)
+    graph = _graph(reports)
+    if previous is not None:
+        previous = list(previous)
+        before = {(edge.source, edge.target, edge.verb): edge for edge in _graph(previous).edges}
+        now, then = _uptimes(reports), _uptimes(previous)
+        for edge in graph.edges:
+            old = before.get((edge.source, edge.target, edge.verb))
+            seconds = now.get(edge.reporter, 0.0) - then.get(edge.reporter, 0.0)
+            if old is not None and edge.count and seconds > 0:
+                edge.rate = max(0, edge.count - old.count) / seconds
+    return graph
+
+
+def _uptimes(reports: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    return {f"node:{report['uuid']}": float(report.get("uptime", 0.0)) for report in reports
+            if "error" not in report}
+
+
+def _graph(reports: Iterable[Mapping[str, Any]]) -> Graph:
     graph = Graph()
     answered = [report for report in reports if "error" not in report]
     by_name: dict[str, list[str]] = defaultdict(list)
@@ -95,7 +123,7 @@ def build(reports: Iterable[Mapping[str, Any]]) -> Graph:
                 _add_channels(graph, node, kind, part)
     for caller, part in calls:
         for callee in by_name.get(str(part.get("target")), []):
-            graph.edges.append(Edge(caller, callee, "calls", int(part.get("calls", 0))))
+            graph.edges.append(Edge(caller, callee, "calls", int(part.get("calls", 0)), caller))
     return graph
 
 
@@ -115,7 +143,7 @@ def _add_channels(graph: Graph, node: str, kind: str, part: Mapping[str, Any]) -
         if isinstance(names, Mapping):
             count = int(names[name].get("published", 0))
         source, target = (key, node) if verb in INBOUND else (node, key)
-        graph.edges.append(Edge(source, target, verb, count))
+        graph.edges.append(Edge(source, target, verb, count, node))
 
 
 # -- Graphviz ------------------------------------------------------------------------------------

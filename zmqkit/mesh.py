@@ -40,10 +40,13 @@ def services(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [found[name] for name in sorted(found)]
 
 
-def topics(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def topics(reports: Iterable[Mapping[str, Any]],
+           previous: Iterable[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every topic published or subscribed: its publishers, its subscribers, and the messages
-    published so far."""
+    published so far; given the ``previous`` reports, its ``rate`` in messages per second since
+    then too (each publisher's count over the time that passed on it)."""
     found: dict[str, dict[str, Any]] = {}
+    before = {str(report["uuid"]): report for report in _answered(previous or [])}
 
     def entry(topic: str) -> dict[str, Any]:
         return found.setdefault(topic, {"topic": topic, "publishers": [], "subscribers": [],
@@ -51,14 +54,26 @@ def topics(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     for report in _answered(reports):
         node = {"name": report["name"], "uuid": report["uuid"]}
+        then = before.get(str(report["uuid"]))
+        seconds = float(report.get("uptime", 0.0)) - float(then.get("uptime", 0.0)) if then else 0
         for publisher in _parts(report, PUBLISHERS):
             for topic, counters in publisher.get("topics", {}).items():
+                published = int(counters.get("published", 0))
                 entry(topic)["publishers"].append(node)
-                entry(topic)["published"] += int(counters.get("published", 0))
+                entry(topic)["published"] += published
+                if then is not None and seconds > 0:
+                    earlier = _published(then, topic)
+                    rate = max(0, published - earlier) / seconds
+                    entry(topic)["rate"] = round(entry(topic).get("rate", 0.0) + rate, 1)
         for subscriber in _parts(report, SUBSCRIBERS):
             for topic in subscriber.get("topics", []):
                 entry(topic)["subscribers"].append(node)
     return [found[topic] for topic in sorted(found)]
+
+
+def _published(report: Mapping[str, Any], topic: str) -> int:
+    return sum(int(publisher.get("topics", {}).get(topic, {}).get("published", 0))
+               for publisher in _parts(report, PUBLISHERS))
 
 
 def top_rows(reports: Iterable[Mapping[str, Any]],

@@ -73,6 +73,8 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
             parents=[scope],
         )
         parser.add_argument("--json", action="store_true", help="print a JSON list")
+        if name == "topics":
+            _add_interval(parser, "the rate of each topic")
         _add_wait(parser)
         parser.set_defaults(run=run_topics if name == "topics" else run_services)
 
@@ -94,8 +96,25 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
     drawing = graph.add_mutually_exclusive_group()
     drawing.add_argument("--dot", action="store_true", help="print Graphviz DOT text")
     drawing.add_argument("--svg", type=Path, metavar="FILE", help="write an SVG picture to FILE")
+    _add_interval(graph, "the rate of each edge")
     _add_wait(graph)
     graph.set_defaults(run=run_graph)
+
+
+def _add_interval(parser: CommandParser, what: str) -> None:
+    parser.add_argument("--interval", type=seconds, default=1.0, metavar="S",
+                        help=f"seconds between the two readings that give {what} (default 1; "
+                        "0: one reading, counts only)")
+
+
+def _two_readings(node: Node, args: argparse.Namespace
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The reports now and, ``--interval`` earlier, the reports before (None with 0)."""
+    if args.interval <= 0:
+        return _reports(node, args.wait), None
+    before = _reports(node, args.wait)
+    time.sleep(args.interval)
+    return _reports(node, args.wait, gather=False), before
 
 
 def _add_wait(parser: CommandParser) -> None:
@@ -205,13 +224,15 @@ def _names(nodes: list[dict[str, Any]]) -> str:
 
 def run_topics(args: argparse.Namespace, out: Output) -> int:
     with make_node(args, announce=False) as node:
-        rows = topics(_reports(node, args.wait))
+        rows = topics(*_two_readings(node, args))
     if args.json:
         out.value(rows, compact=True)
     else:
-        out.table(f"{len(rows)} topics", ("topic", "publishers", "subscribers", "published"),
+        out.table(f"{len(rows)} topics",
+                  ("topic", "publishers", "subscribers", "published", "msgs/s"),
                   [[row["topic"], _names(row["publishers"]), _names(row["subscribers"]),
-                    f"{row['published']:,}"] for row in rows])
+                    f"{row['published']:,}", f"{row['rate']:,.1f}" if "rate" in row else "-"]
+                   for row in rows])
     return 0
 
 
@@ -233,7 +254,7 @@ def run_services(args: argparse.Namespace, out: Output) -> int:
 
 def run_graph(args: argparse.Namespace, out: Output) -> int:
     with make_node(args, announce=False) as node:
-        graph = build(_reports(node, args.wait))
+        graph = build(*_two_readings(node, args))
     if args.dot:
         out.stream.write(to_dot(graph))
     elif args.svg is not None:
@@ -243,8 +264,9 @@ def run_graph(args: argparse.Namespace, out: Output) -> int:
         out.show(_tree(graph))
     else:
         for edge in graph.edges:  # in a pipe: one edge a line
+            rate = "" if edge.rate is None else f"{edge.rate:.1f}"
             out.line("\t".join([graph.vertices[edge.source].label, edge.verb,
-                                graph.vertices[edge.target].label, str(edge.count)]))
+                                graph.vertices[edge.target].label, str(edge.count), rate]))
     return 0
 
 
