@@ -11,6 +11,10 @@ plain pyzmq lines with no zmqkit code on its path, so that the comparison can be
     pubsub      PUB/SUB, one frame per message + prefix    pubsub.Publisher -> pubsub.Subscriber
     pubsub-batched  the same raw side                      Publisher(batch=True) -> Subscriber
     large       PUB/SUB, 1 MiB binary payloads, no copy    pubsub.Publisher -> pubsub.Subscriber
+    fanout      one PUB, 8 SUB processes: total received   Publisher -> 8 Subscriber processes
+    clients     16 threads, a REQ each, one ROUTER server  16 threads sharing one rpc.Client
+    latency     REQ/REP round trips, p50 and p99            rpc.Client.call, one at a time
+                (ratio = raw / zmqkit: lower latency is better)
     discovery   (no raw side: the targets are the scale)   20 nodes to a full mesh; idle CPU/node
     codec       cbor2.dumps + loads of the payload         encode_reply + decode (one process; not
                                                            in "all")
@@ -19,9 +23,11 @@ plain pyzmq lines with no zmqkit code on its path, so that the comparison can be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import random
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -68,7 +74,8 @@ def _spawn(
 
 
 def _finish(process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
-    conn.send("stop")
+    with contextlib.suppress(OSError):  # it may have ended already (or failed: joined below)
+        conn.send("stop")
     process.join(5)
     if process.is_alive():
         process.kill()
@@ -297,6 +304,214 @@ def zmqkit_subscriber(conn: Connection, beacon_port: int, count: int) -> tuple[f
         return (received - 1) / elapsed if received > 1 else 0.0, count - received
 
 
+# -- fanout: one publisher, eight subscriber processes ------------------------------------------
+
+FANOUT = 8
+
+
+def fanout_subscriber(conn: Connection, raw: bool, where: int, count: int) -> None:
+    """A subscriber process of the fanout: receive up to ``count`` messages; report how many
+    and when the first and the last arrived (``time.monotonic``: one clock for all processes)."""
+    if raw:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.rcvhwm = 0
+        sub.rcvtimeo = 2000
+        sub.subscribe(RAW_TOPIC)
+        sub.connect(f"tcp://127.0.0.1:{where}")
+        time.sleep(0.3)
+        conn.send("ready")
+        received, first = 0, 0.0
+        try:
+            while received < count:
+                cbor2.loads(sub.recv()[len(RAW_TOPIC) :])
+                received += 1
+                if received == 1:
+                    first = time.monotonic()
+        except zmq.Again:
+            pass
+        conn.send((received, first, time.monotonic()))
+        sub.close()
+        _expect(conn)  # told to stop
+        return
+    with (
+        zmqkit.Node("bench-fan", port=where, announce=False) as node,
+        pubsub.Subscriber(node, TOPIC, options=DEEP_QUEUE) as subscriber,
+    ):
+        subscriber.wait_for_publishers(timeout=10.0)
+        time.sleep(0.25)
+        conn.send("ready")
+        received, first = 0, 0.0
+        try:
+            while received < count:
+                subscriber.recv(2.0)
+                received += 1
+                if received == 1:
+                    first = time.monotonic()
+        except zmqkit.Timeout:
+            pass
+        conn.send((received, first, time.monotonic()))
+        _expect(conn)  # told to stop
+
+
+def _fanout_round(sizes: Sizes, raw: bool) -> tuple[float, int]:
+    """Messages received per second by all subscribers together, and how many were lost."""
+    count = sizes.fanout_messages
+    port = _free_port()
+    if raw:
+        publisher, pub_conn = _spawn(raw_publisher, count, False)
+        where = _expect(pub_conn)
+    else:
+        publisher, pub_conn = _spawn(zmqkit_publisher, port, count, False)
+        _expect(pub_conn)
+        where = port
+    subscribers = [_spawn(fanout_subscriber, raw, where, count) for _ in range(FANOUT)]
+    try:
+        for _, conn in subscribers:
+            _expect(conn)
+        pub_conn.send("go")
+        reports = [_expect(conn, 60) for _, conn in subscribers]
+    finally:
+        for process, conn in subscribers:
+            _finish(process, conn)
+        _finish(publisher, pub_conn)
+    received = sum(report[0] for report in reports)
+    started = min(report[1] for report in reports if report[0])
+    ended = max(report[2] for report in reports)
+    return received / (ended - started) if ended > started else 0.0, FANOUT * count - received
+
+
+# -- clients: sixteen threads calling one server ---------------------------------------------
+
+CLIENT_THREADS = 16
+
+
+def _in_threads(calls_per_thread: Callable[[], None]) -> float:
+    """Run ``calls_per_thread`` in CLIENT_THREADS threads at once; the seconds they took."""
+    barrier = threading.Barrier(CLIENT_THREADS + 1)
+
+    def thread() -> None:
+        barrier.wait()
+        calls_per_thread()
+
+    threads = [threading.Thread(target=thread) for _ in range(CLIENT_THREADS)]
+    for each in threads:
+        each.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for each in threads:
+        each.join()
+    return time.perf_counter() - started
+
+
+def raw_clients(port: int, calls: int) -> float:
+    """CLIENT_THREADS threads, a REQ socket each, ``calls`` round trips in all: calls/s."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    each = calls // CLIENT_THREADS
+
+    def calls_per_thread() -> None:
+        req = ctx.socket(zmq.REQ)
+        req.linger = 0
+        req.rcvtimeo = 5000
+        req.connect(f"tcp://127.0.0.1:{port}")
+        for _ in range(each):
+            req.send(cbor2.dumps(PAYLOAD))
+            cbor2.loads(req.recv())
+        req.close()
+
+    return each * CLIENT_THREADS / _in_threads(calls_per_thread)
+
+
+def zmqkit_clients(beacon_port: int, calls: int) -> float:
+    """CLIENT_THREADS threads sharing one ``rpc.Client``, ``calls`` in all: calls/s."""
+    each = calls // CLIENT_THREADS
+    with (
+        zmqkit.Node("bench-callers", port=beacon_port, announce=False) as node,
+        rpc.Client(node, "bench-echo") as client,
+    ):
+        client.call("_echo", PAYLOAD)
+
+        def calls_per_thread() -> None:
+            for _ in range(each):
+                client.call("_echo", PAYLOAD)
+
+        return each * CLIENT_THREADS / _in_threads(calls_per_thread)
+
+
+def _clients_round(sizes: Sizes, raw: bool) -> float:
+    if raw:  # a REP socket answers many REQ peers, one request at a time, as the server does
+        process, conn = _spawn(raw_rpc_server)
+        try:
+            return raw_clients(_expect(conn), sizes.rpc_calls)
+        finally:
+            _finish(process, conn)
+    port = _free_port()
+    process, conn = _spawn(zmqkit_rpc_server, port)
+    try:
+        _expect(conn)
+        return zmqkit_clients(port, sizes.rpc_calls)
+    finally:
+        _finish(process, conn)
+
+
+# -- latency: one call at a time, each one timed ----------------------------------------------
+
+
+def raw_latencies(port: int, calls: int) -> list[float]:
+    """REQ/REP round trips, one at a time: the seconds each took."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    req.rcvtimeo = 5000
+    req.connect(f"tcp://127.0.0.1:{port}")
+    req.send(cbor2.dumps(PAYLOAD))
+    req.recv()
+    clock, took = time.perf_counter, []
+    for _ in range(calls):
+        started = clock()
+        req.send(cbor2.dumps(PAYLOAD))
+        cbor2.loads(req.recv())
+        took.append(clock() - started)
+    req.close()
+    return took
+
+
+def zmqkit_latencies(beacon_port: int, calls: int) -> list[float]:
+    """``rpc.Client.call``, one at a time: the seconds each took."""
+    with (
+        zmqkit.Node("bench-caller", port=beacon_port, announce=False) as node,
+        rpc.Client(node, "bench-echo") as client,
+    ):
+        client.call("_echo", PAYLOAD)
+        clock, took = time.perf_counter, []
+        for _ in range(calls):
+            started = clock()
+            client.call("_echo", PAYLOAD)
+            took.append(clock() - started)
+        return took
+
+
+def _latency_round(sizes: Sizes, raw: bool) -> tuple[float, float]:
+    """The p50 and p99 of one round's round trips, in microseconds."""
+    if raw:
+        process, conn = _spawn(raw_rpc_server)
+        try:
+            took = raw_latencies(_expect(conn), sizes.rpc_calls)
+        finally:
+            _finish(process, conn)
+    else:
+        port = _free_port()
+        process, conn = _spawn(zmqkit_rpc_server, port)
+        try:
+            _expect(conn)
+            took = zmqkit_latencies(port, sizes.rpc_calls)
+        finally:
+            _finish(process, conn)
+    cuts = statistics.quantiles(took, n=100)
+    return 1e6 * cuts[49], 1e6 * cuts[98]
+
+
 # -- the workloads -----------------------------------------------------------------------------
 
 
@@ -306,6 +521,7 @@ class Sizes:
     async_calls: int
     messages: int
     big_messages: int
+    fanout_messages: int
     discovery_nodes: int
     idle_seconds: float
 
@@ -315,6 +531,7 @@ FULL = Sizes(  # five rounds of each fit in about three minutes here; more short
     async_calls=50_000,
     messages=200_000,
     big_messages=1000,
+    fanout_messages=20_000,  # to each of the 8 subscribers
     discovery_nodes=20,
     idle_seconds=10.0,
 )
@@ -323,6 +540,7 @@ QUICK = Sizes(
     async_calls=2_000,
     messages=2_000,
     big_messages=10,
+    fanout_messages=300,
     discovery_nodes=5,
     idle_seconds=1.0,
 )
@@ -428,7 +646,13 @@ def _codec_round(sizes: Sizes, raw: bool) -> float:
     return count / (time.perf_counter() - started)
 
 
-WORKLOADS = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery")
+WORKLOADS = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "fanout", "clients",
+             "latency", "discovery")
+UNITS = {
+    "rpc": "calls/s", "async-rpc": "calls/s", "clients": "calls/s", "codec": "round trips/s",
+    "pubsub": "msg/s", "pubsub-batched": "msg/s", "fanout": "msg/s", "large": "MiB/s",
+}
+LOSSY = frozenset({"pubsub", "pubsub-batched", "large", "fanout"})  # their notes count losses
 
 
 def run(
@@ -468,6 +692,8 @@ def run(
             continue
         raw_figures: list[float] = []
         our_figures: list[float] = []
+        raw_p99: list[float] = []
+        our_p99: list[float] = []
         lost = [0, 0]
         for index in range(rounds):
             for raw in (index % 2 == 0, index % 2 == 1):
@@ -476,8 +702,17 @@ def run(
                     figure = _rpc_round(sizes, raw)
                 elif workload == "async-rpc":
                     figure = _async_round(sizes, raw)
+                elif workload == "clients":
+                    figure = _clients_round(sizes, raw)
                 elif workload == "codec":
                     figure = _codec_round(sizes, raw)
+                elif workload == "latency":
+                    p50, p99 = _latency_round(sizes, raw)
+                    (raw_p99 if raw else our_p99).append(p99)
+                    figure = p50
+                elif workload == "fanout":
+                    figure, missing = _fanout_round(sizes, raw)
+                    lost[raw] += missing
                 else:
                     big = workload == "large"
                     count = sizes.big_messages if big else sizes.messages
@@ -487,19 +722,16 @@ def run(
                         figure = figure * BIG / (1 << 20)
                 (raw_figures if raw else our_figures).append(figure)
         raw_median, our_median = statistics.median(raw_figures), statistics.median(our_figures)
-        unit = {
-            "rpc": "calls/s",
-            "async-rpc": "calls/s",
-            "codec": "round trips/s",
-            "pubsub": "msg/s",
-            "pubsub-batched": "msg/s",
-            "large": "MiB/s",
-        }[workload]
-        note = (
-            f"lost raw {lost[1]}, zmqkit {lost[0]}"
-            if workload in ("pubsub", "pubsub-batched", "large")
-            else ""
-        )
+        if workload == "latency":  # lower is better: ratio = raw / zmqkit
+            for name, raws, ours in (("latency-p50", raw_figures, our_figures),
+                                     ("latency-p99", raw_p99, our_p99)):
+                raw_median, our_median = statistics.median(raws), statistics.median(ours)
+                results.append(Result(name, raw_median, our_median,
+                                      raw_median / our_median if our_median else 0.0,
+                                      "µs per call", "ratio = raw / zmqkit (lower is better)"))
+            continue
+        unit = UNITS[workload]
+        note = f"lost raw {lost[1]}, zmqkit {lost[0]}" if workload in LOSSY else ""
         results.append(
             Result(
                 workload,

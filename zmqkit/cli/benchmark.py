@@ -18,7 +18,8 @@ from .parsing import CommandParser, add_command, at_least_one
 
 __all__ = ["register"]
 
-CHOICES = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "discovery", "codec", "all")
+CHOICES = ("rpc", "async-rpc", "pubsub", "pubsub-batched", "large", "fanout", "clients", "latency",
+           "discovery", "codec", "all")  # bench.WORKLOADS and more, written out: bench loads late
 COLUMNS = ("workload", "raw pyzmq", "zmqkit", "ratio", "unit", "note")
 
 
