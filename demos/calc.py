@@ -1,7 +1,8 @@
 """The calculator node: serves add, mul, div, echo, sleep and a streaming count.
 
-``zmqkit demo calc`` runs one; every call is shown as it arrives (caller-side method, arguments,
-result and time taken): a live table on a terminal, timestamped lines otherwise.
+``zmqkit demo calc`` runs one; every call is shown as it arrives, as its caller wrote it
+(``add(1, 2) -> 3``, values as JSON, time taken): a live table on a terminal, timestamped lines
+otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from zmqkit.patterns import rpc
 
 from zmqkit import Node
 
-from .common import REFRESH, Clock, run_until
+from .common import REFRESH, Clock, call_text, line, run_until, value_text
 
 T = TypeVar("T")
 Report = Callable[[str, tuple[Any, ...], str, float], None]
@@ -32,7 +33,7 @@ class Calculator:
         self._report = report
 
     def _done(self, method: str, args: tuple[Any, ...], started: float, result: T) -> T:
-        self._report(method, args, repr(result), time.perf_counter() - started)
+        self._report(method, args, value_text(result), time.perf_counter() - started)
         return result
 
     def add(self, a: float, b: float) -> float:
@@ -72,36 +73,30 @@ class Calculator:
 def run(node_options: dict[str, Any], *, name: str = "calc", duration: float | None = None) -> int:
     """Serve a calculator as ``name`` until ``duration`` seconds pass (None: until Ctrl-C)."""
     console = Console()
-    recent: deque[tuple[str, str, str, str, str]] = deque(maxlen=15)
+    recent: deque[tuple[str, str, str, str]] = deque(maxlen=15)
 
     def report(method: str, args: tuple[Any, ...], result: str, seconds: float) -> None:
-        row = (  # callers' values are text, never rich markup
-            Clock.now(),
-            escape(method),
-            escape(", ".join(map(repr, args))),
-            escape(result),
-            f"{seconds * 1000:.2f} ms",
-        )
-        recent.append(row)
+        call, took = call_text(method, args), f"{seconds * 1000:.2f} ms"
+        recent.append((Clock.now(), call, result, took))
         if not console.is_terminal:
-            console.print(" ".join(row), highlight=False)
+            line(f"{call} -> {result} ({took})")
 
     def table() -> Table:
-        view = Table(title=f"calc node [bold]{name}[/] — calls as they arrive")
-        for column in ("time", "method", "args", "result", "took"):
-            view.add_column(column)
-        for row in recent:
-            view.add_row(*row)
+        view = Table(title=f"calc node [bold]{escape(name)}[/] — calls as they arrive")
+        for column in ("time", "call", "result", "took"):
+            view.add_column(column, overflow="fold")
+        for row in recent:  # callers' values are text, never rich markup
+            view.add_row(*(escape(cell) for cell in row))
         return view
 
     with Node(name, **node_options) as node:
         rpc.serve(node, Calculator(report))
-        console.print(
-            f"{name} serving at {node.endpoints['rpc']} (beacon port {node.port})", highlight=False
-        )
-        if console.is_terminal:
-            with Live(table(), console=console, refresh_per_second=8) as live:
-                run_until(duration, lambda: time.sleep(REFRESH), every=lambda: live.update(table()))
-        else:
+        serving = f"{name} serving at {node.endpoints['rpc']} (beacon port {node.port})"
+        if not console.is_terminal:
+            print(serving, flush=True)
             run_until(duration, lambda: time.sleep(0.05))
+            return 0
+        console.print(escape(serving), highlight=False)
+        with Live(table(), console=console, refresh_per_second=8) as live:
+            run_until(duration, lambda: time.sleep(REFRESH), every=lambda: live.update(table()))
     return 0

@@ -1,8 +1,10 @@
 """The chat node: a group chat over ``zmqkit.patterns.groups``, one node per terminal.
 
-``zmqkit demo chat --name alice`` joins the group ``lobby``: type a line and press Enter, and
-every other chat node shows it with your name; joins and departures show up too. With no terminal
-on stdin (or with ``--script FILE``) it sends scripted lines instead, so it can run headless.
+``zmqkit demo chat --name alice`` joins the group ``lobby`` and says each line it reads, and every
+other chat node shows it with its speaker's name; joins and departures show up too. Lines come
+from the terminal (type a line and press Enter; Ctrl-D leaves), from a pipe or a file on standard
+input (``printf 'hi\\n' | zmqkit demo chat``: it says each line, then leaves at the end of the
+input), or from ``--script`` lines, said one every 0.7 s (then it stays and listens).
 """
 
 from __future__ import annotations
@@ -24,25 +26,34 @@ from .common import Clock, run_until
 
 GROUP = "lobby"
 SCRIPT_PAUSE = 0.7  # seconds between scripted lines
-FIRST_LINE_WAIT = 3.0  # a scripted chat waits this long at most for someone to talk to
+FIRST_LINE_WAIT = 3.0  # a chat with lines to say waits this long at most for someone to hear them
 SETTLE = 0.5  # after someone joins: time for both sides to connect before the first line
-DEFAULT_SCRIPT = ("hello from {name}", "anyone else here?", "{name} signing off")
+LAST_WORDS = 0.5  # after the end of the input: time for the last lines to reach the others
 
 
-def _scripted_lines(name: str, script: list[str] | None) -> Iterator[str]:
-    if script is None:
-        yield from (line.format(name=name) for line in DEFAULT_SCRIPT)
-    else:
-        yield from script
+class Lines:
+    """Where a chat's own lines come from: a script, or standard input (a terminal or not)."""
 
+    def __init__(self, script: list[str] | None, stdin: TextIO) -> None:
+        self._script: Iterator[str] | None = iter(script) if script is not None else None
+        self._stdin = stdin
+        self.typed = script is None and stdin.isatty()
+        self.ended = False  # the input is over (Ctrl-D, end of a pipe or a file)
 
-def _typed_line(stream: TextIO) -> str | None:
-    """A line typed on a terminal, if one is ready (never waits)."""
-    readable, _, _ = select.select([stream], [], [], 0)
-    if not readable:
-        return None
-    line = stream.readline()
-    return line.rstrip("\n") if line else None
+    def next(self) -> str | None:
+        """The next line, if one is ready now (never waits)."""
+        if self._script is not None:
+            return next(self._script, None)
+        if self.ended:
+            return None
+        readable, _, _ = select.select([self._stdin], [], [], 0)
+        if not readable:
+            return None
+        text = self._stdin.readline()
+        if not text:
+            self.ended = True
+            return None
+        return text.rstrip("\n")
 
 
 def run(
@@ -52,56 +63,59 @@ def run(
     duration: float | None = None,
     script: list[str] | None = None,
 ) -> int:
-    """Chat in the lobby until ``duration`` passes (None: until Ctrl-C)."""
+    """Chat in the lobby until ``duration`` passes (None: until Ctrl-C or the input ends)."""
     console = Console(highlight=False)
-    interactive = script is None and sys.stdin.isatty()
-    scripted = None if interactive else _scripted_lines(name, script)
+    lines = Lines(script, sys.stdin)
+    pause = SCRIPT_PAUSE if script is not None else 0.0
+    waiting_for_company = not lines.typed  # lines to say at once: wait until someone can hear
     next_line_at = time.monotonic() + FIRST_LINE_WAIT
+    leave_at: float | None = None
+
+    def say(text: str) -> None:
+        if console.is_terminal:
+            console.print(text)
+        else:  # a pipe: plain, timestamped, never wrapped
+            console.print(f"{Clock.now()} {text}", soft_wrap=True)
 
     def show(event: GroupEvent) -> None:
-        stamp = "" if console.is_terminal else f"{Clock.now()} "
         peer, group, body = escape(event.peer), escape(str(event.group)), escape(str(event.body))
         if event.kind is GroupEventKind.SHOUT:
-            console.print(f"{stamp}[bold cyan]<{peer}>[/] {body}")
+            say(f"[bold cyan]<{peer}>[/] {body}")
         elif event.kind is GroupEventKind.WHISPER:
-            console.print(f"{stamp}[magenta]({peer} whispers)[/] {body}")
+            say(f"[magenta]({peer} whispers)[/] {body}")
         elif event.kind is GroupEventKind.JOIN:
-            console.print(f"{stamp}[green]* {peer} joined {group}[/]")
+            say(f"[green]* {peer} joined {group}[/]")
         elif event.kind is GroupEventKind.LEAVE:
-            console.print(f"{stamp}[yellow]* {peer} left {group}[/]")
+            say(f"[yellow]* {peer} left {group}[/]")
         else:
-            console.print(f"{stamp}[red]* {peer} is gone ({body})[/]")
+            say(f"[red]* {peer} is gone ({body})[/]")
 
     with Node(name, **node_options) as node, Groups(node) as chat:
         chat.join(GROUP)
-        console.print(
-            f"{name} in {GROUP!r} (beacon port {node.port})"
-            + (": type a line and press Enter" if interactive else "")
+        say(
+            escape(f"{name} in {GROUP!r} (beacon port {node.port})")
+            + (": type a line and press Enter (Ctrl-D leaves)" if lines.typed else "")
         )
 
-        waiting_for_company = scripted is not None
-
-        def step() -> None:
-            nonlocal next_line_at, scripted, waiting_for_company
-            if waiting_for_company and (chat.members(GROUP) or time.monotonic() >= next_line_at):
+        def step() -> bool:
+            nonlocal next_line_at, waiting_for_company, leave_at
+            now = time.monotonic()
+            if waiting_for_company and (chat.members(GROUP) or now >= next_line_at):
                 waiting_for_company = False  # someone to talk to, or tired of waiting
-                next_line_at = min(next_line_at, time.monotonic() + SETTLE)
-            line = _typed_line(sys.stdin) if interactive else None
-            if (
-                scripted is not None
-                and not waiting_for_company
-                and time.monotonic() >= next_line_at
-            ):
-                line = next(scripted, None)
-                next_line_at = time.monotonic() + SCRIPT_PAUSE
-            if line:
-                chat.shout(GROUP, line)
-                console.print(
-                    f"{'' if console.is_terminal else Clock.now() + ' '}"
-                    f"[bold]<{escape(name)}>[/] {escape(line)}"
-                )
+                next_line_at = min(next_line_at, now + SETTLE)
+            if not waiting_for_company and now >= next_line_at:
+                text = lines.next()
+                if text:
+                    chat.shout(GROUP, text)
+                    say(f"[bold]<{escape(name)}>[/] {escape(text)}")
+                    next_line_at = now + pause
+            if lines.ended and leave_at is None:
+                leave_at = now + LAST_WORDS
             with contextlib.suppress(Timeout):  # nothing said in this look: fine
                 show(chat.recv(0.05))
+            return leave_at is None or time.monotonic() < leave_at
 
         run_until(duration, step)
+        if lines.ended:
+            say(escape(f"{name} leaves {GROUP!r}: end of input"))
     return 0

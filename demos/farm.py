@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
 from rich.console import Console, Group
@@ -25,26 +26,24 @@ from zmqkit.patterns import farm
 
 from zmqkit import Node, Timeout, default_port
 
-from .common import Clock, run_until
+from .common import EXIT_INTERRUPTED, line, run_until
 
 FARM = "demo-farm"
 TASK_SECONDS = 0.03  # each task "works" this long, so that the workers share the load visibly
 EXPIRY = 2.0  # the ventilator declares a killed worker gone this long after its last beacon
 
 
-def square_slowly(x: int) -> dict[str, Any]:
+def square_slowly(x: int, *, worker: str) -> dict[str, Any]:
     """The task: square a number, slowly, and say which worker did it."""
     time.sleep(TASK_SECONDS)
-    return {"value": x * x, "worker": f"pid {os.getpid()}"}
+    return {"value": x * x, "worker": worker}
 
 
 def work(node_options: dict[str, Any], *, name: str, duration: float | None = None) -> int:
     """Run one farm worker until ``duration`` passes (or it is stopped)."""
     with Node(name, **node_options) as node:
-        farm.serve_worker(node, square_slowly, FARM, slots=2)
-        Console().print(
-            f"{Clock.now()} {name} (pid {os.getpid()}) works for {FARM!r}", highlight=False
-        )
+        farm.serve_worker(node, partial(square_slowly, worker=name), FARM, slots=2)
+        line(f"{name} (pid {os.getpid()}) works for {FARM!r}")
         run_until(duration, lambda: time.sleep(0.1))
     return 0
 
@@ -80,15 +79,16 @@ class FarmRun:
         self.tasks = tasks
         self.ids = [self.submitter.submit(x) for x in range(tasks)]
         self.done: dict[int, int] = {}
-        self.per_worker: Counter[str] = Counter()
+        self.per_worker: Counter[str] = Counter()  # tasks done, each counted once
 
     def take(self, timeout: float) -> bool:
         """Take the results that have come; False once every task is done."""
         try:
             for result in self.submitter.as_completed(timeout=timeout):
                 value = result.unwrap()
+                if result.task_id not in self.done:
+                    self.per_worker[value["worker"]] += 1
                 self.done[result.task_id] = value["value"]
-                self.per_worker[value["worker"]] += 1
                 if len(self.done) == self.tasks:
                     break
         except Timeout:
@@ -99,8 +99,20 @@ class FarmRun:
         """Every task done, each with the right square."""
         return all(self.done.get(task) == x * x for x, task in enumerate(self.ids))
 
+    def shares(self) -> str:
+        """Tasks done per worker, as text: ``worker-1 14, worker-2 38``."""
+        return ", ".join(f"{worker} {count}" for worker, count in sorted(self.per_worker.items()))
+
     def close(self) -> None:
         self.submitter.close()
+
+
+def killed_line(victim: str, pid: int, job: FarmRun) -> str:
+    """What the farm says when it kills a worker (the count is of all workers' tasks)."""
+    return (
+        f"killed {victim} (pid {pid}) with SIGKILL when {len(job.done)} of the {job.tasks} "
+        "tasks were done: its unfinished tasks move to the others"
+    )
 
 
 def run(
@@ -113,61 +125,90 @@ def run(
     """Farm ``tasks`` tasks out to ``workers`` worker processes, killing one on the way."""
     console = Console(highlight=False)
     port = default_port() if node_options["port"] is None else int(node_options["port"])
-    procs = [spawn_worker(f"worker-{i + 1}", port, (duration or 60) + 10) for i in range(workers)]
+    names = [f"worker-{i + 1}" for i in range(workers)]
+    procs: list[subprocess.Popen[bytes]] = []
+    with Node("ventilator", expiry=EXPIRY, **node_options) as node:
+        job = FarmRun(node, tasks)  # queued until the workers appear
+        try:
+            procs += [spawn_worker(name, port, (duration or 60) + 10) for name in names]
+            _farm_out(console, job, procs, names, duration)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+        finally:
+            job.close()
+            _stop(procs)
+    shares = f"per worker: {job.shares() or 'none'}"
+    if interrupted:
+        console.print(
+            f"interrupted (Ctrl-C) when {len(job.done)}/{tasks} tasks were done; {shares}; "
+            f"the ventilator and the {workers} worker processes are stopped",
+            soft_wrap=True,
+        )
+        return EXIT_INTERRUPTED
+    right = job.correct()
+    console.print(
+        f"{len(job.done)}/{tasks} tasks done"
+        + ("" if len(job.done) == tasks else " (the duration ended first)")
+        + f"; every result right: {'yes' if right else 'no'}; {shares}; "
+        f"duplicates: {job.submitter.duplicates}",
+        soft_wrap=True,
+    )
+    wrong = [task for task in job.done if job.done[task] != job.ids.index(task) ** 2]
+    return 1 if wrong else 0
+
+
+def _farm_out(
+    console: Console,
+    job: FarmRun,
+    procs: list[subprocess.Popen[bytes]],
+    names: list[str],
+    duration: float | None,
+) -> None:
+    """Take results until every task is done (or ``duration`` ends), killing the first worker
+    a third of the way through; a live view on a terminal, a line per event otherwise."""
     killed = ""
-    try:
-        with Node("ventilator", expiry=EXPIRY, **node_options) as node:
-            job = FarmRun(node, tasks)
-            bar = Progress(
-                TextColumn("tasks"), BarColumn(), TextColumn("{task.completed}/{task.total}")
-            )
-            progress = bar.add_task("tasks", total=tasks)
+    bar = Progress(TextColumn("tasks"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    progress = bar.add_task("tasks", total=job.tasks)
 
-            def view() -> Group:
-                table = Table(title="tasks done per worker")
-                table.add_column("worker")
-                table.add_column("tasks", justify="right")
-                for worker, count in sorted(job.per_worker.items()):
-                    table.add_row(escape(worker), str(count))
-                return Group(bar, table, f"[red]{killed}[/]" if killed else "")
+    def view() -> Group:
+        bar.update(progress, completed=len(job.done))
+        table = Table(title="tasks done per worker")
+        table.add_column("worker")
+        table.add_column("tasks", justify="right")
+        for worker, count in sorted(job.per_worker.items()):
+            gone = " (killed)" if killed and worker == names[0] else ""
+            table.add_row(escape(worker + gone), str(count))
+        table.add_row("[bold]all[/]", f"[bold]{sum(job.per_worker.values())}[/]")
+        return Group(bar, table, f"[red]{escape(killed)}[/]" if killed else "")
 
-            def step() -> bool:
-                nonlocal killed
-                more = job.take(0.1)
-                bar.update(progress, completed=len(job.done))
-                if not killed and len(job.done) >= tasks // 3 and workers > 1:
-                    procs[0].kill()
-                    killed = (
-                        f"killed worker-1 (pid {procs[0].pid}) with SIGKILL after "
-                        f"{len(job.done)} tasks: its tasks move to the others"
-                    )
-                    if not console.is_terminal:
-                        console.print(f"{Clock.now()} {killed}")
-                return more
+    def step() -> bool:
+        nonlocal killed
+        more = job.take(0.1)
+        if not killed and len(job.done) >= job.tasks // 3 and len(procs) > 1:
+            procs[0].kill()
+            killed = killed_line(names[0], procs[0].pid, job)
+            if not console.is_terminal:
+                line(killed)
+        return more
 
-            try:
-                if console.is_terminal:
-                    with Live(view(), console=console, refresh_per_second=8) as live:
-                        run_until(duration, step, every=lambda: live.update(view()))
-                else:
-                    run_until(duration, step)
-            finally:
-                job.close()
-            finished = len(job.done) == tasks
-            console.print(
-                f"{len(job.done)}/{tasks} tasks done"
-                + ("" if finished else " (the duration ended first)")
-                + f", every result right: {job.correct()}; per worker: {dict(job.per_worker)}; "
-                f"duplicates: {job.submitter.duplicates}"
-            )
-            wrong = [task for task in job.done if job.done[task] != job.ids.index(task) ** 2]
-            return 1 if wrong else 0
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(3)
+    if not console.is_terminal:
+        run_until(duration, step)
+        return
+    with Live(view(), console=console, refresh_per_second=8) as live:
+        try:
+            run_until(duration, step, every=lambda: live.update(view()))
+        finally:
+            live.update(view())  # the last frame shows the last results
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(3)

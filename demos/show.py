@@ -3,9 +3,11 @@
 ``zmqkit demo`` (and ``make demo``) starts calc, ticker and other demo nodes as separate
 processes on loopback, on a random beacon port so that it never meets other nodes of the machine.
 A director node (this process) finds them by name and runs the acts: discovery, RPC calls with a
-remote error and a timeout, pub/sub ticks, the acts of the other patterns, a node leaving and one
-expiring. It shows one live dashboard on a terminal (plain timestamped lines otherwise), stops
-every process it started, prints a summary and exits 0, or 1 with a one-line reason.
+remote error and a timeout, pub/sub ticks, a task farm that loses a worker, a chat, a node leaving
+and one expiring. Each act's nodes and events belong to it: the chat nodes start in the chat act,
+the ticks are counted in the pub/sub act. It shows one live dashboard on a terminal (laid out to
+fit from 80x24 up; plain timestamped lines in a pipe), stops every process it started, prints a
+summary and exits 0, or 1 with a one-line reason, or 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.panel import Panel
+from rich.markup import escape
 from rich.table import Table
 from zmqkit.patterns import pubsub, rpc
 from zmqkit.patterns.groups import GroupEventKind, Groups
 
 import zmqkit
 
-from .common import Clock
+from .common import EXIT_INTERRUPTED, Clock, call_text, value_text
+from .dashboard import Board, render
 from .farm import FarmRun
 
 DEFAULT_DURATION = 60.0
 EXPIRY = 2.5  # the director declares a silent node gone after this (the nodes beacon every 1 s)
 WORKERS = ("worker-1", "worker-2", "worker-3")
 FARM_TASKS = 60
+CHATTERS = ("alice", "bob")
+CHAT_SCRIPT = ("hello from {name}", "anyone else here?", "{name} signing off")
 
 
 class ShowFailed(Exception):
@@ -88,14 +93,18 @@ class Show:
     def __init__(self, console: Console, port: int, duration: float) -> None:
         self.console = console
         self.port = port
-        self.ends_at = time.monotonic() + duration
+        self.started = time.monotonic()
+        self.ends_at = self.started + duration
+        self.finished: float | None = None  # when the last act ended
         self.duration = duration
         self.children: dict[str, Child] = {}
         self.acts: list[Act] = []
         self.current = "starting"
-        self.calls: deque[tuple[str, str, str, str]] = deque(maxlen=8)
-        self.events: deque[str] = deque(maxlen=8)
+        self.calls: list[tuple[str, str, str]] = []
+        self.events: deque[str] = deque(maxlen=100)
+        self.silence: dict[str, float] = {}  # peer name -> seconds unheard when it expired
         self.ticks = 0
+        self.tick_seconds: float | None = None  # how long the ticks were counted, once done
         self.tick_gaps = 0
         self.prices: dict[str, float] = {}
         self.progress: dict[str, tuple[int, int]] = {}  # act -> (done, total), for progress bars
@@ -148,49 +157,55 @@ class Show:
     # -- the screen ------------------------------------------------------------------------------
 
     def say(self, line: str) -> None:
-        self.events.append(f"{Clock.now()} {line}")
+        """An event of the current act: on the dashboard, or a line of its own in a pipe."""
+        stamped = f"{Clock.now()} {line}"
+        self.events.append(escape(stamped))
         if self.live is None:
-            self.console.print(f"{Clock.now()} {line}", highlight=False)
+            self.console.print(stamped, highlight=False, markup=False, soft_wrap=True)
 
-    def dashboard(self) -> Group:
-        peers = Table(title="peers (found by beacon)", expand=True)
-        for column in ("name", "uuid", "serves", "age"):
-            peers.add_column(column)
+    def on_peer_event(self, event: zmqkit.PeerEvent) -> None:
+        """A presence event (on the beacon thread): noted, with the silence of an expiry."""
+        if event.kind is zmqkit.EventKind.EXPIRED:
+            self.silence[event.peer.name] = time.monotonic() - event.peer.last_seen
+        if self.finished is not None:
+            return  # the nodes the show stops after its last act: the summary says so
+        self.events.append(escape(f"{Clock.now()} {event}"))
+        if self.live is None:
+            self.console.print(f"{Clock.now()} {event}", highlight=False, markup=False)
+
+    def dashboard(self) -> RenderableType:
+        """The live dashboard, laid out to the terminal's size now."""
         now = time.monotonic()
-        for peer in sorted(self.node.peers(), key=lambda p: p.name):
-            peers.add_row(
-                peer.name,
-                peer.uuid.hex[:8],
-                ", ".join(sorted(peer.endpoints)),
-                f"{peer.age(now):.1f}s",
-            )
-        calls = Table(title="calls", expand=True)
-        for column in ("method", "args", "result", "ms"):
-            calls.add_column(column)
-        for row in self.calls:
-            calls.add_row(*row)
-        ticks = ", ".join(f"{sym} {px:,.2f}" for sym, px in sorted(self.prices.items()))
-        lines = [f"[bold]ticks[/] {self.ticks} received, {self.tick_gaps} missed  {ticks}"]
-        lines += [f"[bold]lobby[/] {line}" for line in self.chat_lines[-3:]]
+        peers = self.node.peers()
+        ticks = f"[bold]ticks[/] {self.ticks} received"
+        if self.tick_seconds is not None:
+            ticks += f" in {self.tick_seconds:.1f} s"
+        ticks += f", {self.tick_gaps} missed  "
+        ticks += escape(", ".join(f"{sym} {px:,.2f}" for sym, px in sorted(self.prices.items())))
+        lines = [ticks]
         for act, (done, total) in self.progress.items():
-            filled = int(30 * done / total) if total else 0
+            filled = int(24 * done / total) if total else 0
             lines.append(
-                f"[bold]{act}[/] [green]{'█' * filled}[/]{'░' * (30 - filled)} {done}/{total}"
+                f"[bold]{act}[/] [green]{'█' * filled}[/]{'░' * (24 - filled)} {done}/{total}"
             )
-        top = Table.grid(expand=True)
-        top.add_column(ratio=1)
-        top.add_column(ratio=1)
-        top.add_row(peers, calls)
-        return Group(
-            Panel(
-                f"[bold]zmqkit show[/] — beacon port {self.port} — act: [cyan]{self.current}[/] — "
-                f"{max(0.0, self.ends_at - now):.0f} s left",
-                style="blue",
-            ),
-            top,
-            Panel("\n".join(lines), title="pub/sub and patterns"),
-            Panel("\n".join(self.events) or "-", title="events"),
+        lines += [f"[bold]lobby[/] {escape(line)}" for line in self.chat_lines[-2:]]
+        if self.finished is None:
+            act = f"act {len(self.acts)}/{len(ACTS)}: {self.current}"
+            clock = f"{now - self.started:.1f} s"
+        else:
+            ok = sum(act.ok for act in self.acts)
+            act, clock = "done", f"{ok}/{len(self.acts)} acts ok in {self.finished:.1f} s"
+        board = Board(
+            port=self.port,
+            act=act,
+            clock=clock,
+            peers=peers,
+            calls=self.calls,
+            patterns=lines,
+            events=list(self.events),
+            ages={peer.uuid.hex: f"{peer.age(now):.1f}s" for peer in peers},
         )
+        return render(board, self.console.size.width, self.console.size.height)
 
     def on_interrupt(self, _signal: int, _frame: object) -> None:
         """Ctrl-C: noted here, acted on at the next wait, so that no node the show has just
@@ -235,7 +250,7 @@ class Show:
                 return
             if event.kind is GroupEventKind.SHOUT:
                 self.chat_lines.append(f"<{event.peer}> {event.body}")
-                self.say(f"chat <{event.peer}> {event.body}")
+                self.say(f"lobby <{event.peer}> {event.body}")
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float) -> float:
         """Pump until ``check()`` holds; return how long it took."""
@@ -258,16 +273,12 @@ class Show:
     def discovery(self) -> None:
         act = self.act("discovery")
         started = time.monotonic()
-        self.chat = Groups(self.node)
-        self.chat.join("lobby")
         for name in ("calc", "calc-2"):
             self.spawn(name, "calc")
         self.spawn("ticker", "ticker", "--rate", "25")
-        for name in ("alice", "bob"):
-            self.spawn(name, "chat")
         for name in WORKERS:
             self.spawn(name, "farm", "--worker")
-        wanted = {"calc", "calc-2", "ticker", "alice", "bob", *WORKERS}
+        wanted = {"calc", "calc-2", "ticker", *WORKERS}
 
         def everyone_found() -> bool:
             found = {peer.name for peer in self.node.peers()}
@@ -291,10 +302,10 @@ class Show:
             ):
                 started = time.perf_counter()
                 result = calc.call_with(method, args)
-                self.record(act, method, args, repr(result), started)
+                self.record(act, method, args, value_text(result), started)
             started = time.perf_counter()
             items = list(calc.stream("count", 5))
-            self.record(act, "count", (5,), f"streamed {items}", started)
+            self.record(act, "count", (5,), f"streamed {value_text(items)}", started)
             started = time.perf_counter()
             try:
                 calc.div(1, 0)
@@ -308,7 +319,8 @@ class Show:
             except zmqkit.Timeout:
                 self.record(act, "sleep", (3,), "Timeout after 0.5 s", started)
             started = time.perf_counter()
-            self.record(act, "add", (1, 1), repr(calc.add(1, 1)) + " (after the timeout)", started)
+            recovered = value_text(calc.add(1, 1))
+            self.record(act, "add", (1, 1), f"{recovered} (after the timeout)", started)
         act.ok = True
         act.result = f"{act.count} calls: values, a stream, a remote error, a timeout, a recovery"
 
@@ -318,21 +330,22 @@ class Show:
         took = time.perf_counter() - started
         act.count += 1
         act.latencies.append(took)
-        self.calls.append((method, ", ".join(map(repr, args)), result, f"{took * 1000:.2f}"))
-        self.say(f"{method}{args} -> {result} ({took * 1000:.2f} ms)")
+        call = call_text(method, args)
+        self.calls.append((call, result, f"{took * 1000:.2f}"))
+        self.say(f"{call} -> {result} ({took * 1000:.2f} ms)")
         self.pump(0.15)
 
     def ticks_act(self) -> None:
         act = self.act("pub/sub")
         self.ticks_sub = pubsub.Subscriber(self.node, "ticks")
         self.ticks_sub.wait_for_publishers(timeout=5.0)
-        before = self.ticks
         started = time.monotonic()
         self.pump(3.0)
-        act.count = self.ticks - before
-        act.result = (
-            f"{act.count} ticks in {time.monotonic() - started:.1f} s, {self.tick_gaps} missed"
-        )
+        self.ticks_sub.close()  # the ticks on screen are the ticks of this act
+        self.ticks_sub = None
+        self.tick_seconds = time.monotonic() - started
+        act.count = self.ticks
+        act.result = f"{act.count} ticks in {self.tick_seconds:.1f} s, {self.tick_gaps} missed"
         act.ok = act.count > 0
         if not act.ok:
             raise ShowFailed("no tick arrived from the ticker")
@@ -348,8 +361,7 @@ class Show:
                 if victim.process.poll() is None and len(job.done) >= FARM_TASKS // 3:
                     victim.kill()
                     self.say(
-                        f"killed {victim.name} (SIGKILL) after {len(job.done)} tasks in all: "
-                        "its tasks move to the other workers"
+                        f"killed {victim.name} (SIGKILL) at {len(job.done)}/{FARM_TASKS} done"
                     )
                 self.pump(0.0)
             self.progress["farm"] = (len(job.done), FARM_TASKS)
@@ -360,20 +372,30 @@ class Show:
         act.latencies.append(time.monotonic() - started)
         act.count = len(job.done)
         act.ok = True
-        workers = ", ".join(f"{count}" for _, count in sorted(job.per_worker.items()))
         act.result = (
-            f"{act.count}/{FARM_TASKS} tasks, none lost though a worker was killed; "
-            f"per worker {workers}; {job.submitter.duplicates} duplicates"
+            f"{act.count}/{FARM_TASKS} tasks, none lost though {victim.name} was killed; "
+            f"per worker: {job.shares()}; {job.submitter.duplicates} duplicates"
         )
 
     def chat_act(self) -> None:
         act = self.act("chat")
+        self.chat = Groups(self.node)
+        self.chat.join("lobby")
+        for name in CHATTERS:
+            script = os.path.join(self.logs.name, f"{name}.chat")
+            with open(script, "w", encoding="utf-8") as lines:
+                lines.writelines(line.format(name=name) + "\n" for line in CHAT_SCRIPT)
+            self.spawn(name, "chat", "--script", script)
 
-        def both_spoke() -> bool:
-            speakers = {line.split(">")[0][1:] for line in self.chat_lines}
-            return {"alice", "bob"} <= speakers and len(self.chat_lines) >= 4
+        def all_said() -> bool:  # every line of both scripts, so none spills into the next act
+            return len(self.chat_lines) >= len(CHATTERS) * len(CHAT_SCRIPT)
 
-        self.wait_until("alice and bob chatting in the lobby", both_spoke, 15.0)
+        try:
+            self.wait_until("alice and bob chatting in the lobby", all_said, 15.0)
+        except ShowFailed as failure:  # say what the chat nodes said last
+            last = {name: (self.child_log(name).strip().splitlines() or ["-"])[-1]
+                    for name in CHATTERS}
+            raise ShowFailed(f"{failure} (their logs end: {last})") from None
         act.count = len(self.chat_lines)
         act.ok = True
         act.result = f"{act.count} lines shouted in 'lobby' by alice and bob (groups pattern)"
@@ -388,30 +410,26 @@ class Show:
         self.children["ticker"].kill()  # SIGKILL: no goodbye, so it must expire
         self.say("ticker killed (SIGKILL): waiting for it to expire")
         expired = self.wait_until(
-            "the killed ticker expiring", lambda: not self.node.peers("ticker"), EXPIRY + 3.0
+            "the killed ticker expiring", lambda: "ticker" in self.silence, EXPIRY + 3.0
         )
+        silence = self.silence["ticker"]
         self.say(
-            f"ticker declared gone {expired:.1f} s after the kill "
-            f"({EXPIRY} s after its last beacon)"
+            f"ticker gone {expired:.1f} s after the kill, {silence:.1f} s after its last beacon"
         )
         act.latencies += [left, expired]
         act.count = 2
         act.ok = True
-        act.result = f"left seen in {left * 1000:.0f} ms; killed node expired in {expired:.1f} s"
+        act.result = (
+            f"left seen in {left * 1000:.0f} ms; the killed node expired {expired:.1f} s after "
+            f"the kill, unheard for {silence:.1f} s (expiry {EXPIRY:g} s)"
+        )
 
     # -- the whole show ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        acts = [
-            self.discovery,
-            self.calls_act,
-            self.ticks_act,
-            self.farm_act,
-            self.chat_act,
-            self.leave_and_expire,
-        ]
+        acts = [getattr(self, method) for method in ACTS]
         with self.node:
-            self.node.on_event(lambda event: self.events.append(f"{Clock.now()} {event}"))
+            self.node.on_event(self.on_peer_event)
             try:
                 if self.console.is_terminal:
                     with Live(
@@ -422,12 +440,11 @@ class Show:
                     ) as self.live:
                         for act in acts:
                             act()
-                        self.current = "done"
-                        self.live.update(self.dashboard())
-                    self.live = None
+                        self.finish()
                 else:
                     for act in acts:
                         act()
+                    self.finish()
             finally:
                 self.live = None
                 if self.ticks_sub is not None:
@@ -436,19 +453,35 @@ class Show:
                     self.chat.close()
                 self.stop_all()
 
-    def summary(self) -> Table:
+    def finish(self) -> None:
+        self.finished = time.monotonic() - self.started
+        self.current = "done"
+        self.say(f"done: {len(self.acts)} acts in {self.finished:.1f} s")
+        if self.live is not None:
+            self.live.update(self.dashboard(), refresh=True)
+
+    def summary(self) -> None:
+        """The summary: a table on a terminal, a line per act in a pipe."""
+        rows = [
+            (act.name, "yes" if act.ok else "no", str(act.count), act.median_ms(), act.result)
+            for act in self.acts
+        ]
+        columns = ("act", "ok", "count", "median ms", "what happened")
+        if not self.console.is_terminal:
+            print("zmqkit show: summary", flush=True)
+            for row in rows:
+                print(" | ".join(row), flush=True)
+            return
         table = Table(title="zmqkit show: summary")
-        for column in ("act", "ok", "count", "median ms", "what happened"):
+        for column in columns:
             table.add_column(column)
-        for act in self.acts:
-            table.add_row(
-                act.name,
-                "[green]yes[/]" if act.ok else "[red]no[/]",
-                str(act.count),
-                act.median_ms(),
-                act.result,
-            )
-        return table
+        for name, ok, count, median, result in rows:
+            okay = "[green]yes[/]" if ok == "yes" else "[red]no[/]"
+            table.add_row(escape(name), okay, count, median, escape(result))
+        self.console.print(table)
+
+
+ACTS = ("discovery", "calls_act", "ticks_act", "farm_act", "chat_act", "leave_and_expire")
 
 
 def run(
@@ -461,16 +494,16 @@ def run(
     try:
         show.run()
     except ShowFailed as failure:
-        console.print(show.summary())
-        console.print(f"[red]show failed[/]: {failure}")
+        show.summary()
+        console.print(f"[red]show failed[/]: {escape(str(failure))}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: every node the show started has been stopped")
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
         show.logs.cleanup()
-    console.print(show.summary())
+    show.summary()
     console.print(
         "[green]done[/]: every node said goodbye or was stopped; nothing is left running."
     )

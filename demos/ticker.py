@@ -20,7 +20,7 @@ from zmqkit.patterns import pubsub
 
 from zmqkit import Node, Timeout
 
-from .common import Clock, run_until
+from .common import line, run_until, value_text
 
 SYMBOLS = ("ABC", "XYZ", "ZMQ", "PY", "CBOR")
 TOPIC = "ticks"
@@ -38,9 +38,11 @@ def publish(
     prices = {symbol: 100.0 + 10 * index for index, symbol in enumerate(SYMBOLS)}
     with Node(name, **node_options) as node:
         publisher = pubsub.Publisher(node)
-        console.print(
-            f"{name} publishing {TOPIC!r} at {rate:g}/s from {publisher.endpoint}", highlight=False
-        )
+        started = f"{name} publishing {TOPIC!r} at {rate:g}/s from {publisher.endpoint}"
+        if console.is_terminal:
+            console.print(escape(started), highlight=False)
+        else:
+            print(started, flush=True)
         interval = 1.0 / rate if rate > 0 else 0.0
         next_at = time.monotonic()
 
@@ -52,7 +54,7 @@ def publish(
                 TOPIC, {"sym": symbol, "px": prices[symbol], "qty": random.randint(1, 10) * 100}
             )
             if not console.is_terminal and seq % max(1, int(rate)) == 0:
-                console.print(f"{Clock.now()} published {seq} ticks", highlight=False)
+                line(f"published {seq} ticks")
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -96,9 +98,7 @@ def watch(
             )
             if not console.is_terminal:
                 gap = f" (missed {message.gap})" if message.gap else ""
-                console.print(
-                    f"{Clock.now()} {message.publisher}#{message.seq}{gap} {data}", highlight=False
-                )
+                line(f"{message.publisher}#{message.seq}{gap} {value_text(message.data)}")
 
         if console.is_terminal:
             with Live(table(), console=console, refresh_per_second=8) as live:

@@ -21,7 +21,9 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
             ("mkdir ring && cp server.pub client.pub ring/", "a keyring is a directory"),
         ],
     )
-    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    actions = keys.add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True, help="what to do with keys"
+    )
     new_keys = add_command(
         actions,
         "new",

@@ -86,8 +86,7 @@ def run_peers(args: argparse.Namespace, out: Output) -> int:
     with make_node(args, announce=False) as node:
         if args.watch:
             return _watch(node, args, out)
-        time.sleep(args.wait)
-        peers = node.peers()
+        peers = node.gather(timeout=args.wait)  # returns once the answers are in
     rows = peer_rows(peers)
     if args.json:
         out.value(rows, compact=True)
