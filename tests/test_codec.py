@@ -30,7 +30,10 @@ from zmqkit.codec import (
     encode,
     encode_beacon,
     encode_cancel,
+    encode_credit,
     encode_error,
+    encode_flow_end,
+    encode_flow_item,
     encode_publish,
     encode_publish_batch,
     encode_reply,
@@ -57,6 +60,9 @@ FIELD_COUNTS = {
     Kind.CANCEL: 1,
     Kind.PUBLISH: 4,
     Kind.PUBLISH_BATCH: 4,
+    Kind.CREDIT: 2,
+    Kind.FLOW_ITEM: 3,
+    Kind.FLOW_END: 2,
 }
 
 # A payload that uses every value type the wire carries.
@@ -125,6 +131,14 @@ ROUND_TRIPS = [
     ),
     pytest.param(encode_stream_end(3), [VERSION, Kind.STREAM_END, 3], id="stream-end"),
     pytest.param(encode_cancel(3), [VERSION, Kind.CANCEL, 3], id="cancel"),
+    pytest.param(encode_credit(3, 512), [VERSION, Kind.CREDIT, 3, 512], id="credit"),
+    pytest.param(
+        encode_flow_item(3, 2**64 - 1, PAYLOAD), [VERSION, Kind.FLOW_ITEM, 3, 2**64 - 1, PAYLOAD],
+        id="flow-item",
+    ),
+    pytest.param(encode_flow_item(3, 0, b"\x00" * 30),
+                 [VERSION, Kind.FLOW_ITEM, 3, 0, b"\x00" * 30], id="flow-item-bytes"),
+    pytest.param(encode_flow_end(3, 0), [VERSION, Kind.FLOW_END, 3, 0], id="flow-end"),
     pytest.param(
         encode_publish("ticks", SENDER, 0, {"seq": 1, "sym": "ABC", "px": 101.25, "qty": 100}),
         [VERSION, Kind.PUBLISH, "ticks", SENDER, 0, {"seq": 1, "sym": "ABC", "px": 101.25,
@@ -314,6 +328,9 @@ def _message(kind: Kind, **overrides: Any) -> list[Any]:
         Kind.CANCEL: {"call_id": 1},
         Kind.PUBLISH: {"topic": "t", "sender": SENDER, "seq": 0, "data": 1},
         Kind.PUBLISH_BATCH: {"topic": "t", "sender": SENDER, "seq": 0, "items": [1]},
+        Kind.CREDIT: {"call_id": 1, "limit": 64},
+        Kind.FLOW_ITEM: {"call_id": 1, "index": 0, "item": 3},
+        Kind.FLOW_END: {"call_id": 1, "count": 1},
     }
     values = {**fields[kind], **overrides}
     assert values.keys() == fields[kind].keys(), "unknown field name in test"
@@ -328,7 +345,7 @@ def test_the_valid_message_template_decodes(kind: Kind) -> None:
 
 BAD_CALL_IDS = [True, False, -1, -(2**64), 1.0, 1.5, "1", b"\x01", None, [1], {"1": 1}]
 CALL_ID_KINDS = [Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.STREAM_ITEM, Kind.STREAM_END,
-                 Kind.CANCEL]
+                 Kind.CANCEL, Kind.CREDIT, Kind.FLOW_ITEM, Kind.FLOW_END]
 
 
 @pytest.mark.parametrize("kind", CALL_ID_KINDS, ids=lambda k: k.name)
@@ -365,7 +382,7 @@ MALFORMED = [
     pytest.param(raw([1], 5, 1), id="version-array"),
     # kind
     pytest.param(raw(1, 0, 1), id="kind-0"),
-    pytest.param(raw(1, 9, 1), id="kind-9"),
+    pytest.param(raw(1, 12, 1, 2), id="kind-12"),
     pytest.param(raw(1, 255, 1, 2), id="kind-255"),
     pytest.param(raw(1, -5, 1), id="kind-negative"),
     pytest.param(raw(1, 2**64 - 1, 1), id="kind-huge"),
@@ -397,6 +414,13 @@ MALFORMED = [
     pytest.param(raw(*_message(Kind.REQUEST, kwargs={"ok": 1, 2: 2})), id="kwargs-one-bad-key"),
     pytest.param(raw(*_message(Kind.REQUEST, kwargs={None: 1})), id="kwargs-null-key"),
     pytest.param(raw(*_message(Kind.REQUEST, kwargs={(1, 2): 1})), id="kwargs-array-key"),
+    # the counts of a flow-controlled stream
+    *[
+        pytest.param(raw(*_message(kind, **{field: bad})), id=f"{kind.name}-{field}-{bad!r}")
+        for kind, field in [(Kind.CREDIT, "limit"), (Kind.FLOW_ITEM, "index"),
+                            (Kind.FLOW_END, "count")]
+        for bad in (-1, True, 1.0, "1", None, 2**64)
+    ],
     # ERROR fields
     pytest.param(raw(*_message(Kind.ERROR, type=b"E")), id="error-type-bytes"),
     pytest.param(raw(*_message(Kind.ERROR, message=None)), id="error-message-null"),
@@ -442,12 +466,169 @@ def _nested(depth: int) -> Any:
 
 
 def test_nesting_is_limited_to_64_levels_counting_the_message_array() -> None:
+    # items at level 65 (inside 64 containers) are fine; containers at level 65 are not
     deepest = _nested(codec.MAX_DEPTH - 1)
     assert decode(raw(VERSION, Kind.REPLY, 1, deepest))[3] == deepest
     with pytest.raises(ProtocolError):
         decode(raw(VERSION, Kind.REPLY, 1, _nested(codec.MAX_DEPTH)))
     with pytest.raises(ProtocolError):
         decode(b"\x84\x01\x02\x01" + b"\xa1\x61k" * 100_000 + b"\x00")  # maps, 100k deep
+
+
+EMPTY_CONTAINERS = {"array": b"\x80", "map": b"\xa0", "indefinite-array": b"\x9f\xff",
+                    "indefinite-map": b"\xbf\xff", "long-form-array": b"\x98\x00"}
+
+
+@pytest.mark.parametrize("empty", list(EMPTY_CONTAINERS.values()), ids=list(EMPTY_CONTAINERS))
+@pytest.mark.parametrize("keys", ["text", "int"], ids=["text-keys", "int-keys"])
+def test_an_empty_container_at_level_65_is_refused_and_at_level_64_accepted(
+    empty: bytes, keys: str
+) -> None:
+    # cbor2 counts the containers around each item, so an empty container one level too deep has
+    # no item to trip it; section 2 counts containers. The message array is level 1, the REPLY's
+    # map level 2 (its key's type picks the decoder's path), then arrays down to the empty one.
+    key = b"\x61k" if keys == "text" else b"\x01"
+    head = b"\x84\x01\x02\x01\xa1" + key
+    assert decode(head + b"\x81" * 61 + empty)[3]  # the empty one at level 64
+    with pytest.raises(ProtocolError, match="nesting"):
+        decode(head + b"\x81" * 62 + empty)  # at level 65
+
+
+def test_tags_count_as_a_level_of_nesting() -> None:
+    # the message and 62 arrays around a set (tag 258, then its array): its array is at level 65
+    with pytest.raises(ProtocolError):
+        decode(b"\x84\x01\x02\x01" + b"\x81" * 62 + b"\xd9\x01\x02\x80")
+    assert decode(b"\x84\x01\x02\x01" + b"\x81" * 61 + b"\xd9\x01\x02\x80")[3]
+    with pytest.raises(ProtocolError):  # 64 arrays around a date: its tag is at level 65
+        decode(b"\x84\x01\x02\x01" + b"\x81" * 63 + b"\xc1\x00")
+
+
+SIMPLE_VALUES = {"undefined": b"\xf7", "simple-0": b"\xe0", "simple-19": b"\xf3",
+                 "simple-32": b"\xf8\x20", "simple-255": b"\xf8\xff"}
+
+
+def _places(value: bytes) -> dict[str, bytes]:
+    """Frames that carry the encoded ``value`` where an application value goes."""
+    return {
+        "reply-result": b"\x84\x01\x02\x01" + value,
+        "reply-in-array": b"\x84\x01\x02\x01\x82\x01" + value,
+        "reply-map-value": b"\x84\x01\x02\x01\xa1\x61k" + value,
+        "reply-int-map-value": b"\x84\x01\x02\x01\xa1\x01" + value,
+        "reply-map-key": b"\x84\x01\x02\x01\xa1" + value + b"\x01",
+        "reply-set-element": b"\x84\x01\x02\x01\xd9\x01\x02\x81" + value,
+        "request-arg": b"\x86\x01\x01\x01\x61m\x81" + value + b"\xa0",
+        "request-kwarg": b"\x86\x01\x01\x01\x61m\x80\xa1\x61k" + value,
+        "stream-item": b"\x84\x01\x04\x01" + value,
+        "flow-item": b"\x85\x01\x0a\x01\x00" + value,
+        "publish-data": codec.publish_prefixes("t")[0] + b"\x50" + SENDER + b"\x01" + value,
+        "batch-item": codec.publish_prefixes("t")[1] + b"\x50" + SENDER + b"\x01\x81" + value,
+    }
+
+
+@pytest.mark.parametrize("simple", list(SIMPLE_VALUES.values()), ids=list(SIMPLE_VALUES))
+def test_undefined_and_simple_values_are_refused_wherever_a_value_goes(simple: bytes) -> None:
+    for where, frame in _places(simple).items():
+        with pytest.raises(ProtocolError):
+            decode(frame)
+            pytest.fail(f"{simple.hex()} accepted in {where}")
+    with pytest.raises(ProtocolError):
+        codec.decode_publish(_places(simple)["publish-data"])
+    with pytest.raises(ProtocolError):
+        codec.loads(simple)
+
+
+def test_the_places_of_a_value_accept_a_plain_one() -> None:
+    # guards the test above: null (f6) where the simple value was decodes in every place
+    for where, frame in _places(b"\xf6").items():
+        if where != "reply-map-key":
+            assert decode(frame), where
+
+
+REPEATED_KEYS = {
+    "text": b"\xa2\x61a\x01\x61a\x02",
+    "bytes": b"\xa2\x41a\x01\x41a\x02",
+    "int": b"\xa2\x01\x01\x01\x02",
+    "int-and-equal-float": b"\xa2\x01\x01\xf9\x3c\x00\x02",
+    "array": b"\xa2\x81\x01\x01\x81\x01\x02",
+    "indefinite-map": b"\xbf\x61a\x01\x61a\x02\xff",
+    "mixed-keys": b"\xa3\x61a\x01\x02\x02\x61a\x03",
+}
+
+
+@pytest.mark.parametrize("frame", list(REPEATED_KEYS.values()), ids=list(REPEATED_KEYS))
+def test_a_map_whose_key_repeats_is_refused(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(b"\x84\x01\x02\x01" + frame)
+    with pytest.raises(ProtocolError):
+        decode(b"\x84\x01\x02\x01\x81" + frame)  # nested
+
+
+def test_a_request_whose_keyword_repeats_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        decode(b"\x86\x01\x01\x01\x61m\x80\xa2\x61k\x01\x61k\x02")
+
+
+def test_a_set_whose_element_repeats_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        decode(encode_reply(1, cbor2.CBORTag(258, [1, 1])))
+    with pytest.raises(ProtocolError):
+        decode(encode_reply(1, cbor2.CBORTag(258, ["a", "a"])))
+    assert decode(encode_reply(1, cbor2.CBORTag(258, [1, "1", 2])))[3] == {1, "1", 2}
+
+
+COLLIDE = (1 << 61) - 1  # Python hashes every multiple of 2**61 - 1 to 0
+
+
+def test_keys_that_share_a_hash_are_refused_beyond_the_limit() -> None:
+    same = codec.MAX_SAME_HASH
+    shared = {k * COLLIDE: k for k in range(1, same + 1)}
+    assert decode(encode_reply(1, shared))[3] == shared  # up to the limit: a plain map
+    with pytest.raises(ProtocolError, match="share one hash"):
+        decode(encode_reply(1, {k * COLLIDE: k for k in range(1, same + 2)}))
+    with pytest.raises(ProtocolError, match="share one hash"):
+        decode(encode_reply(1, {frozenset(k * COLLIDE for k in range(1, same + 2))}))
+    assert decode(encode_reply(1, {-1: "a", -2: "b"}))[3] == {-1: "a", -2: "b"}  # hash(-1) is -2
+
+
+map_keys = st.recursive(
+    st.integers() | st.floats(allow_nan=False) | st.text(max_size=4) | st.binary(max_size=4)
+    | st.booleans() | st.none(),
+    lambda children: st.lists(children, max_size=3).map(tuple),
+    max_leaves=4,
+)
+keyed_values = st.recursive(
+    st.integers() | st.text(max_size=4) | st.none() | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(map_keys, children, max_size=4),
+    max_leaves=10,
+)
+
+
+@FUZZ_HEAVY
+@given(keyed_values)
+def test_maps_with_keys_of_every_type_decode_as_cbor2_decodes_them(value: Any) -> None:
+    # the linear path for keys other than text gives the very values cbor2's own path gives
+    frame = encode_reply(1, value)
+    try:
+        expected = cbor2.loads(frame, allow_duplicate_keys=False)
+    except cbor2.CBORDecodeError:  # keys Python finds equal (1 and 1.0): refused by both
+        with pytest.raises(ProtocolError):
+            decode(frame)
+        return
+    assert decode(frame) == expected
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_random_bytes_on_the_path_for_other_keys_give_protocol_error_or_what_cbor2_gives(
+    tail: bytes,
+) -> None:
+    frame = b"\x84\x01\x02\x01\xa2\x01\x00" + tail  # a map with an integer key, then anything
+    try:
+        message = decode(frame)
+    except ProtocolError:
+        return
+    assert message == cbor2.loads(frame, semantic_decoders={258: lambda v, im: set(v)})
 
 
 def test_protocol_error_is_a_value_error_and_chains_the_cbor_error() -> None:
@@ -927,6 +1108,9 @@ GOOD_FIELDS: dict[Kind, list[st.SearchStrategy[Any]]] = {
     Kind.PUBLISH: [texts, st.binary(min_size=16, max_size=16), uints, field_values],
     Kind.PUBLISH_BATCH: [texts, st.binary(min_size=16, max_size=16), uints,
                          st.lists(small, min_size=1, max_size=3)],
+    Kind.CREDIT: [uints, uints],
+    Kind.FLOW_ITEM: [uints, uints, field_values],
+    Kind.FLOW_END: [uints, uints],
 }
 kinds_and_fields = st.sampled_from(list(Kind)).flatmap(
     lambda kind: st.tuples(st.just(kind), st.tuples(*map(mostly, GOOD_FIELDS[kind])).map(list))
@@ -955,6 +1139,8 @@ def expected_valid(kind: Kind, fields: list[Any]) -> bool:
         )
     if kind is Kind.ERROR:
         return all(type(field) is str for field in fields[1:])
+    if kind in (Kind.CREDIT, Kind.FLOW_ITEM, Kind.FLOW_END):
+        return uint(fields[1])
     return True
 
 

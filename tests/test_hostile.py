@@ -629,8 +629,6 @@ def test_hostile_rpc_nothing_is_unpickled_or_evaluated(
     prober.check_still_serving()
 
 
-@pytest.mark.xfail(strict=True, reason="residual DoS (docs/security.md): a CBOR map of integer "
-                   "keys that share one hash costs quadratic time to decode; cbor2 builds the dict")
 def test_hostile_rpc_colliding_map_keys_decode_as_fast_as_other_keys() -> None:
     def frame(keys: list[int]) -> bytes:
         pairs = b"".join(cbor2.dumps(key) + b"\x00" for key in keys)

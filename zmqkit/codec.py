@@ -12,6 +12,9 @@ Every ZeroMQ message is one frame holding one CBOR array (RFC 8949), ``[version,
     6     CANCEL         call_id: uint
     7     PUBLISH        topic: tstr, sender: bstr(16), seq: uint, data: any
     8     PUBLISH_BATCH  topic: tstr, sender: bstr(16), first_seq: uint, items: array
+    9     CREDIT         call_id: uint, limit: uint
+    10    FLOW_ITEM      call_id: uint, index: uint, item: any
+    11    FLOW_END       call_id: uint, count: uint
 
 A beacon is one UDP datagram: the 3 bytes ``ZKB``, one version byte, then the CBOR array
 ``[kind, name, uuid, seq, endpoints, headers]`` with kind 1 (HELLO), 2 (GOODBYE) or 3 (SOLICIT);
@@ -31,15 +34,19 @@ from __future__ import annotations
 
 import enum
 import functools
-import io
 import ipaddress
 import uuid as uuid_module
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import cbor2
 
+from . import values
 from .errors import EncodeError, MessageTooLarge, ProtocolError, UnexpectedKind
+from .values import ALLOWED_TAGS as ALLOWED_TAGS  # the value rules live in values
+from .values import MAX_DEPTH as MAX_DEPTH
+from .values import MAX_SAME_HASH as MAX_SAME_HASH
+from .values import NATIVE_TAGS_REFUSED as NATIVE_TAGS_REFUSED
 
 __all__ = [
     "BEACON_MAGIC",
@@ -63,13 +70,17 @@ __all__ = [
     "encode",
     "encode_beacon",
     "encode_cancel",
+    "encode_credit",
     "encode_error",
+    "encode_flow_end",
+    "encode_flow_item",
     "encode_peer_list",
     "encode_publish",
     "encode_publish_batch",
     "encode_publish_batch_from",
     "encode_publish_from",
     "encode_reply",
+    "encode_reply_items",
     "encode_request",
     "encode_stream_end",
     "encode_stream_item",
@@ -79,7 +90,6 @@ __all__ = [
 
 VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-MAX_DEPTH = 64
 
 BEACON_MAGIC = b"ZKB"
 BEACON_VERSION = 1
@@ -88,8 +98,6 @@ MAX_NAME_BYTES = 64
 PEER_LIST_KIND = 4  # the kind of a peer list datagram, whose body is not a beacon's
 MAX_PEER_LIST = 48  # addresses in one peer list: it stays well under MAX_BEACON_SIZE
 UUID_BYTES = 16
-ALLOWED_TAGS = frozenset({0, 1, 2, 3, 37, 258})
-BIGNUM_TAGS = frozenset({2, 3})
 
 
 class Kind(enum.IntEnum):
@@ -103,6 +111,9 @@ class Kind(enum.IntEnum):
     CANCEL = 6
     PUBLISH = 7
     PUBLISH_BATCH = 8
+    CREDIT = 9  # a flow-controlled stream: the caller lets it run further
+    FLOW_ITEM = 10  # a flow-controlled stream: one item, with its index
+    FLOW_END = 11  # a flow-controlled stream: complete, with its count
 
 
 class BeaconKind(enum.IntEnum):
@@ -113,83 +124,29 @@ class BeaconKind(enum.IntEnum):
     SOLICIT = 3  # "answer me now": receivers send their HELLO to the sender at once
 
 
-def _refuser(tag: int) -> Callable[..., NoReturn]:
-    def refuse(*_: Any) -> NoReturn:
-        raise ValueError(f"CBOR tag {tag} is not allowed on the zmqkit wire")
-
-    return refuse
-
-
-def _bignum_decoder(tag: int) -> Callable[..., int]:
-    """Tags 2 and 3 only for integers that a plain CBOR integer cannot hold: a small value in a
-    bignum could pass for a version, kind, call id or sequence number, which are never tagged."""
-
-    def decode_bignum(payload: Any, *_: Any) -> int:
-        if type(payload) is not bytes:
-            raise ValueError(f"tag {tag} must hold a byte string")
-        magnitude = int.from_bytes(payload, "big")
-        if magnitude < 1 << 64:
-            raise ValueError(f"tag {tag} holds {magnitude}, which fits a plain integer")
-        return magnitude if tag == 2 else -1 - magnitude
-
-    return decode_bignum
-
-
-# The tags cbor2 decodes by itself into rich objects (regular expressions, parsed e-mail, shared
-# references, decimals of any exponent...), each answered with a refusal; every other tag reaches
-# ``_refuse_tag``. Only 0 and 1 (date/time), 37 (UUID), 258 (set) and, through the check above,
-# 2 and 3 (big integers) get through: plain, bounded values that Python peers exchange naturally.
-# A plain dict, because cbor2 reads it faster than any other mapping; tests/test_codec.py probes
-# cbor2 for tags it decodes natively, so a new cbor2 cannot add one unnoticed.
-NATIVE_TAGS_REFUSED = (4, 5, 25, 28, 29, 30, 35, 36, 52, 54, 100, 256, 260, 261, 1004, 43000, 55799)
-_TAG_TABLE: dict[int, Callable[..., Any]] = {tag: _refuser(tag) for tag in NATIVE_TAGS_REFUSED}
-_TAG_TABLE.update({tag: _bignum_decoder(tag) for tag in BIGNUM_TAGS})
-
-
-def _refuse_tag(tag: Any, *_: Any) -> NoReturn:
-    """cbor2 calls this for every tag it has no decoder for: all of them are refused."""
-    raise ValueError(f"CBOR tag {getattr(tag, 'tag', tag)} is not allowed on the zmqkit wire")
-
-
+_loads = values.loads
+# messages: cbor2 called here, the hot path, then the application's values checked field by field
 _cbor2_loads = cbor2.loads
-_loads = functools.partial(
-    cbor2.loads, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
-)
+_TAG_TABLE, _refuse_tag, _reparse = values.TAG_TABLE, values.refuse_tag, values.reparse
+_check_value, _check_container, _LEAVES = values.check, values.check_container, values.LEAVES
 
 
 def loads(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:
-    """Decode one CBOR item from ``data``, refusing tags and oversized input.
+    """Decode one CBOR item from ``data``, refusing what section 2 does not allow.
 
     Raises:
         MessageTooLarge: ``data`` is longer than ``max_size``.
-        ProtocolError: ``data`` is not well-formed tag-free CBOR.
+        ProtocolError: ``data`` is not well-formed CBOR of section 2.
     """
     if len(data) > max_size:
         raise MessageTooLarge(f"{len(data)} bytes is over the maximum of {max_size}")
-    try:
-        return _loads(data)
-    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
-        cause = exc.__cause__ or exc
-        raise ProtocolError(f"undecodable CBOR: {cause}") from exc
+    return _loads(data)
 
 
 def _load_exactly_one(data: bytes) -> Any:
     """Decode one CBOR item that must fill ``data`` exactly (for beacons, which are rare and
     small; message frames skip the check to keep their one-call decode)."""
-    stream = io.BytesIO(data)
-    try:
-        value = cbor2.CBORDecoder(
-            stream,
-            semantic_decoders=_TAG_TABLE,
-            tag_hook=_refuse_tag,
-            max_depth=MAX_DEPTH,
-            read_size=1,
-        ).decode()
-    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
-        raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
-    if stream.tell() != len(data):
-        raise ProtocolError(f"{len(data) - stream.tell()} bytes after the beacon body")
-    return value
+    return values.load_exactly_one(data)
 
 
 def dumps(value: Any) -> bytes:
@@ -214,6 +171,7 @@ def dumps(value: Any) -> bytes:
 _REQUEST_HEAD = bytes((0x86, VERSION, 1))  # array of 6, version, kind
 _REPLY_HEAD = bytes((0x84, VERSION, 2))
 _STREAM_ITEM_HEAD = bytes((0x84, VERSION, 4))
+_FLOW_ITEM_HEAD = bytes((0x85, VERSION, 10))
 _EMPTY_MAP = b"\xa0"
 _BYTE_STRING, _ARRAY = 0x40, 0x80  # CBOR major types 2 and 4, in a head's top three bits
 
@@ -249,6 +207,12 @@ def encode_reply(call_id: int, result: Any) -> bytes:
     return _with_call_id(_REPLY_HEAD, call_id, result)
 
 
+def encode_reply_items(call_id: int, count: int, encoded_items: bytes) -> bytes:
+    """A REPLY whose result is an array of ``count`` items, given CBOR-encoded back to back
+    (by ``dumps``): the bytes ``encode_reply`` gives for the list of them."""
+    return b"".join((_REPLY_HEAD, dumps(call_id), _head(_ARRAY, count), encoded_items))
+
+
 def encode_error(call_id: int, type_name: str, message: str, traceback: str = "") -> bytes:
     """An ERROR for call ``call_id``: the remote type name, message and traceback."""
     return dumps([VERSION, 3, call_id, type_name, message, traceback])
@@ -275,6 +239,24 @@ def encode_stream_end(call_id: int) -> bytes:
 def encode_cancel(call_id: int) -> bytes:
     """A CANCEL of call ``call_id`` (the caller stopped reading its stream)."""
     return dumps([VERSION, 6, call_id])
+
+
+def encode_credit(call_id: int, limit: int) -> bytes:
+    """A CREDIT: the stream of call ``call_id`` may send the items with index below ``limit``."""
+    return dumps([VERSION, 9, call_id, limit])
+
+
+def encode_flow_item(call_id: int, index: int, item: Any) -> bytes:
+    """A FLOW_ITEM: item number ``index`` (from 0) of the flow-controlled stream of ``call_id``."""
+    try:
+        return b"".join((_FLOW_ITEM_HEAD, cbor2.dumps(call_id), cbor2.dumps(index), *_value(item)))
+    except Exception as exc:  # CBOREncodeError and friends: the value is at fault
+        raise EncodeError(f"cannot encode {type(item).__name__}: {exc}") from exc
+
+
+def encode_flow_end(call_id: int, count: int) -> bytes:
+    """The FLOW_END of the flow-controlled stream of ``call_id``, which sent ``count`` items."""
+    return dumps([VERSION, 11, call_id, count])
 
 
 def encode_publish(topic: str, sender: bytes, seq: int, data: Any) -> bytes:
@@ -364,6 +346,13 @@ def _check_call_id(message: list[Any]) -> None:
         raise ProtocolError("call id must be an unsigned integer")
 
 
+def _check_answer(message: list[Any]) -> None:
+    """A REPLY or STREAM_ITEM: a call id, then any value."""
+    _check_call_id(message)
+    if type(message[3]) not in _LEAVES:
+        _check_value(message[3], 2)
+
+
 def _check_request(message: list[Any]) -> None:
     _check_call_id(message)
     _, _, _, method, args, kwargs = message
@@ -373,12 +362,31 @@ def _check_request(message: list[Any]) -> None:
         raise ProtocolError("args must be an array")
     if type(kwargs) is not dict or (kwargs and not all(type(key) is str for key in kwargs)):
         raise ProtocolError("kwargs must be a map with text keys")
+    if args:
+        _check_container(args, 2)
+    if kwargs:
+        _check_container(kwargs, 2)
 
 
 def _check_error(message: list[Any]) -> None:
     _check_call_id(message)
     if not all(type(field) is str for field in message[3:]):
         raise ProtocolError("error type, message and traceback must be text strings")
+
+
+def _check_counted(message: list[Any]) -> None:
+    """A CREDIT or FLOW_END: a call id and a count (a credit limit, an item count)."""
+    _check_call_id(message)
+    if not _is_uint(message[3]):
+        raise ProtocolError(f"{Kind(message[1]).name} count must be an unsigned integer")
+
+
+def _check_flow_item(message: list[Any]) -> None:
+    _check_call_id(message)
+    if not _is_uint(message[3]):
+        raise ProtocolError("FLOW_ITEM index must be an unsigned integer")
+    if type(message[4]) not in _LEAVES:
+        _check_value(message[4], 2)
 
 
 def _check_publish(message: list[Any]) -> None:
@@ -391,18 +399,22 @@ def _check_publish(message: list[Any]) -> None:
         raise ProtocolError("sequence number must be an unsigned integer")
     if kind == Kind.PUBLISH_BATCH and (type(data) is not list or not data):
         raise ProtocolError("batch items must be a non-empty array")
+    _check_value(data, 2)
 
 
 # kind -> (array length, checker)
 _SHAPES: dict[int, tuple[int, Callable[[list[Any]], None]]] = {
     Kind.REQUEST: (6, _check_request),
-    Kind.REPLY: (4, _check_call_id),
+    Kind.REPLY: (4, _check_answer),
     Kind.ERROR: (6, _check_error),
-    Kind.STREAM_ITEM: (4, _check_call_id),
+    Kind.STREAM_ITEM: (4, _check_answer),
     Kind.STREAM_END: (3, _check_call_id),
     Kind.CANCEL: (3, _check_call_id),
     Kind.PUBLISH: (6, _check_publish),
     Kind.PUBLISH_BATCH: (6, _check_publish),
+    Kind.CREDIT: (4, _check_counted),
+    Kind.FLOW_ITEM: (5, _check_flow_item),
+    Kind.FLOW_END: (4, _check_counted),
 }
 
 
@@ -414,12 +426,13 @@ def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Any]:
     """
     if len(frame) > max_size:
         raise MessageTooLarge(f"{len(frame)} bytes is over the maximum of {max_size}")
-    try:  # cbor2 called here, and not through a partial: the hot path of every message
+    try:
         message = _cbor2_loads(
-            frame, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
+            frame, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH,
+            allow_duplicate_keys=False, strict_hashable_types=True,
         )
-    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
-        raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
+    except Exception as exc:  # cbor2 raises several types for bad input: one ProtocolError
+        message = _reparse(frame, exc)
     if type(message) is not list or len(message) < 3:
         raise ProtocolError("a message must be an array of at least 3 items")
     if message[0] != VERSION or type(message[0]) is not int:
@@ -447,10 +460,11 @@ def decode_publish(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> li
         raise MessageTooLarge(f"{len(frame)} bytes is over the maximum of {max_size}")
     try:
         message = _cbor2_loads(
-            frame, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH
+            frame, semantic_decoders=_TAG_TABLE, tag_hook=_refuse_tag, max_depth=MAX_DEPTH,
+            allow_duplicate_keys=False, strict_hashable_types=True,
         )
-    except Exception as exc:  # cbor2 raises several types for bad input; all mean the same here
-        raise ProtocolError(f"undecodable CBOR: {exc.__cause__ or exc}") from exc
+    except Exception as exc:  # cbor2 raises several types for bad input: one ProtocolError
+        message = _reparse(frame, exc)
     if type(message) is list and len(message) == 6:
         version, kind, topic, sender, seq, data = message
         if (
@@ -464,6 +478,10 @@ def decode_publish(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> li
             and type(seq) is int
             and 0 <= seq < 1 << 64
         ):
+            if type(data) is dict or type(data) is list:
+                _check_container(data, 2)
+            elif type(data) not in _LEAVES:
+                _check_value(data, 2)
             return message
     decode(frame, max_size)  # raises the precise error for anything malformed
     raise UnexpectedKind(f"expected a publication, got a message of kind {message[1]!r}")
