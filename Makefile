@@ -41,6 +41,16 @@ bench: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis
 
+# The long Jepsen-style check of replicated state (docs/reliability.md): CHAOS_REPLICAS replicas in
+# network namespaces write for CHAOS_SECONDS while links are cut and processes killed; needs root.
+CHAOS_SECONDS ?= 180
+CHAOS_REPLICAS ?= 5
+.PHONY: chaos
+chaos: $(VENV)/.installed-test
+	ZMQKIT_CHAOS_SECONDS=$(CHAOS_SECONDS) ZMQKIT_CHAOS_REPLICAS=$(CHAOS_REPLICAS) \
+		$(PY) -m pytest tests/test_chaos.py -rP --timeout=3600 \
+		-o faulthandler_timeout=3590 $(PYTEST_ARGS)
+
 # The long soak: the soak test of `make test` with SOAK_SCALE times the messages per round and
 # more rounds (minutes, not seconds). Fewer glibc arenas, so that RSS shows what is kept rather
 # than fragmentation across threads (see tests/test_soak.py).
