@@ -163,15 +163,15 @@ def test_the_answer_budget_is_a_burst_then_a_rate() -> None:
 
 @pytest.mark.parametrize(
     ("peers", "factor"),
-    [(0, 1), (PEERS_PER_INTERVAL, 1), (PEERS_PER_INTERVAL + 1, 2), (1000, 8), (10_000, 128)],
+    [(0, 1), (PEERS_PER_INTERVAL, 1), (PEERS_PER_INTERVAL + 1, 2), (1000, 4), (10_000, 64)],
 )
 def test_the_interval_doubles_as_the_mesh_doubles(peers: int, factor: int) -> None:
     assert scaled_interval(1.0, peers, 1.0) == factor
 
 
 def test_the_interval_shrinks_back_with_hysteresis() -> None:
-    stretched = scaled_interval(1.0, 300, 1.0)
+    stretched = scaled_interval(1.0, 3 * PEERS_PER_INTERVAL, 1.0)
     assert stretched == 4.0
-    assert scaled_interval(1.0, 200, stretched) == 4.0, "no flapping near a step"
-    assert scaled_interval(1.0, 150, stretched) == 2.0
+    assert scaled_interval(1.0, PEERS_PER_INTERVAL * 3 // 2, stretched) == 4.0, "no flapping"
+    assert scaled_interval(1.0, PEERS_PER_INTERVAL, stretched) == 2.0
     assert scaled_interval(1.0, 10, stretched) == 1.0

@@ -52,10 +52,11 @@ class Asker:
         body = cbor2.dumps([SOLICIT, "asker", self.uuid.bytes, 0, {}, {}])
         self.sock.sendto(b"ZKB\x01" + body, (to, self.beacon_port))
 
-    def answers(self, quiet: float = 0.5) -> list[list[Any]]:
-        """Every datagram that comes back until ``quiet`` seconds pass without one."""
+    def answers(self, quiet: float = 0.5, first: float = 5.0) -> list[list[Any]]:
+        """Every datagram that comes back (the first within ``first`` seconds) until ``quiet``
+        seconds pass without one."""
         bodies = []
-        self.sock.settimeout(quiet)
+        self.sock.settimeout(first)
         while True:
             try:
                 datagram, _ = self.sock.recvfrom(2048)
@@ -63,6 +64,7 @@ class Asker:
                 return bodies
             assert datagram[:4] == b"ZKB\x01"
             bodies.append(cbor2.loads(datagram[4:]))
+            self.sock.settimeout(quiet)
 
     def close(self) -> None:
         self.sock.close()

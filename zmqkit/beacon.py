@@ -45,7 +45,7 @@ from .codec import (
     encode_beacon,
     encode_peer_list,
 )
-from .contacts import Address, Contacts, scaled_interval
+from .contacts import Address, Contacts, answers_early, scaled_interval
 from .errors import ConfigError, EncodeError
 from .hub import BeaconHub
 from .peers import INTERVAL_HEADER, EventKind, Peer, PeerEvent, PeerTable
@@ -454,19 +454,23 @@ class Beacon:
             self._next_announce = min(self._next_announce, 0.0)
 
     def _answer(self, source: Address, now: float, *, solicited: bool, broadcast: bool) -> None:
-        """This node's HELLO to ``source`` at once, by unicast, within the answer budget.
+        """This node's HELLO for ``source``, at once, within the answer budgets.
 
-        A sender without a port of its own (it sends from the shared port) is answered by an
-        early broadcast instead, since unicast to the shared port reaches one node of its host
-        only. A solicitor is also sent the addresses it may not hear by broadcast.
+        A solicitor gets it by unicast (it alone asked), with the addresses it may not hear
+        itself. A newcomer on this node's segment (heard by broadcast, or from the shared port:
+        a sender without a port of its own) gets an early broadcast, which answers every
+        newcomer of a crowd at once, from about ``EARLY_ANSWERERS`` nodes of a large segment;
+        one from elsewhere gets it by unicast.
         """
         if not self.announce:
             if solicited:
                 self.stats["solicits-unanswered"] += 1
             return
-        if source[1] == self.port:
-            self._next_announce = min(self._next_announce, now + random.uniform(0, ANSWER_DELAY))
-            self.due = 0.0
+        if not solicited and (broadcast or source[1] == self.port):
+            if answers_early(len(self.table), random.random()) and self.contacts.early.allow(now):
+                self._next_announce = min(self._next_announce,
+                                          now + random.uniform(0, ANSWER_DELAY))
+                self.due = min(self.due, self._next_announce)
             return
         if not self.contacts.answers.allow(now):
             self.stats["solicits-unanswered" if solicited else "answers-deferred"] += 1

@@ -12,8 +12,9 @@ Broadcast reaches the peers of one segment. Beyond it a node beacons by unicast 
   node there answers, which makes it a peer like any other.
 
 Everything a datagram from elsewhere can make a node send is bounded here: answers (to solicits
-and newcomers) and probes each draw on a ``RateLimit``, peer lists are taken only from live
-unicast peers and sent within a budget, and candidates are capped in number.
+and newcomers, by unicast; early broadcasts for newcomers on its segment, which one datagram
+answers all at once) and probes each draw on a ``RateLimit``, peer lists are taken only from live
+peers and sent within a budget, and candidates are capped in number.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "ANSWER_BURST",
+    "EARLY_ANSWERERS",
+    "EARLY_BURST",
     "EXCHANGE_BURST",
     "EXCHANGE_EVERY",
     "MAX_CANDIDATES",
@@ -35,12 +38,15 @@ __all__ = [
     "Address",
     "Contacts",
     "RateLimit",
+    "answers_early",
     "scaled_interval",
 ]
 
 Address = tuple[str, int]  # (IPv4 address, UDP port)
 
-ANSWER_BURST = 32  # answers (to solicits and newcomers) at once; then as many per interval
+ANSWER_BURST = 32  # unicast answers (to solicits and newcomers) at once; then as many per interval
+EARLY_BURST = 2  # early broadcasts for newcomers at once; then as many per interval
+EARLY_ANSWERERS = 64  # about this many nodes of a segment answer a newcomer by early broadcast
 PROBE_BURST = 32  # probes of second-hand addresses at once; then as many per interval
 PROBES = 3  # a candidate unanswered after this many probes is dropped
 FAILED_MEMORY = 1024  # dropped candidates remembered, so a peer list cannot make us retry them
@@ -49,7 +55,16 @@ MAX_CANDIDATES = 256  # candidates waiting to be probed; more offered are ignore
 EXCHANGE_BURST = 16  # peer lists sent at once; then as many per interval
 EXCHANGE_EVERY = 10  # intervals between two peer lists to the same unicast peers
 MAX_LIST = 48  # addresses in one peer list (codec.MAX_PEER_LIST)
-PEERS_PER_INTERVAL = 128  # the interval doubles for each doubling of the peers beyond this
+PEERS_PER_INTERVAL = 256  # the interval doubles for each doubling of the peers beyond this
+
+
+def answers_early(peers: int, draw: float) -> bool:
+    """Whether a node that knows ``peers`` peers answers a newcomer of its segment by an early
+    broadcast, for a uniform ``draw`` in [0, 1): each does with probability
+    ``EARLY_ANSWERERS / peers``, so that about that many answer however large the segment (one
+    broadcast reaches every node: a newcomer in a mesh of 10,000 must not cost 10,000 of them).
+    The others reach it with their next periodic beacon."""
+    return draw * peers < EARLY_ANSWERERS
 
 
 def scaled_interval(base: float, peers: int, current: float) -> float:
@@ -120,6 +135,7 @@ class Contacts:
     candidates: OrderedDict[Address, _Candidate] = field(default_factory=OrderedDict)
     failed: OrderedDict[Address, float] = field(default_factory=OrderedDict)
     answers: RateLimit = field(init=False)
+    early: RateLimit = field(init=False)
     probes: RateLimit = field(init=False)
     lists: RateLimit = field(init=False)
     exchange_at: float = float("inf")
@@ -128,6 +144,7 @@ class Contacts:
 
     def __post_init__(self) -> None:
         self.answers = RateLimit(ANSWER_BURST, ANSWER_BURST / self.interval)
+        self.early = RateLimit(EARLY_BURST, EARLY_BURST / self.interval)
         self.probes = RateLimit(PROBE_BURST, PROBE_BURST / self.interval)
         self.lists = RateLimit(EXCHANGE_BURST, EXCHANGE_BURST / self.interval)
 

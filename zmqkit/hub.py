@@ -85,6 +85,9 @@ class BeaconHub:
         self.own_port = 0
         self.local_hosts, self.broadcasts = _local_addresses()
         self._members: list[Member] = []
+        # handed to the thread under a lock of their own, so that a node joining (or a name
+        # resolved) never waits for the thread's turn under ``lock``
+        self._inbox = threading.Lock()
         self._joined: list[Member] = []  # added by join, begun by the thread
         self._resolved: list[tuple[Address, set[Address]]] = []  # from the resolver's thread
         self._resolver: Resolver | None = None
@@ -111,7 +114,7 @@ class BeaconHub:
                 hub = cls(member.port)
                 hub._service.start()
                 cls._hubs[member.port] = hub
-            with hub.lock:
+            with hub._inbox:
                 hub._joined.append(member)
             names = member.seed_names()
         if names:
@@ -125,8 +128,7 @@ class BeaconHub:
         From the hub's own thread (an event callback closing its node) it only asks: the
         thread does it once the callback returns.
         """
-        with self.lock:
-            member.leaving = True
+        member.leaving = True
         self.wake()
         if self._service.is_current:
             return
@@ -138,7 +140,7 @@ class BeaconHub:
 
     def _close_if_empty(self) -> bool:
         """With no node left, leave the registry (a node joining meanwhile keeps the hub)."""
-        with BeaconHub._registry, self.lock:
+        with BeaconHub._registry, self.lock, self._inbox:
             if not self._members and not self._joined:
                 self._closing = True
                 if BeaconHub._hubs.get(self.port) is self:
@@ -166,7 +168,7 @@ class BeaconHub:
             self._resolver.add(host, port, every)
 
     def _on_resolved(self, host: str, port: int, addresses: set[Address]) -> None:
-        with self.lock:
+        with self._inbox:
             self._resolved.append(((host, port), addresses))
         self.wake()
 
@@ -196,7 +198,7 @@ class BeaconHub:
             with self.lock:
                 events = self._step(now)
                 wake_at = min((member.due for member in self._members), default=now + 60.0)
-                empty = not self._members and not self._joined
+                empty = not self._members
             for member, batch in events:
                 member.deliver(batch)  # outside the lock: a callback may read the peers
             if empty and self._close_if_empty():
@@ -207,10 +209,12 @@ class BeaconHub:
 
     def _step(self, now: float) -> list[tuple[Member, list[PeerEvent]]]:
         """One turn, under the lock: joins, datagrams, resolutions, timers, leaves."""
-        for member in self._joined:
+        with self._inbox:
+            joined, self._joined = self._joined, []
+            resolved, self._resolved = self._resolved, []
+        for member in joined:
             self._members.append(member)
             member.begin(now, self)
-        self._joined.clear()
         events: dict[int, list[PeerEvent]] = {}
 
         def add(member: Member, batch: list[PeerEvent]) -> None:
@@ -219,11 +223,10 @@ class BeaconHub:
 
         for sock in (self._shared, self._own):
             self._read(sock, now, add)
-        for name, addresses in self._resolved:
+        for name, addresses in resolved:
             for member in self._members:
                 if name in member.seed_names():
                     member.resolved(name, addresses, now)
-        self._resolved.clear()
         for member in self._members:
             if now >= member.due:
                 add(member, member.tick(now))
