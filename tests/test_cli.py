@@ -282,7 +282,8 @@ def test_peers_in_a_pipe_is_one_unwrapped_line_a_peer_without_boxes() -> None:
     name = "a-node-with-a-name-long-enough-to-pass-eighty-columns-" + "x" * 10
     with Node(name) as node:
         node.advertise("rpc", "tcp://127.0.0.1:5555")
-        result = zmqkit("peers", "--wait", "20")  # returns once the answers are in
+        # --wait is a maximum: it returns once the answers are in (it used to sleep it out)
+        result = zmqkit("peers", "--wait", "60", timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "name\tuuid\tendpoints\tage"

@@ -6,6 +6,7 @@ the terminal demo nodes in ``zmqkit.demos``; the repository keeps them in its to
 
 - ``errors``   the exception tree, drawn in its docstring
 - ``codec``    the CBOR wire envelope and the beacon datagram: pure, no sockets, no clock
+- ``jsonform`` the reversible JSON form of wire values, what the command reads and prints (pure)
 - ``deadline`` one monotonic deadline shared by every step of an operation
 - ``security`` CURVE keypairs and keyrings, and the policy a socket applies to a peer
 - ``wakeup``   ``Wakeup`` and ``LoopWakeup``: wake a polling thread or a loop from any thread

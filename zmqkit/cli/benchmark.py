@@ -24,6 +24,7 @@ COLUMNS = ("workload", "raw pyzmq", "zmqkit", "ratio", "unit", "note")
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``bench``."""
     bench = add_command(
         commands,
         "bench",
@@ -97,6 +98,7 @@ def _progress(total: int) -> Iterator[Callable[[str], None]]:
 
 
 def run_bench(args: argparse.Namespace, out: Output) -> int:
+    """Run the workloads; print a table (or JSON) of medians and ratios."""
     from zmqkit import bench as benchmarks
 
     workloads = list(benchmarks.WORKLOADS) if args.workload == "all" else [args.workload]

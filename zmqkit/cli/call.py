@@ -14,6 +14,7 @@ __all__ = ["register"]
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``call``."""
     call = add_command(
         commands,
         "call",
@@ -56,6 +57,7 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
 
 
 def run_call(args: argparse.Namespace, out: Output) -> int:
+    """Call the method (or list the node's methods) and print the result as JSON."""
     from zmqkit.patterns import rpc
 
     if args.list and args.method is not None:

@@ -15,6 +15,7 @@ DEMOS = ("calc", "ticker", "chat", "farm")
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``demo``."""
     demo = add_command(
         commands,
         "demo",
@@ -75,6 +76,7 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
 
 
 def run_demo(args: argparse.Namespace, out: Output) -> int:
+    """Run the demo node asked for, or the show."""
     from zmqkit.demos import common
 
     common.stop_on_sigterm()

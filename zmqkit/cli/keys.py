@@ -11,6 +11,7 @@ __all__ = ["register"]
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``keys`` and its action ``new``."""
     keys = add_command(
         commands,
         "keys",
@@ -43,6 +44,7 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
 
 
 def run_keys_new(args: argparse.Namespace, out: Output) -> int:
+    """Write a new keypair and say where it went."""
     from ..security import Keypair
 
     public_path, secret_path = Keypair.generate().save(args.path)

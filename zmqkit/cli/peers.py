@@ -23,6 +23,7 @@ COLUMNS = ("name", "uuid", "endpoints", "age")
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``peers``."""
     peers = add_command(
         commands,
         "peers",
@@ -83,6 +84,7 @@ def _title(peers: Sequence[Peer]) -> str:
 
 
 def run_peers(args: argparse.Namespace, out: Output) -> int:
+    """List the peers once the answers are in, or watch them."""
     with make_node(args, announce=False) as node:
         if args.watch:
             return _watch(node, args, out)

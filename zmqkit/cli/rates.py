@@ -26,6 +26,7 @@ REPORT_EVERY = 1.0  # seconds between lines in a pipe (a terminal's table refres
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``hz`` and ``bw``."""
     hz = add_command(
         commands,
         "hz",
@@ -70,10 +71,12 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
 
 
 def run_hz(args: argparse.Namespace, out: Output) -> int:
+    """Show a topic's rate and the spread of its intervals."""
     return _measure(args, out, sizes=False)
 
 
 def run_bw(args: argparse.Namespace, out: Output) -> int:
+    """Show a topic's bytes per second and its message sizes."""
     return _measure(args, out, sizes=True)
 
 

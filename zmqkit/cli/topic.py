@@ -21,6 +21,7 @@ FOREVER = 3600.0  # one wait of an echo without --timeout; it waits again after 
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``pub`` and ``echo``."""
     pub = add_command(
         commands,
         "pub",
@@ -84,6 +85,7 @@ def register(commands: argparse._SubParsersAction[CommandParser], scope: Command
 
 
 def run_pub(args: argparse.Namespace, out: Output) -> int:
+    """Publish DATA on TOPIC, COUNT times at RATE."""
     from zmqkit.patterns import pubsub
 
     with make_node(args, args.name, announce=True) as node:
@@ -99,6 +101,7 @@ def run_pub(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_echo(args: argparse.Namespace, out: Output) -> int:
+    """Print the messages on TOPIC until COUNT, a timeout or Ctrl-C."""
     from zmqkit.patterns import pubsub
 
     received = 0
