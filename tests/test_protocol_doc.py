@@ -33,8 +33,9 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 VERSION = 1
 REQUEST, REPLY, ERROR, STREAM_ITEM, STREAM_END, CANCEL, PUBLISH, PUBLISH_BATCH = range(1, 9)
+CREDIT, FLOW_ITEM, FLOW_END = range(9, 12)
 ITEMS = {REQUEST: 6, REPLY: 4, ERROR: 6, STREAM_ITEM: 4, STREAM_END: 3, CANCEL: 3, PUBLISH: 6,
-         PUBLISH_BATCH: 6}
+         PUBLISH_BATCH: 6, CREDIT: 4, FLOW_ITEM: 5, FLOW_END: 4}
 BEACON_MAGIC = b"ZKB"
 BEACON_VERSION = 1
 HELLO, GOODBYE, SOLICIT = 1, 2, 3
@@ -42,6 +43,7 @@ MAX_BEACON = 1200
 MAX_NAME_BYTES = 64
 LOOPBACK_BROADCAST = "127.255.255.255"
 DESCRIBE = "zmqkit.describe"
+STREAM = "zmqkit.stream"
 DESCRIBE_KEYS = {"name", "signature", "doc", "mode"}
 MODES = {"inline", "blocking", "async", "stream", "async-stream"}
 
@@ -269,7 +271,7 @@ def test_the_document_agrees_with_the_codec() -> None:
         else:
             assert data in codec.publish_prefixes(value[2])
     text = DOC.read_text(encoding="utf-8")
-    table = dict(re.findall(r"^\| (\d) \| ([A-Z_]+) \| \d \|", text, re.MULTILINE))
+    table = dict(re.findall(r"^\| (\d+) \| ([A-Z_]+) \| \d \|", text, re.MULTILINE))
     assert {int(k): v for k, v in table.items()} == {kind.value: kind.name for kind in codec.Kind}
     assert (codec.VERSION, codec.BEACON_MAGIC, codec.BEACON_VERSION) == (VERSION, b"ZKB", 1)
     assert (codec.MAX_BEACON_SIZE, codec.MAX_NAME_BYTES) == (MAX_BEACON, MAX_NAME_BYTES)
@@ -498,27 +500,37 @@ def test_describe_lists_the_methods(caller: Caller) -> None:
     assert by_name["count"]["doc"] == "Count from 0 to n - 1."
 
 
-def test_a_stream_is_items_then_end(caller: Caller) -> None:
-    assert [caller.call(12, "count", 3)] + [caller.recv() for _ in range(3)] == [
-        [VERSION, STREAM_ITEM, 12, 0],
-        [VERSION, STREAM_ITEM, 12, 1],
-        [VERSION, STREAM_ITEM, 12, 2],
-        [VERSION, STREAM_END, 12],
-    ]
-    assert caller.call(13, "count", 0) == [VERSION, STREAM_END, 13]
+def test_a_plain_request_for_a_stream_gets_every_item_in_one_reply(caller: Caller) -> None:
+    assert caller.call(12, "count", 3) == [VERSION, REPLY, 12, [0, 1, 2]]
+    assert caller.call(13, "count", 0) == [VERSION, REPLY, 13, []]
+
+
+def test_a_flow_controlled_stream_is_items_within_credit_then_end(caller: Caller) -> None:
+    first = caller.call(14, STREAM, "count", [5], {}, 2)
+    assert first == [VERSION, FLOW_ITEM, 14, 0, 0]
+    assert caller.recv() == [VERSION, FLOW_ITEM, 14, 1, 1]
+    assert not caller.sock.poll(200), "no item beyond the window of 2"
+    caller.send(VERSION, CREDIT, 14, 4)
+    assert [caller.recv() for _ in range(2)] == [[VERSION, FLOW_ITEM, 14, 2, 2],
+                                                 [VERSION, FLOW_ITEM, 14, 3, 3]]
+    assert not caller.sock.poll(200), "no item beyond the limit of 4"
+    caller.send(VERSION, CREDIT, 14, 100)
+    assert caller.recv() == [VERSION, FLOW_ITEM, 14, 4, 4]
+    assert caller.recv() == [VERSION, FLOW_END, 14, 5], "the end needs no credit"
 
 
 def test_cancel_ends_a_stream_early(caller: Caller) -> None:
-    first = caller.call(14, "ticks")
-    assert first == [VERSION, STREAM_ITEM, 14, 0]
-    assert caller.recv() == [VERSION, STREAM_ITEM, 14, 1]
-    caller.send(VERSION, CANCEL, 14)
+    assert caller.call(15, STREAM, "ticks", [], {}, 100) == [VERSION, FLOW_ITEM, 15, 0, 0]
+    assert caller.recv() == [VERSION, FLOW_ITEM, 15, 1, 1]
+    caller.send(VERSION, CANCEL, 15)
     cancelled = time.monotonic()
-    while (message := caller.recv())[1] == STREAM_ITEM:  # items already on their way
-        assert message[2] == 14
-    assert message == [VERSION, STREAM_END, 14]
+    count = 2
+    while (message := caller.recv())[1] == FLOW_ITEM:  # items already on their way
+        assert message[2:4] == [15, count]
+        count += 1
+    assert message == [VERSION, FLOW_END, 15, count]
     assert time.monotonic() - cancelled < 1.0, "the stream (250 ticks, 5 s) stopped early"
-    assert caller.call(15, "add", 1, 2) == [VERSION, REPLY, 15, 3], "no answer to the CANCEL itself"
+    assert caller.call(16, "add", 1, 2) == [VERSION, REPLY, 16, 3], "no answer to the CANCEL itself"
 
 
 # -- publish/subscribe ---------------------------------------------------------------------------

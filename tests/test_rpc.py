@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import random
 import select
 import subprocess
@@ -26,11 +28,13 @@ import pytest
 import zmq
 from conftest import wait_until
 from zmqkit.patterns import rpc
+from zmqkit.patterns.rpc.core import STREAM_WINDOW
 
 from zmqkit import (
     BrokenError,
     ClosedError,
     ConfigError,
+    MethodNotFound,
     Node,
     PeerNotFound,
     RemoteError,
@@ -109,6 +113,16 @@ class Calc:
         finally:
             self.stopped.add(key)
 
+    def counted(self, key: str, n: int) -> Iterator[int]:
+        """Yield 0 to n-1 as fast as it can, recording how far it got."""
+        produced = self.produced
+        try:
+            for index in range(n):
+                produced[key] = index + 1
+                yield index
+        finally:
+            self.stopped.add(key)
+
     def one_then_wait(self, seconds: float) -> Iterator[int]:
         yield 0
         self.release.wait(seconds)
@@ -133,6 +147,15 @@ class Calc:
         for index in range(n):
             await asyncio.sleep(0)
             yield index
+
+    async def acounted(self, key: str, n: int) -> Any:
+        """Yield 0 to n-1 from the event loop, recording how far it got."""
+        try:
+            for index in range(n):
+                self.produced[key] = index + 1
+                yield index
+        finally:
+            self.stopped.add(key)
 
     async def aticks(self, key: str, pause: float) -> Any:
         try:
@@ -739,6 +762,187 @@ def test_async_stream_as_the_first_use_of_a_client(me: Node) -> None:
     asyncio.run(main())
 
 
+def rss() -> int:
+    """This process's resident memory in bytes (the server and the caller both live here)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+PAUSING_ITEMS = 500_000
+MEMORY_BOUND = 64 * 2**20  # generous: 500 000 items queued anywhere would take far more
+
+
+def test_a_reader_that_pauses_gets_every_item_in_order_with_bounded_memory(
+    me: Node, calc: Calc
+) -> None:
+    # issue 16: the reader pauses after the first item; the server must wait within its window
+    # (nothing queued, nothing dropped) and resume when the reader does
+    with rpc.Client(me, "calc", timeout=10) as client:
+        items = client.stream("counted", "pausing", PAUSING_ITEMS)
+        assert next(items) == 0
+        before = rss()
+        wait_until(lambda: calc.produced["pausing"] >= STREAM_WINDOW, 5, "the first window")
+        time.sleep(3)
+        assert calc.produced["pausing"] <= STREAM_WINDOW + 1, "the server ran ahead of its credit"
+        peak = rss()
+        expected = 1
+        for item in items:
+            assert item == expected
+            expected += 1
+            if expected % 50_000 == 0:
+                peak = max(peak, rss())
+        assert expected == PAUSING_ITEMS
+        assert peak - before < MEMORY_BOUND, f"memory grew by {(peak - before) >> 20} MiB"
+        assert "pausing" in calc.stopped and client.add(1, 2) == 3
+
+
+@pytest.mark.parametrize("method", ["counted", "acounted"])
+def test_an_async_reader_that_pauses_gets_every_item_and_the_server_waits(
+    me: Node, calc: Calc, method: str
+) -> None:
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=10) as client:
+            items = client.stream(method, "apausing", 20_000)
+            assert await items.__anext__() == 0
+            deadline = time.monotonic() + 5
+            while calc.produced["apausing"] < STREAM_WINDOW:
+                assert time.monotonic() < deadline, "the first window was not produced"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)  # the reader pauses; its reader task keeps reading
+            assert calc.produced["apausing"] <= STREAM_WINDOW + 1
+            assert [item async for item in items] == list(range(1, 20_000))
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("method", ["counted", "acounted"])
+def test_a_cancel_stops_a_fast_server_within_one_window(
+    me: Node, calc: Calc, method: str
+) -> None:
+    with rpc.Client(me, "calc", timeout=5) as client:
+        for taken, item in enumerate(client.stream(method, "fast-" + method, 10**7), 1):
+            assert item == taken - 1
+            if taken == 1000:
+                break
+        wait_until(lambda: "fast-" + method in calc.stopped, 3, "the generator was closed")
+        assert calc.produced["fast-" + method] <= 1000 + STREAM_WINDOW
+        assert client.add(1, 2) == 3
+
+
+def test_a_plain_call_of_a_generator_gets_every_item_in_one_reply(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=10) as client:
+        assert client.count(100_000) == list(range(100_000))
+        assert client.call("acount", 3) == [0, 1, 2]
+
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=10) as aclient:
+            assert await aclient.count(50_000) == list(range(50_000))
+
+    asyncio.run(main())
+
+
+def test_a_plain_call_of_a_generator_over_one_frame_is_refused(make_node: MakeNode) -> None:
+    def big() -> Iterator[bytes]:
+        while True:  # endless: the server stops at one frame's worth, not at memory's end
+            yield b"x" * 2**20
+
+    rpc.serve(make_node("big"), {"big": big})
+    me = make_node("caller")
+    wait_serving(me, "big")
+    with rpc.Client(me, "big", timeout=10) as client:
+        with pytest.raises(RemoteError) as caught:
+            client.big()
+        assert caught.value.type_name == "zmqkit.EncodeError" and "stream" in caught.value.message
+        assert list(itertools.islice(client.stream("big"), 3)) == [b"x" * 2**20] * 3
+
+
+def test_streaming_a_method_that_does_not_stream_is_refused_before_it_runs(me: Node) -> None:
+    with rpc.Client(me, "calc", timeout=2) as client:
+        with pytest.raises(RemoteError) as caught:
+            list(client.stream("add", 1, 2))
+        assert caught.value.type_name == "zmqkit.NotAStream"
+        with pytest.raises(MethodNotFound):
+            list(client.stream("nope"))
+
+    async def main() -> None:
+        async with rpc.AsyncClient(me, "calc", timeout=2) as aclient:
+            with pytest.raises(RemoteError, match="does not stream"):
+                [x async for x in aclient.stream("sleep", 0)]
+
+    asyncio.run(main())
+
+
+def test_a_stream_whose_reader_gives_no_credit_ends_after_the_idle_limit(
+    me: Node, server: rpc.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zmqkit.patterns.rpc import streams
+
+    monkeypatch.setattr(streams, "IDLE_LIMIT", 0.3)
+    dealer = Socket(zmq.DEALER)
+    try:
+        dealer.connect(server.endpoint)
+        dealer.send(codec.encode_request(5, "zmqkit.stream", ["counted", ["idle", 10], {}, 2], {}))
+        assert [codec.decode(dealer.recv(2)) for _ in range(2)] == [
+            [1, Kind.FLOW_ITEM, 5, 0, 0], [1, Kind.FLOW_ITEM, 5, 1, 1]]
+        ended = codec.decode(dealer.recv(5))  # no CREDIT: the server gives up on the reader
+        assert ended[1:4] == [Kind.ERROR, 5, "zmqkit.Timeout"]
+        wait_until(lambda: not server._flows, 2, "the flow forgotten")
+    finally:
+        dealer.close()
+
+
+OLDER_SERVER_ITEMS = [[0, "a"], [1, "b"], [2, "c"]]
+
+
+def test_a_stream_from_a_server_older_than_flow_control(make_node: MakeNode) -> None:
+    # section 6.7's version rule: an older server knows no zmqkit.stream (MethodNotFound with
+    # the call id), so the caller sends the plain request and takes STREAM_ITEMs and STREAM_END
+    me = make_node("caller")
+    stop = threading.Event()
+    bound: list[str] = []
+
+    def older_server() -> None:  # its socket made, used and closed in its own thread
+        router = Socket(zmq.ROUTER)
+        try:
+            bound.append(router.bind("127.0.0.1"))
+            while not stop.is_set():
+                try:
+                    identity, frame = router.recv_multipart(0.05)
+                except Timeout:
+                    continue
+                _, _, call_id, method, args, _ = codec.decode(frame)
+                if method != "count":
+                    router.send_multipart([identity, codec.encode_error(
+                        call_id, "zmqkit.MethodNotFound", f"no method {method!r}")])
+                    continue
+                for item in OLDER_SERVER_ITEMS[:args[0]]:
+                    router.send_multipart([identity, codec.encode_stream_item(call_id, item)])
+                router.send_multipart([identity, codec.encode_stream_end(call_id)])
+        finally:
+            router.close()
+
+    thread = threading.Thread(target=older_server)
+    thread.start()
+    try:
+        wait_until(lambda: bound, 2, "the older server bound")
+        with Node("older", port=me.port, **FAST) as older:
+            older.advertise("rpc", bound[0])
+            wait_serving(me, "older")
+            with rpc.Client(me, "older", timeout=2) as client:
+                assert list(client.stream("count", 3)) == OLDER_SERVER_ITEMS
+                with pytest.raises(MethodNotFound):
+                    list(client.stream("nope"))
+
+            async def main() -> list[Any]:
+                async with rpc.AsyncClient(me, "older", timeout=2) as aclient:
+                    return [item async for item in aclient.stream("count", 2)]
+
+            assert asyncio.run(main()) == OLDER_SERVER_ITEMS[:2]
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_sync_stream_per_item_timeout(me: Node, calc: Calc) -> None:
     with rpc.Client(me, "calc", timeout=2) as client:
         items = client.stream("one_then_wait", 5, timeout=0.3)
@@ -843,9 +1047,10 @@ def test_garbage_requests_do_not_stop_the_server(me: Node, server: rpc.Server) -
         replies = [codec.decode(dealer.recv(2)) for _ in range(len(bad_frames) + 2)]
         assert all(reply[1] == Kind.ERROR for reply in replies)
         assert {reply[3] for reply in replies} == {"zmqkit.ProtocolError"}
-        # CANCELs for calls that do not exist get no answer and leave nothing behind
+        # CANCELs and CREDITs for calls that do not exist get no answer and leave nothing behind
         for call_id in range(100):
             dealer.send(codec.encode_cancel(call_id))
+            dealer.send(codec.encode_credit(call_id, 10**6))
         # a good request on the same connection still gets its answer
         dealer.send(codec.encode_request(8, "add", [20, 22], {}))
         assert codec.decode(dealer.recv(2)) == [1, Kind.REPLY, 8, 42]
@@ -858,7 +1063,7 @@ def test_garbage_requests_do_not_stop_the_server(me: Node, server: rpc.Server) -
     finally:
         dealer.close()
     assert server.stats()["bad-requests"] >= len(bad_frames) + 2
-    assert not server._streams  # no stray CANCEL was remembered
+    assert not server._flows  # no stray CANCEL or CREDIT was remembered
     with rpc.Client(me, "calc", timeout=2) as client:
         assert client.add(1, 2) == 3
         assert client.sleep(0.01) == 0.01

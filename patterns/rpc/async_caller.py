@@ -229,9 +229,11 @@ class AsyncCaller:
 
     async def _stream(self, method: str, args: tuple[Any, ...] | list[Any],
                       kwargs: dict[str, Any], timeout: float | None) -> AsyncIterator[Any]:
-        """The items a generator method yields, as they come (``timeout``: between items)."""
+        """The items a generator method yields, as they come (``timeout``: the longest wait
+        for one), granting the server credit as they are taken (see ``core``)."""
         self._bind_loop()
-        call = self._core.begin(
+        core = self._core
+        call = core.begin(
             method, args, kwargs, idempotent=False,
             timeout=self.timeout if timeout is None else timeout, now=time.monotonic(),
             stream=True,
@@ -243,8 +245,12 @@ class AsyncCaller:
                 items, call.items = call.items, None
                 for item in items or ():
                     yield item
+                    limit = core.took(call, 1)
+                    if limit is not None:
+                        self._grant(call, limit)
                 if call.phase is _DONE:
                     break
+                core.waiting(call, time.monotonic())
             call.outcome()  # raises the error it ended with, if any
             done = True
         finally:
@@ -502,6 +508,14 @@ class AsyncCaller:
                         promise.set_exception(call.error)
         except ClosedError:
             return  # the node went and its socket was closed under us
+
+    def _grant(self, call: Call, limit: int) -> None:
+        """Let the server send a stream's items up to ``limit`` (best effort: a CREDIT that
+        cannot go means the connection is gone, which the deadline then reports)."""
+        sock = call.via
+        if isinstance(sock, Socket) and not sock.closed:
+            with contextlib.suppress(ZmqkitError):
+                sock.try_send(codec.encode_credit(call.call_id, limit))
 
     def _cancel(self, call: Call) -> None:
         """A stream left early: end it, and tell its node to stop producing (best effort)."""

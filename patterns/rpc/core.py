@@ -10,7 +10,12 @@ once. A routing policy (``routes.Targets``) says which node gets each attempt.
   and comes from a node the call was sent to. An ERROR with call id 0 answers a request its
   server could not read (docs/protocol.md, 6.3): it is taken as the answer of the one call in
   flight on that connection, and dropped when there are several (it cannot say which).
-- **Deadline.** One budget per call, shared by all its attempts (a stream's is per item).
+- **Deadline.** One budget per call, shared by all its attempts (a stream's is per item, and
+  runs only while its reader waits).
+- **Streams.** A stream is flow-controlled (docs/protocol.md, 6.7): the request asks for a
+  window of items, each item must carry the next index, the end says how many were sent, and
+  ``took`` says when the reader has taken enough to grant the next half window. A server that
+  does not know ``zmqkit.stream`` (older than flow control) gets the plain request instead.
 - **Retry.** A request that never left this process (no connection to the chosen node) goes to
   the next node, always. One that left may have run: it is sent again only if the caller marked
   it idempotent (``may_retry``), when its node leaves or (with ``attempt_timeout``) stays silent;
@@ -42,12 +47,14 @@ from zmqkit import (
 from zmqkit.codec import Kind
 
 from .routes import FAILURE_PENALTY, ROLE, Target, Targets
+from .streams import STREAM_METHOD
 
 __all__ = [
     "CONNECT_WAIT",
     "DEFAULT_TIMEOUT",
     "FAILURE_PENALTY",
     "SLICE",
+    "STREAM_WINDOW",
     "Call",
     "CallCore",
     "Phase",
@@ -58,11 +65,13 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 SLICE = 0.25  # while waiting, a driver looks at discovery (and at close) at least this often
 CONNECT_WAIT = 0.25  # how long a request waits for a connection before it tries the next node
+STREAM_WINDOW = 256  # items a stream's server may send ahead of its reader
 RARE_STATS = ("retried", "unreachable", "refused", "dropped-garbage", "dropped-stale",
               "dropped-not-an-answer")
 KEYRING_HINT = "(a CURVE node admits only peers whose key is in its keyring: is this one's?)"
 
 _REPLY, _ITEM, _END, _ERROR = Kind.REPLY, Kind.STREAM_ITEM, Kind.STREAM_END, Kind.ERROR
+_FLOW_ITEM, _FLOW_END = Kind.FLOW_ITEM, Kind.FLOW_END
 
 
 class Phase(enum.Enum):
@@ -87,8 +96,8 @@ class Call:
 
     __slots__ = (
         "attempt_deadline", "budget", "call_id", "deadline", "error", "frame", "held",
-        "idempotent", "items", "method", "phase", "promise", "result", "sent_to", "stream",
-        "target", "tried", "via",
+        "idempotent", "items", "limit", "method", "phase", "plain_frame", "promise",
+        "received", "result", "sent_to", "stream", "taken", "target", "tried", "via",
     )
     call_id: int  # one id for every attempt: the same request, to each node in turn
     method: str
@@ -112,6 +121,11 @@ class Call:
     promise: Any  # the driver's own (asyncio: the future of a submitted call)
     result: Any
     error: ZmqkitError | None
+    # a stream's only, set by CallCore.begin for a stream: its flow control
+    limit: int  # the items below this index may come (0: a plain request, no flow control)
+    received: int  # the index the next item must carry
+    taken: int  # items the reader has taken
+    plain_frame: bytes | None  # the plain request, for a server older than flow control
 
     def __repr__(self) -> str:
         return f"<zmqkit rpc call {self.call_id} {self.method}() {self.phase.value}>"
@@ -222,7 +236,13 @@ class CallCore:
         call = Call()
         call.call_id = call_id = next(self._ids)
         call.method = method
-        call.frame = codec.encode_request(call_id, method, args, kwargs)
+        if stream:
+            call.frame = codec.encode_request(
+                call_id, STREAM_METHOD, [method, args, kwargs, STREAM_WINDOW], {})
+            call.plain_frame = codec.encode_request(call_id, method, args, kwargs)
+            call.limit, call.received, call.taken = STREAM_WINDOW, 0, 0
+        else:
+            call.frame = codec.encode_request(call_id, method, args, kwargs)
         call.idempotent = idempotent and not stream
         call.stream = stream
         call.budget = timeout
@@ -306,6 +326,11 @@ class CallCore:
             del self.calls[call.call_id]
             self.answered_count += 1
             return call
+        if kind in (_FLOW_ITEM, _FLOW_END):
+            if call.stream:
+                return self._flow(call, message, now)
+            self.counts["dropped-not-an-answer"] += 1
+            return None
         if kind == _ITEM:
             if call.items is None:
                 call.items = [message[3]]
@@ -319,12 +344,31 @@ class CallCore:
         if kind == _END:
             self._finish(call, result=call.items or [])
         elif kind == _ERROR:
+            if call.stream and message[3] == "zmqkit.MethodNotFound" and call.plain_frame:
+                self._plain_after_all(call)  # maybe a server older than flow control
+                return call
             self._finish(call, error=remote_error(message[3], message[4], message[5]))
         else:
             self.counts["dropped-not-an-answer"] += 1
             return None
         self.answered_count += 1
         return call
+
+    def took(self, call: Call, count: int) -> int | None:
+        """The reader of stream ``call`` took ``count`` more items: the new credit limit to
+        send the server when half the window is used (else None). Called by the reader only."""
+        call.taken += count
+        limit = call.limit
+        if limit and limit - call.taken <= STREAM_WINDOW // 2 and call.phase is not _DONE:
+            call.limit = limit = call.taken + STREAM_WINDOW
+            return limit
+        return None
+
+    def waiting(self, call: Call, now: float) -> None:
+        """The reader of stream ``call`` waits for its next item from ``now``: the per-item
+        deadline runs from here (a reader that paused is not timed out for its pause)."""
+        if call.phase is not _DONE:
+            call.deadline = now + call.budget
 
     def expire(self, call: Call, now: float) -> bool:
         """Apply the deadlines to ``call`` at ``now``; True if that changed it."""
@@ -470,6 +514,47 @@ class CallCore:
             f"{self.name}.{call.method}() could not connect to any {self.name!r} node in "
             f"{budget}; it was never sent, so it did not run{hint}"
         )
+
+    def _flow(self, call: Call, message: list[Any], now: float | None) -> Call:
+        """A FLOW_ITEM or FLOW_END of stream ``call``: in order, within its credit, complete."""
+        kind, count = message[1], message[3]
+        if kind == _FLOW_END:
+            if count == call.received:
+                self._finish(call, result=call.items or [])
+            else:
+                self._finish(call, error=BrokenError(
+                    f"{self.name}.{call.method}() ended after {count} items, of which "
+                    f"{call.received} arrived: the rest were lost on the way"))
+        elif count != call.received or count >= call.limit:
+            why = (f"item {count} came where {call.received} was due" if count != call.received
+                   else f"item {count} came beyond the credit given ({call.limit})")
+            self._finish(call, error=BrokenError(
+                f"{self.name}.{call.method}() broke its stream: {why}"))
+        else:
+            call.received = count + 1
+            if call.items is None:
+                call.items = [message[4]]
+            else:
+                call.items.append(message[4])
+            if now is not None:
+                call.deadline = now + call.budget
+            return call
+        self.answered_count += 1
+        return call
+
+    def _plain_after_all(self, call: Call) -> None:
+        """A stream's ``zmqkit.stream`` request was not found: send the plain request (an older
+        server streams it without flow control; a method that does not exist is not found
+        again, and that error ends the call)."""
+        assert call.plain_frame is not None
+        call.frame, call.plain_frame, call.limit = call.plain_frame, None, 0
+        target = call.held
+        if target is not None:
+            call.held = None
+            self.targets.finished(target)
+        call.phase = _ROUTING
+        call.target = None
+        self.counts["retried"] += 1
 
     def _only_call_via(self, node: uuid_module.UUID, via: object) -> Call | None:
         in_flight = [

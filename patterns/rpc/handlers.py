@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from zmqkit import ConfigError
 
+from .streams import STREAM_METHOD
+
 __all__ = ["DESCRIBE_METHOD", "Handler", "Mode", "blocking", "collect_handlers"]
 
 DESCRIBE_METHOD = "zmqkit.describe"  # not a Python identifier, so no user method can clash
@@ -116,6 +118,8 @@ def collect_handlers(
     handlers = {name: Handler.of(name, function) for name, function in pairs}
     if DESCRIBE_METHOD in handlers:
         raise ConfigError(f"{DESCRIBE_METHOD!r} is the built-in method list; pick another name")
+    if STREAM_METHOD in handlers:
+        raise ConfigError(f"{STREAM_METHOD!r} opens the built-in streams; pick another name")
     if not handlers:
         raise ConfigError(f"{target!r} has no public callables to serve")
     return handlers

@@ -12,8 +12,8 @@ from __future__ import annotations
 __all__ = ["RESERVED", "remote_method"]
 
 RESERVED = frozenset({
-    "aclose", "call", "call_with", "close", "closed", "methods", "name", "node", "primary",
-    "replicas", "stats", "stream", "submit", "timeout",
+    "aclose", "call", "call_with", "close", "closed", "describe", "methods", "name", "node",
+    "primary", "replicas", "stats", "stream", "submit", "timeout",
 })
 
 

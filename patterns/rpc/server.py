@@ -40,8 +40,10 @@ from zmqkit import (
 )
 from zmqkit.codec import Kind
 
+from . import streams
 from .handlers import DESCRIBE_METHOD, Handler, Mode, collect_handlers
 from .routes import ROLE
+from .streams import STREAM_METHOD, Flow, Stop
 
 __all__ = ["DEFAULT_WORKERS", "Server", "serve"]
 
@@ -56,10 +58,11 @@ LOOP_DRAIN = 1.0  # seconds the loop's cancelled handlers get to finish when the
 
 # The way back to a caller: its ROUTER identity, and for a REQ caller the empty delimiter too
 Address = tuple[bytes, ...]
-Outgoing = tuple[Address, bytes, bool]  # (caller's address, frame, whether the call is finished)
-_NEVER_CANCELLED = threading.Event()  # a one-shot call has no cancel flag: this one is never set
+# (caller's address, frame or None for none, whether the call is finished)
+Outgoing = tuple[Address, bytes | None, bool]
 # plain names: an enum member looked up on its class costs ten times more, on every call
-_REQUEST, _CANCEL, _INLINE = Kind.REQUEST, Kind.CANCEL, Mode.INLINE
+_REQUEST, _CANCEL, _CREDIT, _INLINE = Kind.REQUEST, Kind.CANCEL, Kind.CREDIT, Mode.INLINE
+_STREAMING = (Mode.STREAM, Mode.ASYNC_STREAM)
 _clock = time.perf_counter
 
 
@@ -104,9 +107,10 @@ class Server:
         self._failed: Counter[str] = Counter()
         self._outbox: deque[Outgoing] = deque()
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        # (caller, call id) of each stream in progress -> set when its caller cancels it. Only
-        # streams the server started are here, so stray or forged CANCELs cannot grow it.
-        self._streams: dict[tuple[Address, int], threading.Event] = {}
+        # (caller, call id) of each flow-controlled stream in progress. Only streams the server
+        # started are here, so stray or forged CANCELs and CREDITs cannot grow it.
+        self._flows: dict[tuple[Address, int], Flow] = {}
+        self._next_sweep = 0.0  # when to look for flows whose caller stopped giving credit
         self._outstanding = 0
         self._closing = threading.Lock()
         self._closed = False
@@ -184,6 +188,9 @@ class Server:
         if self.endpoint and self.node.endpoints.get(ROLE) == self.endpoint:
             self.node.withdraw(ROLE)
         self._service.stop(timeout)
+        for flow in list(self._flows.values()):
+            if flow.halt(Stop.CLOSED):  # waiting for credit: end it now, the pool is closing
+                flow.resume()
         here = threading.current_thread()
         for _ in self._pool:
             self._jobs.put(None)
@@ -229,6 +236,8 @@ class Server:
                 if self._outstanding:
                     ready = poller.poll(TICK)
                     self._flush(router)
+                    if self._flows:
+                        self._sweep()
                     if router not in ready:
                         continue
                     message = router.try_recv_multipart()
@@ -256,9 +265,21 @@ class Server:
     def _flush(self, router: Socket) -> None:
         while self._outbox:
             address, frame, finished = self._outbox.popleft()
-            _reply(router, address, frame)
+            if frame is not None:
+                _reply(router, address, frame)
             if finished:
                 self._outstanding -= 1
+
+    def _sweep(self) -> None:
+        """End the flows whose caller has given no credit for ``streams.IDLE_LIMIT`` seconds
+        (a reader that went away without a CANCEL), looking about once a second."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        for flow in list(self._flows.values()):
+            if flow.expire(now):
+                flow.resume()
 
     def _handle(self, router: Socket, message: list[bytes]) -> None:
         """One message from a caller: its address (its routing id, then an empty delimiter for
@@ -274,7 +295,7 @@ class Server:
             return
         kind, call_id = request[1], request[2]
         if kind != _REQUEST:
-            self._not_a_request(router, message, kind, call_id)
+            self._not_a_request(router, message, request)
             return
         self._calls += 1
         started = _clock()
@@ -291,6 +312,9 @@ class Server:
         address = tuple(message[:-1])
         if handler is None:
             method = request[3]
+            if method == STREAM_METHOD:
+                self._open_flow(router, address, call_id, request[4], started)
+                return
             _reply(
                 router,
                 address,
@@ -313,13 +337,14 @@ class Server:
             self._outstanding += 1
             self._dispatch(handler, address, call_id, request[4], request[5], started)
 
-    def _not_a_request(self, router: Socket, message: list[bytes], kind: int,
-                       call_id: int) -> None:
-        """A CANCEL stops the stream it names; any other kind is answered with an error."""
-        if kind == _CANCEL:
-            cancelled = self._streams.get((tuple(message[:-1]), call_id))
-            if cancelled is not None:
-                cancelled.set()
+    def _not_a_request(self, router: Socket, message: list[bytes], request: list[Any]) -> None:
+        """A CREDIT lets the stream it names run further, a CANCEL stops it (neither gets an
+        answer, even for a stream that is not there); any other kind gets an error."""
+        kind, call_id = request[1], request[2]
+        if kind in (_CREDIT, _CANCEL):
+            flow = self._flows.get((tuple(message[:-1]), call_id))
+            if flow is not None and (flow.grant(request[3]) if kind == _CREDIT else flow.cancel()):
+                flow.resume()
             return
         answered = call_id if kind != Kind.PUBLISH and kind != Kind.PUBLISH_BATCH else 0
         self._bad_request(router, message, answered, "expected a request")
@@ -340,21 +365,60 @@ class Server:
         kwargs: dict[str, Any],
         started: float,
     ) -> None:
-        cancelled = _NEVER_CANCELLED
-        if handler.mode in (Mode.STREAM, Mode.ASYNC_STREAM):
-            cancelled = self._streams[(address, call_id)] = threading.Event()
-        if handler.mode is Mode.BLOCKING:
+        """A call for the pool or the loop (a generator called plainly: all its items in one
+        REPLY, as the protocol lets a server answer any call)."""
+        if handler.mode is Mode.BLOCKING or handler.mode is Mode.STREAM:
             self._jobs.put(lambda: self._post(
                 address, self._call(handler, call_id, args, kwargs), True, handler, started))
-        elif handler.mode is Mode.STREAM:
-            self._jobs.put(lambda: self._stream(handler, address, call_id, args, kwargs, cancelled,
-                                                started))
         else:
             assert self._loop is not None
             asyncio.run_coroutine_threadsafe(
-                self._call_async(handler, address, call_id, args, kwargs, cancelled, started),
-                self._loop,
+                self._call_async(handler, address, call_id, args, kwargs, started), self._loop
             )
+
+    def _open_flow(self, router: Socket, address: Address, call_id: int,
+                   stream_args: list[Any], started: float) -> None:
+        """A REQUEST for ``zmqkit.stream``: start a flow-controlled stream, or say why not."""
+        opened = streams.open_args(stream_args)
+        if isinstance(opened, str):
+            self._stats["errors"] += 1
+            _reply(router, address, _error(call_id, "zmqkit.BadArguments", opened))
+            return
+        method, args, kwargs, window = opened
+        handler = self.handlers.get(method)
+        if handler is None:
+            _reply(router, address, self._not_found(call_id, method))
+        elif handler.mode not in _STREAMING:
+            self._stats["errors"] += 1
+            _reply(router, address, _error(
+                call_id, "zmqkit.NotAStream",
+                f"{self.node.name}.{method}() does not stream (it runs {handler.mode.value}): "
+                "call it with a plain REQUEST"))
+        elif self._outstanding >= MAX_OUTSTANDING or (address, call_id) in self._flows:
+            self._stats["busy"] += 1
+            _reply(router, address, _error(
+                call_id, "zmqkit.BusyError",
+                f"{self.node.name} has {MAX_OUTSTANDING} calls waiting, or a stream with this "
+                "call id already"))
+        else:
+            self._outstanding += 1
+            flow = self._flows[(address, call_id)] = Flow(call_id, window)
+
+            def post(frame: bytes | None, finished: bool) -> None:
+                if finished:
+                    self._post(address, frame, True, handler, started)
+                else:
+                    self._post(address, frame, False)
+
+            if handler.mode is Mode.STREAM:
+                job = self._flow_job(handler, address, flow, args, kwargs, post)
+                flow.resume = lambda: self._jobs.put(job)
+                self._jobs.put(job)
+            else:
+                assert self._loop is not None
+                asyncio.run_coroutine_threadsafe(
+                    self._flow_async(handler, address, flow, args, kwargs, post), self._loop
+                )
 
     def _describe(self, call_id: int) -> bytes:
         return codec.encode_reply(call_id, [h.describe() for h in self.handlers.values()])
@@ -374,7 +438,10 @@ class Server:
         self, handler: Handler, call_id: int, args: list[Any], kwargs: dict[str, Any]
     ) -> bytes:
         try:
-            return codec.encode_reply(call_id, handler.function(*args, **kwargs))
+            result = handler.function(*args, **kwargs)
+            if handler.mode is Mode.STREAM:  # a generator called plainly: one REPLY of it all
+                return streams.collect(handler.name, call_id, result)
+            return codec.encode_reply(call_id, result)
         except Exception as exc:  # the caller gets it as RemoteError; the server keeps serving
             return self._failure(handler, call_id, args, kwargs, exc)
 
@@ -400,32 +467,37 @@ class Server:
             call_id, type(exc).__name__, str(exc), traceback.format_exc()[-MAX_TRACEBACK:]
         )
 
-    def _stream(
-        self,
-        handler: Handler,
-        address: Address,
-        call_id: int,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        cancelled: threading.Event,
-        started: float,
-    ) -> None:
-        key = (address, call_id)
+    def _flow_job(self, handler: Handler, address: Address, flow: Flow, args: list[Any],
+                  kwargs: dict[str, Any], post: streams.Post) -> Callable[[], None]:
+        """The pool's job for a flow of a plain generator: each run sends what the credit
+        allows, then gives the thread back; the server thread queues it again on credit."""
+        generator: list[Any] = []  # made by the first run, in the pool
+
+        def run() -> None:
+            try:
+                if not generator:
+                    generator.append(handler.function(*args, **kwargs))
+                if not streams.produce(flow, generator[0], post, time.monotonic):
+                    return  # waiting for credit
+            except Exception as exc:  # reported to the caller as RemoteError
+                post(self._failure(handler, flow.call_id, args, kwargs, exc), True)
+            self._flows.pop((address, flow.call_id), None)
+
+        return run
+
+    async def _flow_async(self, handler: Handler, address: Address, flow: Flow,
+                          args: list[Any], kwargs: dict[str, Any], post: streams.Post) -> None:
+        """A flow of an async generator, on the loop: it awaits credit in its own task."""
         try:
             items = handler.function(*args, **kwargs)
             try:
-                for item in items:
-                    if cancelled.is_set() or self._closed:  # an endless stream ends on close
-                        break
-                    self._post(address, codec.encode_stream_item(call_id, item), False)
+                await streams.produce_async(flow, items, post, time.monotonic)
             finally:
-                items.close()
-            self._post(address, codec.encode_stream_end(call_id), True, handler, started)
+                await items.aclose()
         except Exception as exc:  # reported to the caller as RemoteError
-            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True,
-                       handler, started)
+            post(self._failure(handler, flow.call_id, args, kwargs, exc), True)
         finally:
-            self._streams.pop(key, None)
+            self._flows.pop((address, flow.call_id), None)
 
     async def _call_async(
         self,
@@ -434,31 +506,20 @@ class Server:
         call_id: int,
         args: list[Any],
         kwargs: dict[str, Any],
-        cancelled: threading.Event,
         started: float,
     ) -> None:
-        key = (address, call_id)
         try:
             if handler.mode is Mode.ASYNC:
                 result = await handler.function(*args, **kwargs)
-                self._post(address, codec.encode_reply(call_id, result), True, handler, started)
-                return
-            items = handler.function(*args, **kwargs)
-            try:
-                async for item in items:
-                    if cancelled.is_set():
-                        break
-                    self._post(address, codec.encode_stream_item(call_id, item), False)
-            finally:
-                await items.aclose()
-            self._post(address, codec.encode_stream_end(call_id), True, handler, started)
+                reply = codec.encode_reply(call_id, result)
+            else:  # an async generator called plainly: one REPLY of it all
+                reply = await streams.collect_async(
+                    handler.name, call_id, handler.function(*args, **kwargs))
         except Exception as exc:  # reported to the caller as RemoteError
-            self._post(address, self._failure(handler, call_id, args, kwargs, exc), True,
-                       handler, started)
-        finally:
-            self._streams.pop(key, None)
+            reply = self._failure(handler, call_id, args, kwargs, exc)
+        self._post(address, reply, True, handler, started)
 
-    def _post(self, address: Address, frame: bytes, finished: bool,
+    def _post(self, address: Address, frame: bytes | None, finished: bool,
               handler: Handler | None = None, started: float = 0.0) -> None:
         """Hand a frame to the server thread, waking it if it is not awake already; the last
         frame of a call (given its ``handler`` and when it ``started``) counts its latency."""

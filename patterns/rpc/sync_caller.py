@@ -34,7 +34,7 @@ from zmqkit import (
 )
 
 from .connections import Connections
-from .core import CONNECT_WAIT, SLICE, Call, CallCore, Phase
+from .core import CONNECT_WAIT, SLICE, STREAM_WINDOW, Call, CallCore, Phase
 from .routes import ROLE, Target
 
 __all__ = ["CLOSE_WAIT", "SyncCaller"]
@@ -181,9 +181,11 @@ class SyncCaller:
 
     def _stream(self, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
                 timeout: float | None) -> Iterator[Any]:
-        """The items a generator method yields, as they come (``timeout``: between items)."""
+        """The items a generator method yields, as they come (``timeout``: the longest wait
+        for one), granting the server credit as they are taken (see ``core``)."""
         home = owner = getattr(self._local, "owner", None) or self._new_owner()
         call, target = self._start(owner, method, args, kwargs, timeout, False, stream=True)
+        took = self._core.took
         done = False
         try:
             while True:
@@ -194,7 +196,11 @@ class SyncCaller:
                         items, call.items = call.items, None
                 finally:
                     self._leave(owner, None)
-                yield from items or ()
+                for item in items or ():
+                    yield item
+                    limit = took(call, 1)
+                    if limit is not None:
+                        self._grant(home, call, limit)
                 if call.phase is _DONE:
                     break
                 owner = self._enter()
@@ -203,6 +209,8 @@ class SyncCaller:
                     raise WrongThread(
                         f"a stream of {self!r} is read by the thread that started it"
                     )
+                with self._lock:
+                    self._core.waiting(call, time.monotonic())
             call.outcome()  # raises the error it ended with, if any
             done = True
         finally:
@@ -293,7 +301,10 @@ class SyncCaller:
         while True:
             if call.phase is _IN_FLIGHT:  # the usual case: wait for the answer
                 self._wait(owner, call)
-                if call.phase is _DONE or (call.stream and call.items):
+                if call.phase is _DONE:
+                    return
+                if call.stream and call.items:
+                    self._drain(owner, call)
                     return
             now = time.monotonic()
             target = None
@@ -392,6 +403,22 @@ class SyncCaller:
         if not ready:
             self._after_silence(owner, call)
 
+    def _drain(self, owner: _Owner, call: Call) -> None:
+        """A stream's item came: take the ones queued behind it too (at most a window)."""
+        target = call.target
+        sock = owner.conns.sockets.get(target) if target is not None else None
+        if sock is None or target is None:
+            return
+        receive, node, now = self._core.receive, target.uuid, time.monotonic()
+        with self._lock:
+            for _ in range(STREAM_WINDOW):
+                frame = sock.try_recv()
+                if frame is None:
+                    return
+                receive(node, frame, sock, now)
+                if call.phase is not _IN_FLIGHT:
+                    return
+
     def _after_silence(self, owner: _Owner, call: Call) -> None:
         """A call that timed out in flight leaves fresh sockets behind it (Lazy Pirate)."""
         if time.monotonic() < call.deadline or (call.stream and call.items):
@@ -410,6 +437,15 @@ class SyncCaller:
             return
         with self._lock:
             self._core.version = -1  # one serves the name: look at the peers again now
+
+    def _grant(self, home: _Owner, call: Call, limit: int) -> None:
+        """Let the server send a stream's items up to ``limit`` (best effort: a CREDIT that
+        cannot go means the connection is gone, which the deadline then reports)."""
+        sock = call.via
+        if getattr(self._local, "owner", None) is home and isinstance(sock, Socket) and (
+                not sock.closed):
+            with contextlib.suppress(ZmqkitError):
+                sock.try_send(codec.encode_credit(call.call_id, limit))
 
     def _cancel(self, home: _Owner, call: Call | None) -> None:
         """A stream left early: end it, and tell its node to stop producing (best effort)."""
