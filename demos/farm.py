@@ -144,7 +144,7 @@ def run(
         console.print(
             f"interrupted (Ctrl-C) when {len(job.done)}/{tasks} tasks were done; {shares}; "
             f"the ventilator and the {workers} worker processes are stopped",
-            soft_wrap=True,
+            soft_wrap=not console.is_terminal,  # words wrap on a terminal, nothing in a pipe
         )
         return EXIT_INTERRUPTED
     right = job.correct()
@@ -153,7 +153,7 @@ def run(
         + ("" if len(job.done) == tasks else " (the duration ended first)")
         + f"; every result right: {'yes' if right else 'no'}; {shares}; "
         f"duplicates: {job.submitter.duplicates}",
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # words wrap on a terminal, nothing in a pipe
     )
     wrong = [task for task in job.done if job.done[task] != job.ids.index(task) ** 2]
     return 1 if wrong else 0
