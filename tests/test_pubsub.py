@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from zmqkit.patterns import pubsub, rpc
 from zmqkit.patterns.pubsub import Intake, Message
 
+import zmqkit
 from zmqkit import ClosedError, ConfigError, Node, PeerNotFound, Timeout, WrongThread, codec
 
 WARM = "_warm"
@@ -855,3 +856,54 @@ def test_a_slow_subscriber_has_bounded_memory_and_counts_what_it_missed(
     assert len(flood) + missed == flood[-1].seq - flood[0].seq + 1
     assert subscriber.gaps == sum(m.gap for m in received)
     assert subscriber.stats()["gaps"] == subscriber.gaps
+
+
+# -- a publication over the subscriber's maximum size -------------------------------------------
+
+
+SMALL = zmqkit.SocketOptions(max_message_size=1000)
+
+
+def test_a_subscriber_connects_again_after_a_publication_over_its_maximum_size(
+    publisher: pubsub.Publisher, sub_node: Node
+) -> None:
+    # libzmq drops the connection on a frame over MAXMSGSIZE and, as that is a protocol error,
+    # never reconnects it by itself: the subscriber sees the drop and connects again
+    with pubsub.Subscriber(sub_node, "big", options=SMALL) as subscriber:
+        warm_up(publisher, subscriber)
+        for round_ in range(2):
+            publisher.publish("big", "x" * 2000)  # over this subscriber's maximum: dropped
+            heard = []
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and f"after {round_}" not in heard:
+                publisher.publish("big", f"after {round_}")
+                with contextlib.suppress(Timeout):
+                    heard.append(subscriber.recv(0.1).data)
+            assert f"after {round_}" in heard, "the subscriber never heard the publisher again"
+            assert "x" * 2000 not in heard
+        assert subscriber.stats()["reconnected"] == 2
+
+
+def test_an_async_subscriber_connects_again_after_a_publication_over_its_maximum_size(
+    publisher: pubsub.Publisher, sub_node: Node
+) -> None:
+    async def main() -> list[Any]:
+        async with pubsub.AsyncSubscriber(sub_node, "big", WARM, options=SMALL) as subscriber:
+            await subscriber.wait_for_publishers(timeout=5)
+            heard: list[Any] = []
+            deadline = time.monotonic() + 5
+            while "warm" not in heard:
+                assert time.monotonic() < deadline, "nothing received in the async warm-up"
+                publisher.publish(WARM, "warm")
+                with contextlib.suppress(Timeout):
+                    heard.append((await subscriber.recv(0.05)).data)
+            publisher.publish("big", "x" * 2000)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and "after" not in heard:
+                publisher.publish("big", "after")
+                with contextlib.suppress(Timeout):
+                    heard.append((await subscriber.recv(0.1)).data)
+            assert subscriber.stats()["reconnected"] == 1
+            return heard
+
+    assert "after" in asyncio.run(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import itertools
 import math
 import threading
 import weakref
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .deadline import Deadline, check_timeout
@@ -65,6 +67,7 @@ class SocketKind(enum.IntEnum):
     PUSH = zmq.PUSH
 
 _open: weakref.WeakSet[Socket] = weakref.WeakSet()
+_monitors = itertools.count(1)  # a name for each socket's monitor endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ class Socket:
         self._rcvtimeo = -1  # milliseconds, as set on the socket
         self._timeout = math.nan  # seconds, as last asked for (NaN equals nothing)
         self.endpoints: list[str] = []
+        self._monitor: zmq.Socket[Any] | None = None  # see watch_drops
         _open.add(self)
 
     def __repr__(self) -> str:
@@ -255,6 +259,37 @@ class Socket:
         except zmq.ZMQError as exc:
             if exc.errno != errno.ENOENT:
                 raise translate_zmq_error(exc, f"{doing} {endpoint}") from exc
+
+    def watch_drops(self) -> None:
+        """Note the connections ZeroMQ drops from now on, for ``dropped``.
+
+        ZeroMQ reconnects by itself after a peer goes away, but not after a protocol error on
+        the connection (a frame over ``max_message_size`` is one): a part that must stay
+        connected asks ``dropped`` and connects those endpoints again.
+        """
+        self.check_owner()
+        if self._monitor is not None:
+            return
+        address = f"inproc://zmqkit-drops-{next(_monitors)}"
+        self.raw.monitor(address, zmq.EVENT_DISCONNECTED)
+        monitor = self.raw.context.socket(zmq.PAIR)
+        monitor.linger = 0
+        monitor.connect(address)
+        self._monitor = monitor
+
+    def dropped(self) -> list[str]:
+        """The endpoints whose connection dropped since the last look (after ``watch_drops``),
+        as they were given to ``connect``; never waits."""
+        monitor = self._monitor
+        if monitor is None or not int(monitor.getsockopt(_EVENTS)) & _POLLIN:
+            return []
+        endpoints = []
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
+            except zmq.Again:
+                return endpoints
+            endpoints.append(event["endpoint"].decode())
 
     def connect_peer(self, peer: Peer, role: str) -> str:
         """Connect to what ``peer`` serves as ``role``, under this socket's CURVE policy.
@@ -472,6 +507,11 @@ class Socket:
 
     def close(self) -> None:
         """Close, waiting at most ``options.linger`` for unsent messages. Safe to call twice."""
+        if self._monitor is not None:
+            if not self.raw.closed:
+                self.raw.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if not self.raw.closed:
             self.raw.close()
         _open.discard(self)

@@ -293,7 +293,7 @@ class GroupsCore(Generic[W]):
             self.stats["bad-requests"] += 1
             return wire.encode_refusal(0, "zmqkit.ProtocolError", str(exc)), None
         kind, call_id = message[1], message[2]
-        if kind == Kind.CANCEL:
+        if kind in (Kind.CANCEL, Kind.CREDIT):  # a stream's controls: no answer (section 6.5)
             return None, None
         if kind != Kind.REQUEST:
             self.stats["bad-requests"] += 1

@@ -3,11 +3,14 @@
 Every node that advertises ``pub`` is connected to, this node's own publisher included, through
 ``connect_peer``: with keys, a publisher must present a key from the keyring (one that may not is
 skipped, warned about once and counted as ``refused-publishers``, as is an endpoint that cannot
-be connected to), and the connection is encrypted.
+be connected to), and the connection is encrypted. A connection that ZeroMQ dropped for good (it
+does not reconnect after a frame over the maximum size) is made again and counted as
+``reconnected``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 
@@ -33,12 +36,16 @@ class Publishers:
         self._counts = counts
         self._refused: set[str] = set()  # skipped for their keys (warned once each)
         self._version: tuple[int, str | None] = (-1, None)
+        sock.watch_drops()
 
     def __len__(self) -> int:
         return len(self.connected)
 
     def refresh(self) -> bool:
         """Connect to new publishers and drop those gone; True if discovery changed."""
+        dropped = self._sock.dropped()
+        if dropped:
+            self._reconnect(dropped)
         version = (self.node.peers_version, self.node.endpoints.get(ROLE))
         if version == self._version:
             return False
@@ -58,6 +65,19 @@ class Publishers:
                 continue
             self.connected.add(endpoint)
         return True
+
+    def _reconnect(self, dropped: list[str]) -> None:
+        """Connect again to the publishers whose connection ZeroMQ dropped: after a protocol
+        error (a publication over this socket's maximum size) it would not by itself."""
+        wanted = self._wanted()
+        for endpoint in set(dropped) & self.connected:
+            self._sock.disconnect(endpoint)
+            self.connected.discard(endpoint)
+            if endpoint in wanted:
+                with contextlib.suppress(SecurityError, ConfigError):  # refresh says why
+                    self._sock.connect_peer(wanted[endpoint], ROLE)
+                    self.connected.add(endpoint)
+                    self._counts["reconnected"] += 1
 
     def _wanted(self) -> dict[str, Peer]:
         """Endpoint -> peer of every publisher to connect to, this node's own included."""

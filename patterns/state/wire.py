@@ -280,7 +280,7 @@ def read_sync_request(body: bytes, group: str) -> SyncRequest | Refusal:
     except ProtocolError as exc:
         return Refusal(codec.encode_error(0, "zmqkit.ProtocolError", str(exc)), bad=True)
     kind, call_id = message[1], message[2]
-    if kind == Kind.CANCEL:
+    if kind in (Kind.CANCEL, Kind.CREDIT):  # a stream's controls: no answer (section 6.5)
         return Refusal(None, bad=False)
     if kind != Kind.REQUEST:
         answered = 0 if kind in (Kind.PUBLISH, Kind.PUBLISH_BATCH) else call_id
