@@ -209,12 +209,9 @@ class BeaconHub:
 
     def _step(self, now: float) -> list[tuple[Member, list[PeerEvent]]]:
         """One turn, under the lock: joins, datagrams, resolutions, timers, leaves."""
+        self._absorb_joins(now)
         with self._inbox:
-            joined, self._joined = self._joined, []
             resolved, self._resolved = self._resolved, []
-        for member in joined:
-            self._members.append(member)
-            member.begin(now, self)
         events: dict[int, list[PeerEvent]] = {}
 
         def add(member: Member, batch: list[PeerEvent]) -> None:
@@ -237,6 +234,15 @@ class BeaconHub:
         by_id = {id(member): member for member in self._members}
         return [(by_id[key], batch) for key, batch in events.items() if key in by_id]
 
+    def _absorb_joins(self, now: float) -> None:
+        """Make the nodes that joined members, before the next datagram is read: one sent
+        right after a node's start must reach it."""
+        with self._inbox:
+            joined, self._joined = self._joined, []
+        for member in joined:
+            self._members.append(member)
+            member.begin(now, self)
+
     def _read(self, sock: socket.socket, now: float,
               add: Callable[[Member, list[PeerEvent]], None]) -> None:
         """Read what waits on ``sock`` (up to a batch); decode each datagram once for all."""
@@ -250,6 +256,8 @@ class BeaconHub:
                 for member in self._members:
                     member.drop("socket-error", str(exc))
                 continue
+            if self._joined:  # looked at after the read: a node that joined before it was sent
+                self._absorb_joins(now)
             takers = []
             for member in self._members:
                 member.count("received")
