@@ -208,3 +208,32 @@ def test_a_seed_name_that_does_not_resolve_yet_is_retried_and_logged_once(
         datagram, _ = seed.recvfrom(2048)
         assert b"late" in datagram  # its HELLO (or solicit), at the address the name has now
     assert any("resolves again" in r.getMessage() for r in caplog.records)
+
+
+def test_hosts_on_one_bridge_find_each_other_by_broadcast_alone(
+    lab: Lab, beacon_port: int  # noqa: F811
+) -> None:
+    """A Docker bridge network (or one LAN switch) as namespaces on one Linux bridge: subnet
+    scope, no seeds, several nodes a host, and no unicast beacons needed."""
+    switch = lab.namespace("switch")
+    subprocess.run(["ip", "-n", switch, "link", "add", "zk-br", "type", "bridge"], check=True,
+                   timeout=10)
+    subprocess.run(["ip", "-n", switch, "link", "set", "zk-br", "up"], check=True, timeout=10)
+    children = []
+    for h in range(3):
+        host = lab.namespace(f"h{h}")
+        lab.link((host, "zk-h", f"198.18.20.{h + 1}/24"), (switch, f"zk-s{h}", f"198.18.21.{h}/32"))
+        subprocess.run(["ip", "-n", switch, "link", "set", f"zk-s{h}", "master", "zk-br"],
+                       check=True, timeout=10)
+        for i in range(2):
+            children.append(NodeProcess(f"h{h}-{i}", prefix=["ip", "netns", "exec", host],
+                                        interface="zk-h", port=beacon_port, **SEEDED))
+            lab.children.append(children[-1])
+    for child in children:
+        child.wait_ready()
+    everyone = {child.name for child in children}
+    for child in children:
+        until(lambda: names(child) == everyone - {child.name}, 10,  # noqa: B023
+              f"{child.name} sees the 5 others")
+    stats = children[0].ask("stats")
+    assert stats.get("probes", 0) == 0 and stats.get("peer-lists-sent", 0) == 0
