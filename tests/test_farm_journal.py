@@ -15,10 +15,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import test_state
 from conftest import wait_until
 from test_partition import Child
 from zmqkit.patterns import farm
@@ -27,6 +28,8 @@ from zmqkit.patterns.farm.journal import Journal
 from zmqkit.patterns.farm.ledger import Ledger
 
 from zmqkit import BrokenError, ClosedError, ConfigError, Node, RemoteError
+
+make_node = test_state.make_node  # the fixture: nodes on a private beacon port
 
 FAST = {"interval": 0.2, "expiry": 0.6}
 WORKER = b"W" + bytes(16) + bytes(4)  # a worker's routing id
@@ -155,20 +158,6 @@ def test_farm_journal_failure_is_a_broken_error(tmp_path: Path) -> None:
 
 
 # -- submitters closed and opened again -----------------------------------------------------------
-
-
-@pytest.fixture
-def make_node(beacon_port: int) -> Iterator[Callable[[str], Node]]:
-    nodes: list[Node] = []
-
-    def make(name: str) -> Node:
-        node = Node(name, port=beacon_port, **FAST)
-        nodes.append(node)
-        return node.start()
-
-    yield make
-    for node in reversed(nodes):
-        node.close()
 
 
 class Counting:

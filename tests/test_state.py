@@ -796,19 +796,24 @@ def test_state_protocol_doc_examples_are_what_the_code_sends() -> None:
 # -- the documentation example ---------------------------------------------------------------------
 
 
-def test_state_doc_example_prints_what_it_promises(tmp_path: Path) -> None:
+def test_state_doc_examples_print_what_they_promise(tmp_path: Path) -> None:
     text = doc_section("README.md", "Replicated state:")
-    [code] = re.findall(r"```python\n(.*?)```", text, re.S)
-    promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
-    script = tmp_path / "example.py"
-    script.write_text(code)
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == promised
+    examples = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(examples) == 2  # in memory, then durable
+    for number, code in enumerate(examples):
+        promised = [m.group(1).strip()
+                    for m in re.finditer(r"print\(.*\)\s+#\s*(.+)$", code, re.M)]
+        assert promised
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        (folder / "example.py").write_text(code)
+        result = subprocess.run(
+            [sys.executable, "example.py"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            cwd=folder,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == promised

@@ -13,11 +13,12 @@ import asyncio
 import itertools
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_state
 from conftest import wait_until
 from test_partition import STATE_REPLICA, Child
 from zmqkit.patterns import state
@@ -27,6 +28,8 @@ from zmqkit.patterns.state.core import Entry
 from zmqkit.patterns.state.store import Changes, Store
 
 from zmqkit import ConfigError, Node, SocketKind, Timeout
+
+make_node = test_state.make_node  # the fixture: nodes on a private beacon port
 
 FAST = {"interval": 0.2, "expiry": 0.6}
 REPLICA = {"heartbeat": 0.2, "sync_timeout": 1.0, "join_wait": 0.3, "give_up": 2.0}
@@ -149,20 +152,6 @@ def test_state_planner_backs_off_after_failures_up_to_a_limit_and_reports_them()
 
 
 # -- replicas on their stores ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_node(beacon_port: int) -> Iterator[Callable[[str], Node]]:
-    nodes: list[Node] = []
-
-    def make(name: str) -> Node:
-        node = Node(name, port=beacon_port, **FAST)
-        nodes.append(node)
-        return node.start()
-
-    yield make
-    for node in reversed(nodes):
-        node.close()
 
 
 def test_state_replica_reopened_on_its_store_has_its_map(
