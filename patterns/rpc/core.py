@@ -46,6 +46,7 @@ from zmqkit import (
 )
 from zmqkit.codec import Kind
 
+from . import tracing
 from .routes import FAILURE_PENALTY, ROLE, Target, Targets
 from .streams import STREAM_METHOD
 
@@ -85,6 +86,7 @@ class Phase(enum.Enum):
 # the phases as plain names: an enum member looked up on its class costs ten times more
 _ROUTING, _IN_FLIGHT, _DONE = Phase.ROUTING, Phase.IN_FLIGHT, Phase.DONE
 _NEVER = math.inf
+_TRACING = tracing.ENABLED
 
 
 class Call:
@@ -242,6 +244,8 @@ class CallCore:
             call.plain_frame = codec.encode_request(call_id, method, args, kwargs)
             call.limit, call.received, call.taken = STREAM_WINDOW, 0, 0
         else:
+            if _TRACING:  # OpenTelemetry is installed: a call in a span carries its context
+                kwargs = tracing.outgoing(kwargs)
             call.frame = codec.encode_request(call_id, method, args, kwargs)
         call.idempotent = idempotent and not stream
         call.stream = stream

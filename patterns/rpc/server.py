@@ -44,6 +44,7 @@ from . import streams
 from .handlers import DESCRIBE_METHOD, Handler, Mode, collect_handlers
 from .routes import ROLE
 from .streams import STREAM_METHOD, Flow, Stop
+from .tracing import TRACE_KEY, traced
 
 __all__ = ["DEFAULT_WORKERS", "Server", "serve"]
 
@@ -300,8 +301,11 @@ class Server:
         self._calls += 1
         started = _clock()
         handler = self.handlers.get(request[3])
+        kwargs = request[5]
+        if kwargs and TRACE_KEY in kwargs and handler is not None:  # a call made in a span
+            handler = traced(handler, kwargs.pop(TRACE_KEY))
         if handler is not None and handler.mode is _INLINE:  # the usual call, first
-            args, kwargs = request[4], request[5]
+            args = request[4]
             try:
                 message[-1] = codec.encode_reply(call_id, handler.function(*args, **kwargs))
             except Exception as exc:  # the caller gets it as RemoteError; the server keeps serving
