@@ -399,7 +399,7 @@ class Beacon:
             seeds = sorted(self.contacts.seed_addresses())
             self._send(self._solicit_datagram(), self.broadcast + seeds)
             self.stats["solicits"] += 1
-        if now >= self.contacts.exchange_at:
+        if self.announce and now >= self.contacts.exchange_at:  # a listener only asks
             known = self._known_addresses()
             for target, addresses in self.contacts.exchange(known, now):
                 self._send(encode_peer_list(self.uuid, addresses), [target])
@@ -427,9 +427,9 @@ class Beacon:
     # -- the parts of a turn ---------------------------------------------------------------------
 
     def _schedule(self, now: float) -> None:
-        due = [self._next_expiry_check, self.contacts.exchange_at, self.contacts.next_probe()]
+        due = [self._next_expiry_check, self.contacts.next_probe()]
         if self.announce:
-            due.append(self._next_announce)
+            due += [self._next_announce, self.contacts.exchange_at]
         if self._solicit_wanted:
             due.append(self._last_solicit + SOLICIT_GAP)
         self.due = max(now, min(due))

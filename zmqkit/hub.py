@@ -54,7 +54,8 @@ class Member(Protocol):
     port: int
     leaving: bool
     gone: threading.Event  # set by the hub once the node's goodbye is sent
-    due: float
+    due: float  # when its next turn is due (monotonic)
+    resolve_every: float  # seconds between two lookups of its seed names
 
     def accepts(self, host: str) -> bool: ...
     def drop(self, reason: str, detail: str) -> None: ...
@@ -118,7 +119,7 @@ class BeaconHub:
                 hub._joined.append(member)
             names = member.seed_names()
         if names:
-            hub._resolve(names, every=getattr(member, "resolve_every", 5.0))
+            hub._resolve(names, every=member.resolve_every)
         hub.wake()
         return hub
 
