@@ -363,3 +363,24 @@ def test_the_show_in_a_terminal_ends_on_done_and_its_counts_agree() -> None:
     assert ticks is not None, screen
     assert re.search(rf"pub/sub\s+│ yes │ {ticks.group(1)}\s", screen), screen
     assert 'echo("hello")' in screen
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_the_farm_demos_last_frame_adds_up_to_its_bar() -> None:
+    # its live table stopped a refresh early: the last frame added up to 88 under a 90/90 bar
+    port = free_udp_port()
+    session = f"zk-farm-{port}"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", os.getcwd(),
+         f"{sys.executable} -m zmqkit demo farm --port {port}; echo RC=$?; sleep 30")
+    try:
+        deadline = time.monotonic() + 60
+        while "RC=" not in (screen := tmux("capture-pane", "-p", "-S", "-100", "-t", session)):
+            assert time.monotonic() < deadline, screen
+            time.sleep(0.3)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
+    assert "RC=0" in screen, screen
+    assert re.search(r"tasks .* 90/90", screen), screen
+    rows = re.findall(r"│ (worker-\d)(?: \(killed\))?\s+│\s+(\d+) │", screen)
+    assert sum(int(count) for _, count in rows) == 90, screen
+    assert re.search(r"│ all\s+│\s+90 │", screen), screen
