@@ -121,12 +121,18 @@ class AsyncSubmitter(BaseSubmitter):
             self._pump_task.cancel()
         if self._sock is not None:
             self._sock.close()
-        if self._journal is not None:
+        if self._journal is not None and self._owner.is_current:
             self._deliver_handed()
             try:
                 self._write_journal()
+            except BrokenError as exc:  # kept in _failure too; the close itself goes on
+                log.warning("farm submitter %s: the last deliveries were not written: %s",
+                            self.farm, exc)
             finally:
                 self._journal.close()
+        # else: closed from another thread after the loop's thread ended: the connection is that
+        # thread's, so it is left to the garbage collector, and the results handed out but not
+        # recorded as delivered come again after a restart, as after a crash
         if loop_open:
             self._changed.set()
         self.node.detach(self)

@@ -19,10 +19,13 @@ the topic ``zmqkit.group.<group>`` of each node's ``groups-pub`` socket; whisper
 whisper to a dead peer fails within its deadline instead of vanishing.
 
 Guarantees and limits: shouts are at most once and in order per sender, like pub/sub (a member
-whose connection is not up yet, or whose queue is full, misses them; ``stats()["gaps"]`` counts
-what was missed). A whisper that returns has reached the peer's inbox. Events wait in an inbox of
-10,000 (the oldest dropped and counted beyond that) for ``recv`` and ``events``; callbacks see
-every event too (``Groups``: in the groups thread; ``AsyncGroups``: on the loop).
+whose queue is full misses them; ``stats()["gaps"]`` counts what was missed). A peer's JOIN is
+reported once its subscription to the group has reached this node's publisher (the XPUB reads
+the mark its SUB subscribes after the group's topic), so a shout sent as the JOIN is seen
+reaches it; a peer that sends no mark is reported ``JOIN_GRACE`` (2 s) after its beacon. A
+whisper that returns has reached the peer's inbox. Events wait in an inbox of 10,000 (the oldest
+dropped and counted beyond that) for ``recv`` and ``events``; callbacks see every event too
+(``Groups``: in the groups thread; ``AsyncGroups``: on the loop).
 
 - ``wire``          the messages: header, shouts, whispers (docs/protocol.md, section 9.3)
 - ``core``          ``GroupsCore`` and the events: membership, whispers, shout intake (pure)

@@ -175,9 +175,10 @@ class GroupsCore(Generic[W]):
             del self.gone[next(iter(self.gone))]
         for key in [key for key in self._last_seq if key[0] == peer_uuid.bytes]:
             del self._last_seq[key]
-        for key in [key for key in self.marks if key[0] == peer_uuid]:
-            del self.marks[key]
-        unreported = {g for g in known.groups if self.joining.pop((peer_uuid, g), None)}
+        for mark in [mark for mark in self.marks if mark[0] == peer_uuid]:
+            del self.marks[mark]
+        unreported = {g for g in known.groups
+                      if self.joining.pop((peer_uuid, g), None) is not None}
         leaves = [GroupEvent(GroupEventKind.LEAVE, known.name, peer_uuid, g)
                   for g in sorted(known.groups - unreported)]
         return [*leaves, GroupEvent(GroupEventKind.GONE, known.name, peer_uuid, None, reason)]
