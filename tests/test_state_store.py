@@ -181,6 +181,21 @@ def test_state_replica_reopened_on_its_store_has_its_map(
         assert replica.get("plums") == 3
 
 
+def test_state_durable_write_from_a_change_callback_is_stored_at_once(
+    make_node: Callable[[str], Node], tmp_path: Path
+) -> None:
+    """A callback runs in the replica's thread, which alone writes the store: a write made
+    there is stored there, not waited for (which would wait for itself)."""
+    node = make_node("left")
+    store = tmp_path / "map.db"
+    with state.State(node, "inventory", store=store, **REPLICA) as replica:
+        replica.on_change(lambda change: change.key == "order" and replica.set("echo", 1))
+        replica.set("order", "go")
+        assert replica.wait_for("echo", timeout=2) == 1  # well before STORE_WAIT (10 s)
+    with state.State(node, "inventory", store=store, **REPLICA) as replica:
+        assert replica.items() == {"order": "go", "echo": 1}
+
+
 def replica_child(port: int, name: str, store: Path) -> Child:
     return Child(STATE_REPLICA, name, prefix=[], port=port, store=str(store), **FAST)
 

@@ -60,6 +60,8 @@ class BaseState:
         self._engine = Engine(node, self._replica, group, self.writer, heartbeat, self.store)
         self._service = ServiceThread(f"zmqkit-state:{group}", self._engine.run)
         self._replica.wake = self._service.wake
+        self._replica.in_engine = lambda: self._service.is_current
+        self._replica.store_now = self._engine.persist
         self._closing = threading.Lock()
         self._closed = False
         self._unsubscribe: Callable[[], None] | None = None

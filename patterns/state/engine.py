@@ -124,7 +124,7 @@ class Engine:
             try:
                 self._serve(service)
             finally:
-                self._persist()  # writes made just before the close are stored...
+                self.persist()  # writes made just before the close are stored...
                 self._flush()  # ... and still go out (PUB lingers)
         finally:
             self._drop_dealer()
@@ -137,7 +137,7 @@ class Engine:
         while not service.stopping:
             now = time.monotonic()
             self._refresh_members()
-            self._persist()
+            self.persist()
             self._flush()
             self._tick(now, time.time_ns())
             replica.dispatch()
@@ -187,8 +187,9 @@ class Engine:
 
     # -- storing -----------------------------------------------------------------------------------
 
-    def _persist(self) -> None:
-        """Write what changed since the last turn to the store, in one transaction.
+    def persist(self) -> None:
+        """Write what changed since the last turn to the store, in one transaction (in the
+        engine's thread only: a change callback's durable write comes here too).
 
         Raises:
             BrokenError: the store failed; the engine stops (and so does every durable write).

@@ -49,6 +49,10 @@ class Replica:
         self.name = name
         self.wake: Callable[[], None] = lambda: None
         self.durable = durable
+        # the engine's thread writing from a change callback cannot wait for itself: it stores
+        # the write there and then (set by the owner: is the caller the engine? store now)
+        self.in_engine: Callable[[], bool] = lambda: False
+        self.store_now: Callable[[], None] = lambda: None
         self._core = StateCore(writer, durable=durable)
         self._planner = planner
         self._lock = threading.Lock()
@@ -152,6 +156,8 @@ class Replica:
         """
         if not self.durable:
             return
+        if self.in_engine():
+            self.store_now()
         deadline = Deadline.after(STORE_WAIT)
         with self._stored:
             while self._stored_seq < seq:
