@@ -35,6 +35,7 @@ SORT_KEYS = ("name", "calls", "errors", "p99", "published", "received", "dropped
 
 
 def register(commands: argparse._SubParsersAction[CommandParser], scope: CommandParser) -> None:
+    """Add ``top``, ``topics``, ``services`` and ``graph``."""
     top = add_command(
         commands,
         "top",
@@ -134,6 +135,7 @@ def _reports(node: Node, wait: float, *, gather: bool = True) -> list[dict[str, 
 
 
 def run_top(args: argparse.Namespace, out: Output) -> int:
+    """``zmqkit top``: one reading (``--once``), or readings until Ctrl-C."""
     with make_node(args, announce=False) as node:
         previous = by_uuid(top_rows(_reports(node, args.wait)))
         time.sleep(args.interval)
@@ -223,6 +225,7 @@ def _names(nodes: list[dict[str, Any]]) -> str:
 
 
 def run_topics(args: argparse.Namespace, out: Output) -> int:
+    """``zmqkit topics``: every topic, its publishers, subscribers and rate."""
     with make_node(args, announce=False) as node:
         rows = topics(*_two_readings(node, args))
     if args.json:
@@ -237,6 +240,7 @@ def run_topics(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_services(args: argparse.Namespace, out: Output) -> int:
+    """``zmqkit services``: every RPC service, its nodes and methods."""
     with make_node(args, announce=False) as node:
         rows = services(_reports(node, args.wait))
     if args.json:
@@ -253,6 +257,7 @@ def run_services(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_graph(args: argparse.Namespace, out: Output) -> int:
+    """``zmqkit graph``: a tree, DOT text, or an SVG file."""
     with make_node(args, announce=False) as node:
         graph = build(*_two_readings(node, args))
     if args.dot:
