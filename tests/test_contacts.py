@@ -13,6 +13,7 @@ import pytest
 
 from zmqkit.contacts import (
     ANSWER_BURST,
+    EARLY_BURST,
     EXCHANGE_BURST,
     EXCHANGE_EVERY,
     MAX_CANDIDATES,
@@ -175,3 +176,11 @@ def test_the_interval_shrinks_back_with_hysteresis() -> None:
     assert scaled_interval(1.0, PEERS_PER_INTERVAL * 3 // 2, stretched) == 4.0, "no flapping"
     assert scaled_interval(1.0, PEERS_PER_INTERVAL, stretched) == 2.0
     assert scaled_interval(1.0, 10, stretched) == 1.0
+
+
+def test_early_broadcasts_slow_down_with_a_stretched_interval() -> None:
+    book = contacts()
+    assert sum(book.early.allow(0.0) for _ in range(10)) == EARLY_BURST
+    book.stretch(8.0)
+    assert sum(book.early.allow(t / 10) for t in range(1, 40)) == 0, "none within 4 s"
+    assert book.early.allow(4.1)

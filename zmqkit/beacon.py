@@ -451,6 +451,7 @@ class Beacon:
             with self._saying:
                 self.interval = interval
                 self._seq += 1
+            self.contacts.stretch(interval)
             self._next_announce = min(self._next_announce, 0.0)
 
     def _answer(self, source: Address, now: float, *, solicited: bool, broadcast: bool) -> None:

@@ -45,7 +45,7 @@ __all__ = [
 Address = tuple[str, int]  # (IPv4 address, UDP port)
 
 ANSWER_BURST = 32  # unicast answers (to solicits and newcomers) at once; then as many per interval
-EARLY_BURST = 2  # early broadcasts for newcomers at once; then as many per interval
+EARLY_BURST = 2  # early broadcasts for newcomers at once; then as many per (stretched) interval
 EARLY_ANSWERERS = 64  # about this many nodes of a segment answer a newcomer by early broadcast
 PROBE_BURST = 32  # probes of second-hand addresses at once; then as many per interval
 PROBES = 3  # a candidate unanswered after this many probes is dropped
@@ -147,6 +147,12 @@ class Contacts:
         self.early = RateLimit(EARLY_BURST, EARLY_BURST / self.interval)
         self.probes = RateLimit(PROBE_BURST, PROBE_BURST / self.interval)
         self.lists = RateLimit(EXCHANGE_BURST, EXCHANGE_BURST / self.interval)
+
+    def stretch(self, interval: float) -> None:
+        """The node's interval is now ``interval``: early broadcasts, which every node of the
+        segment hears, slow down with it, so that a segment's newcomers cost each node a
+        bounded number of them per second however many nodes answer."""
+        self.early.rate = EARLY_BURST / interval
 
     # -- seeds -----------------------------------------------------------------------------------
 
