@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
+import cbor2
 import pytest
-from zmqkit.patterns.rpc.core import may_retry, outcome
+from zmqkit.patterns.rpc.core import STREAM_WINDOW, Call, CallCore, Phase, may_retry, outcome
 from zmqkit.patterns.rpc.routes import FAILURE_PENALTY, Route, Routes
 
-from zmqkit import Peer, ProtocolError, RemoteError, codec
+from zmqkit import BrokenError, Peer, ProtocolError, RemoteError, codec
 
 NOW = 1000.0
 
@@ -252,3 +253,81 @@ def test_outcome_of_an_error_raises_remote_error_with_its_parts() -> None:
 def test_outcome_of_a_non_reply_is_a_protocol_error(frame: bytes) -> None:
     with pytest.raises(ProtocolError, match="expected a reply"):
         outcome(codec.decode(frame))
+
+
+# -- a stream's flow control in the call core (docs/protocol.md 6.7), without sockets --------------
+
+
+def streaming(window_items: int = 0) -> tuple[CallCore, Call, uuid.UUID]:
+    """A core with one node, and a stream call sent to it."""
+    core = CallCore("calc", routes_of(1))
+    core.sync([peer(1, rpc="tcp://127.0.0.1:1")], now=0.0)
+    call = core.begin("count", (10,), {}, False, 5.0, 0.0, stream=True)
+    target = core.route(call, 0.0)
+    assert target is not None
+    core.sent(call, target, 0.0)
+    return core, call, target.uuid
+
+
+def flow_item(index: int, item: object = None) -> bytes:
+    return cbor2.dumps([1, 10, 1, index, item])
+
+
+def test_a_stream_call_asks_for_zmqkit_stream_with_its_window() -> None:
+    _, call, _ = streaming()
+    assert cbor2.loads(call.frame) == [1, 1, 1, "zmqkit.stream", ["count", [10], {},
+                                                                  STREAM_WINDOW], {}]
+
+
+def test_a_stream_grants_credit_as_its_reader_takes_items() -> None:
+    core, call, node = streaming()
+    grants = []
+    for index in range(STREAM_WINDOW):
+        assert core.receive(node, flow_item(index, index), now=1.0) is call
+        grants.append(core.took(call, 1))
+    first = STREAM_WINDOW // 2
+    assert grants[first - 1] == first + STREAM_WINDOW  # half the window taken: the next half
+    assert [g for g in grants if g is not None] == [first + STREAM_WINDOW, STREAM_WINDOW * 2]
+    assert call.items == list(range(STREAM_WINDOW))
+
+
+@pytest.mark.parametrize(
+    ("indexes", "why"),
+    [([0, 2], "item 2 came where 1 was due"), ([0, 0], "item 0 came where 1 was due"),
+     (list(range(STREAM_WINDOW + 1)), f"beyond the credit given ({STREAM_WINDOW})")],
+    ids=["skipped", "repeated", "beyond-the-credit"],
+)
+def test_a_broken_stream_ends_with_broken_error(indexes: list[int], why: str) -> None:
+    core, call, node = streaming()
+    for index in indexes:
+        core.receive(node, flow_item(index), now=1.0)
+    assert isinstance(call.error, BrokenError) and why in str(call.error)
+
+
+def test_a_stream_end_must_count_the_items_that_came() -> None:
+    core, call, node = streaming()
+    core.receive(node, flow_item(0), now=1.0)
+    core.receive(node, cbor2.dumps([1, 11, 1, 1]), now=1.0)
+    assert call.error is None and call.result == [None]
+    core, call, node = streaming()
+    core.receive(node, flow_item(0), now=1.0)
+    core.receive(node, cbor2.dumps([1, 11, 1, 2]), now=1.0)
+    assert isinstance(call.error, BrokenError) and "1 arrived" in str(call.error)
+
+
+def test_a_stream_whose_server_knows_no_zmqkit_stream_sends_the_plain_request() -> None:
+    core, call, node = streaming()
+    core.receive(node, codec.encode_error(1, "zmqkit.MethodNotFound", "no zmqkit.stream"))
+    assert call.phase is Phase.ROUTING and cbor2.loads(call.frame) == [1, 1, 1, "count", [10], {}]
+    core.receive(node, codec.encode_stream_item(1, "a"), now=1.0)  # an older server's items
+    assert core.took(call, 1) is None, "no CREDIT to a stream without flow control"
+    core.receive(node, codec.encode_error(1, "zmqkit.MethodNotFound", "no count"))
+    assert isinstance(call.error, RemoteError), "a second MethodNotFound ends the call"
+
+
+def test_a_paused_reader_is_timed_from_when_it_waits_again() -> None:
+    core, call, node = streaming()
+    core.receive(node, flow_item(0), now=1.0)
+    assert call.deadline == 6.0
+    core.waiting(call, 100.0)  # the reader took a minute and a half, then waits again
+    assert not core.expire(call, 104.0) and core.expire(call, 105.0)

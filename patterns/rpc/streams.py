@@ -48,6 +48,7 @@ COLLECT_LIMIT = codec.DEFAULT_MAX_MESSAGE_SIZE - 64  # the items of a plain call
 
 # (frame, whether it ends the call) to the caller; None: nothing to send, the call is over
 Post = Callable[[bytes | None, bool], None]
+_NOTHING = object()  # no item made ahead
 
 
 class Stop(enum.Enum):
@@ -66,12 +67,14 @@ class Flow:
     producer was waiting and must be resumed (``resume``, set by the server).
     """
 
-    __slots__ = ("call_id", "idle_since", "limit", "lock", "parked", "resume", "sent", "stop")
+    __slots__ = ("ahead", "call_id", "idle_since", "limit", "lock", "parked", "resume", "sent",
+                 "stop")
 
     def __init__(self, call_id: int, window: int) -> None:
         self.call_id = call_id
         self.limit = window  # items with an index below this may be sent
         self.sent = 0  # the index of the next item
+        self.ahead: Any = _NOTHING  # the next item, made before its credit came
         self.stop: Stop | None = None
         self.parked = False  # the producer is waiting for credit (or has not started)
         self.idle_since = 0.0
@@ -142,26 +145,30 @@ def produce(flow: Flow, items: Generator[Any, Any, Any], post: Post,
     """Run a plain generator within ``flow``'s credit, posting its items; True once the stream
     has ended (its generator is closed), False when it waits for credit.
 
+    It takes the next item before it looks at the credit, so that a stream whose last item
+    used the last credit still ends (the end needs no credit): at most one item is made
+    ahead, and it waits in the flow.
+
     Raises:
         Exception: whatever the generator raised (the stream ends with an ERROR for it).
     """
     call_id = flow.call_id
     while True:
-        allowed = flow.allowance(now())
-        if allowed == 0:
-            return False
-        for _ in range(allowed):
-            if flow.stop is not None:
-                _finish(flow, post)
-                items.close()
-                return True
+        if flow.stop is not None:
+            _finish(flow, post)
+            items.close()
+            return True
+        if flow.ahead is _NOTHING:
             try:
-                item = next(items)
+                flow.ahead = next(items)
             except StopIteration:
                 post(codec.encode_flow_end(call_id, flow.sent), True)
                 return True
-            post(codec.encode_flow_item(call_id, flow.sent, item), False)
-            flow.sent += 1
+        if flow.allowance(now()) == 0:
+            return False
+        post(codec.encode_flow_item(call_id, flow.sent, flow.ahead), False)
+        flow.ahead = _NOTHING
+        flow.sent += 1
 
 
 async def produce_async(flow: Flow, items: AsyncGenerator[Any, Any], post: Post,
@@ -180,22 +187,22 @@ async def produce_async(flow: Flow, items: AsyncGenerator[Any, Any], post: Post,
 
     flow.resume = resume
     while True:
-        allowed = flow.allowance(now())
-        if allowed == 0:
-            await resumed.wait()
-            resumed.clear()
-            continue
-        for _ in range(allowed):
-            if flow.stop is not None:
-                _finish(flow, post)
-                return
+        if flow.stop is not None:
+            _finish(flow, post)
+            return
+        if flow.ahead is _NOTHING:
             try:
-                item = await items.__anext__()
+                flow.ahead = await items.__anext__()
             except StopAsyncIteration:
                 post(codec.encode_flow_end(call_id, flow.sent), True)
                 return
-            post(codec.encode_flow_item(call_id, flow.sent, item), False)
-            flow.sent += 1
+        if flow.allowance(now()) == 0:
+            await resumed.wait()
+            resumed.clear()
+            continue
+        post(codec.encode_flow_item(call_id, flow.sent, flow.ahead), False)
+        flow.ahead = _NOTHING
+        flow.sent += 1
 
 
 def _finish(flow: Flow, post: Post) -> None:
