@@ -323,6 +323,7 @@ class Beacon:
         return address in self.accept_from
 
     def count(self, key: str) -> None:
+        """Count one more ``key`` in ``stats``."""
         self.stats[key] += 1
 
     def drop(self, reason: str, detail: str) -> None:

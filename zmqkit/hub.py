@@ -57,17 +57,36 @@ class Member(Protocol):
     due: float  # when its next turn is due (monotonic)
     resolve_every: float  # seconds between two lookups of its seed names
 
-    def accepts(self, host: str) -> bool: ...
-    def drop(self, reason: str, detail: str) -> None: ...
-    def count(self, key: str) -> None: ...
-    def seed_names(self) -> set[Address]: ...
-    def begin(self, now: float, hub: BeaconHub) -> None: ...
+    def accepts(self, host: str) -> bool:
+        """Whether a datagram from ``host`` is for it (its scope, its seeds)."""
+
+    def drop(self, reason: str, detail: str) -> None:
+        """Count (and log, the first loudly) a datagram dropped for ``reason``."""
+
+    def count(self, key: str) -> None:
+        """Count one more ``key`` in its stats."""
+
+    def seed_names(self) -> set[Address]:
+        """Its seeds given by name, for the resolver."""
+
+    def begin(self, now: float, hub: BeaconHub) -> None:
+        """It has joined ``hub``: its first turn is due."""
+
     def receive(self, decoded: BeaconFields | PeerList, source: Address, broadcast: bool,
-                now: float) -> list[PeerEvent]: ...
-    def resolved(self, name: Address, addresses: set[Address], now: float) -> None: ...
-    def tick(self, now: float) -> list[PeerEvent]: ...
-    def end(self) -> None: ...
-    def deliver(self, events: list[PeerEvent]) -> None: ...
+                now: float) -> list[PeerEvent]:
+        """Take one decoded datagram from ``source``; return its presence events."""
+
+    def resolved(self, name: Address, addresses: set[Address], now: float) -> None:
+        """Seed ``name`` resolves to ``addresses`` now."""
+
+    def tick(self, now: float) -> list[PeerEvent]:
+        """Do what is due (announce, expire, solicit, exchange, probe); set ``due``."""
+
+    def end(self) -> None:
+        """It is leaving: say goodbye."""
+
+    def deliver(self, events: list[PeerEvent]) -> None:
+        """Hand events to its node, outside the hub's lock."""
 
 
 class BeaconHub:

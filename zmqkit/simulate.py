@@ -275,6 +275,7 @@ def simulate(nodes: int, *, observers: int = 16, start_within: float = 1.0, base
 
 
 def main() -> None:
+    """``python -m zmqkit.simulate``: one line of figures per size asked for."""
     parser = argparse.ArgumentParser(prog="python -m zmqkit.simulate",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 10_000])
