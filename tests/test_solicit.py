@@ -7,7 +7,9 @@ docs/protocol.md (section 5) with cbor2 and a raw UDP socket only.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -161,3 +163,30 @@ def test_solicit_on_a_node_not_running_does_nothing(beacon_port: int) -> None:
         pass
     node.solicit()
     assert node.stats().get("solicits", 0) == 0
+
+
+def test_a_forked_child_gets_a_beacon_thread_of_its_own(beacon_port: int) -> None:
+    """The parent's nodes share a beacon thread that a forked child does not have: a node made
+    in the child must still be discovered (multiprocessing's fork start method)."""
+    import multiprocessing
+
+    with Node("parent", port=beacon_port, interval=0.2, expiry=1.0) as parent:
+        context = multiprocessing.get_context("fork")
+        child = context.Process(target=_child_node, args=(beacon_port,))
+        # Python 3.12 warns that forking a process with threads may deadlock: this test does
+        # so on purpose, with nothing held (the child only makes a node of its own)
+        expected = pytest.warns(DeprecationWarning) if sys.version_info >= (3, 12) else (
+            contextlib.nullcontext())
+        with expected:
+            child.start()
+        try:
+            parent.wait_for("child", timeout=5)
+        finally:
+            child.join(10)
+        assert child.exitcode == 0
+
+
+def _child_node(port: int) -> None:
+    with Node("child", port=port, interval=0.2, expiry=1.0) as node:
+        node.wait_for("parent", timeout=5)
+        time.sleep(0.5)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import select
 import socket
 import threading
@@ -304,6 +305,15 @@ class BeaconHub:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
                 return socket.inet_ntoa(data[8:12]) in self.broadcasts
         return True
+
+
+def _forget_hubs_in_a_forked_child() -> None:
+    """A forked child has none of its parent's threads: its nodes need hubs of their own."""
+    BeaconHub._hubs = {}
+    BeaconHub._registry = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_hubs_in_a_forked_child)
 
 
 def _open(port: int, *, shared: bool) -> socket.socket:
