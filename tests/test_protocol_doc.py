@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +22,7 @@ from typing import Any, NoReturn
 import cbor2
 import pytest
 import zmq
+from test_conformance import Beacons
 from zmqkit.patterns import pubsub, rpc
 
 from zmqkit import Node
@@ -115,46 +115,10 @@ def parse_beacon(datagram: bytes) -> list[Any]:
 # -- foreign sockets -----------------------------------------------------------------------------
 
 
-class BeaconPort:
-    """A raw UDP socket on the beacon port: hears every beacon, sends hand-built ones."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            self.sock.bind(("", port))
-        except OSError:
-            self.sock.close()
-            raise
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, datagram: bytes) -> None:
-        self.sock.sendto(datagram, (LOOPBACK_BROADCAST, self.port))
-
-    def wait(self, accept: Callable[[list[Any]], bool], timeout: float = WAIT) -> list[Any]:
-        """The first beacon body that ``accept`` takes; others are skipped."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                datagram, address = self.sock.recvfrom(65536)
-            except TimeoutError:
-                break
-            assert address[0].startswith("127.")
-            body = parse_beacon(datagram)
-            if accept(body):
-                return body
-        raise AssertionError(f"no matching beacon within {timeout} s")
-
-
 @pytest.fixture
-def udp(beacon_port: int) -> Iterator[BeaconPort]:
-    port = BeaconPort(beacon_port)
+def udp(beacon_port: int) -> Iterator[Beacons]:
+    """The beacon port, as the foreign implementation of tests/test_conformance.py hears it."""
+    port = Beacons(beacon_port)
     yield port
     port.close()
 
@@ -294,7 +258,7 @@ def test_the_document_agrees_with_the_codec() -> None:
 # -- discovery -----------------------------------------------------------------------------------
 
 
-def test_a_hand_built_beacon_makes_a_node_see_the_peer(beacon_port: int, udp: BeaconPort) -> None:
+def test_a_hand_built_beacon_makes_a_node_see_the_peer(beacon_port: int, udp: Beacons) -> None:
     foreign = uuid.uuid4()
     endpoints = {"rpc": "tcp://127.0.0.1:5555", "pub": "tcp://127.0.0.1:5556"}
     with started(Node("watcher", port=beacon_port, **FAST)) as node:
@@ -330,7 +294,7 @@ def test_a_hand_built_beacon_makes_a_node_see_the_peer(beacon_port: int, udp: Be
         wait_until(lambda: not node.peers("foreign"), "the goodbye removes the peer")
 
 
-def test_bad_datagrams_are_dropped_and_counted(beacon_port: int, udp: BeaconPort) -> None:
+def test_bad_datagrams_are_dropped_and_counted(beacon_port: int, udp: Beacons) -> None:
     good = cbor2.dumps([HELLO, "bad", uuid.uuid4().bytes, 1, {}, {}])
     bad = [
         b"garbage",
@@ -351,7 +315,7 @@ def test_bad_datagrams_are_dropped_and_counted(beacon_port: int, udp: BeaconPort
         assert [peer.name for peer in node.peers()] == ["marker"]
 
 
-def test_a_real_beacon_decodes_as_documented(beacon_port: int, udp: BeaconPort) -> None:
+def test_a_real_beacon_decodes_as_documented(beacon_port: int, udp: Beacons) -> None:
     node = Node("calc", port=beacon_port, headers={"zone": "a"}, interval=2.0, expiry=6.0)
     ours = node.uuid.bytes
     with started(node):
@@ -368,7 +332,7 @@ def test_a_real_beacon_decodes_as_documented(beacon_port: int, udp: BeaconPort) 
     assert goodbye == [GOODBYE, "calc", ours, changed[3], changed[4], {"zone": "a"}]
 
 
-def test_a_node_answers_a_newcomer_at_once(beacon_port: int, udp: BeaconPort) -> None:
+def test_a_node_answers_a_newcomer_at_once(beacon_port: int, udp: Beacons) -> None:
     node = Node("old-timer", port=beacon_port, interval=5.0, expiry=15.0)
     ours = node.uuid.bytes
     with started(node):
@@ -423,7 +387,7 @@ class Caller:
 
 
 @pytest.fixture
-def caller(beacon_port: int, udp: BeaconPort, ctx: zmq.Context[Any]) -> Iterator[Caller]:
+def caller(beacon_port: int, udp: Beacons, ctx: zmq.Context[Any]) -> Iterator[Caller]:
     """A calc node serving over RPC, and a foreign caller that found it by its beacon."""
     with started(Node("calc", port=beacon_port, **FAST)) as node:
         rpc.serve(node, {"add": add, "div": div, "count": count, "ticks": ticks})
@@ -538,7 +502,7 @@ def test_cancel_ends_a_stream_early(caller: Caller) -> None:
 
 
 def test_a_raw_sub_receives_a_zmqkit_publisher(
-    beacon_port: int, udp: BeaconPort, ctx: zmq.Context[Any]
+    beacon_port: int, udp: Beacons, ctx: zmq.Context[Any]
 ) -> None:
     with started(Node("ticker", port=beacon_port, **FAST)) as node:
         publisher = pubsub.Publisher(node)
@@ -575,7 +539,7 @@ def test_a_raw_sub_receives_a_zmqkit_publisher(
 
 
 def test_a_raw_pub_reaches_a_zmqkit_subscriber(
-    beacon_port: int, udp: BeaconPort, ctx: zmq.Context[Any]
+    beacon_port: int, udp: Beacons, ctx: zmq.Context[Any]
 ) -> None:
     foreign = uuid.uuid4()
     pub = open_socket(ctx, zmq.PUB)

@@ -283,7 +283,7 @@ class Socket:
         monitor = self._monitor
         if monitor is None or not int(monitor.getsockopt(_EVENTS)) & _POLLIN:
             return []
-        endpoints = []
+        endpoints: list[str] = []
         while True:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
