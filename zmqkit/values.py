@@ -5,9 +5,10 @@ duplicate map keys, malformed input. Three rules of section 2 it cannot apply by
 applied here, at a small cost on the hot path:
 
 - **No undefined or simple values.** cbor2 decodes them to objects. ``check`` walks a decoded
-  value and refuses any type outside section 2. The codec runs it only on the fields that carry
-  the application's values (a plain int or text costs one type test): the envelope's own
-  fields are type-checked anyway.
+  value and refuses any type outside section 2. The codec walks a message only when it may hold
+  one: a frame of at most 64 bytes (too short to nest 65 levels) without a byte that can start
+  a simple value (``SIMPLE_HEAD``) cannot, and most frames are such; a subscriber walks a
+  publication's data alone (the sender's random bytes would defeat that test).
 - **Nesting depth 64, counting the outermost array; arrays, maps and tags count one level
   each.** cbor2's ``max_depth`` counts the containers around each decoded item, so an *empty*
   array or map one level too deep passes it; the same walk refuses it.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import collections
 import datetime
 import io
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -39,6 +41,7 @@ __all__ = [
     "LEAVES",
     "MAX_DEPTH",
     "MAX_SAME_HASH",
+    "SIMPLE_HEAD",
     "check",
     "check_container",
     "load_exactly_one",
@@ -59,6 +62,9 @@ _frozendict: type = cbor2.frozendict
 LEAVES = frozenset({int, float, str, bytes, bool, type(None), datetime.datetime, uuid.UUID})
 _CONTAINERS = frozenset({list, tuple, dict, _frozendict, set, frozenset})
 _PLAIN = LEAVES | _CONTAINERS
+# the bytes that can start a simple value (0xe0-0xf3), undefined (0xf7) or a one-byte simple
+# value (0xf8): a frame without any holds none (most frames, which then skip the walk)
+SIMPLE_HEAD = re.compile(b"[\xe0-\xf3\xf7\xf8]")
 
 
 def _refuser(tag: int) -> Callable[..., NoReturn]:
