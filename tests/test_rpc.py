@@ -776,8 +776,9 @@ def test_a_reader_that_pauses_gets_every_item_in_order_with_bounded_memory(
     me: Node, calc: Calc
 ) -> None:
     # issue 16: the reader pauses after the first item; the server must wait within its window
-    # (nothing queued, nothing dropped) and resume when the reader does
-    with rpc.Client(me, "calc", timeout=10) as client:
+    # (nothing queued, nothing dropped) and resume when the reader does. The per-item timeout
+    # is shorter than the pause: it runs only while the reader waits, and no wait may stall.
+    with rpc.Client(me, "calc", timeout=2) as client:
         items = client.stream("counted", "pausing", PAUSING_ITEMS)
         assert next(items) == 0
         before = rss()
@@ -800,15 +801,15 @@ def test_a_reader_that_pauses_gets_every_item_in_order_with_bounded_memory(
 def test_an_async_reader_that_pauses_gets_every_item_and_the_server_waits(
     me: Node, calc: Calc, method: str
 ) -> None:
-    async def main() -> None:
-        async with rpc.AsyncClient(me, "calc", timeout=10) as client:
+    async def main() -> None:  # items its reader task took in during the pause come at once
+        async with rpc.AsyncClient(me, "calc", timeout=0.5) as client:
             items = client.stream(method, "apausing", 20_000)
             assert await items.__anext__() == 0
             deadline = time.monotonic() + 5
             while calc.produced["apausing"] < STREAM_WINDOW:
                 assert time.monotonic() < deadline, "the first window was not produced"
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(1.0)  # the reader pauses; its reader task keeps reading
+            await asyncio.sleep(1.0)  # the reader pauses (longer than its timeout)
             assert calc.produced["apausing"] <= STREAM_WINDOW + 1
             assert [item async for item in items] == list(range(1, 20_000))
 

@@ -241,7 +241,8 @@ class AsyncCaller:
         done = False
         try:
             while True:
-                await self._drive(call)
+                if not call.items:  # (its reader task may have queued some while we paused)
+                    await self._drive(call)
                 items, call.items = call.items, None
                 for item in items or ():
                     yield item
