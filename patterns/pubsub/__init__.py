@@ -18,11 +18,13 @@ are filtered on the subscriber, after ZeroMQ.
 
 Each message carries its topic, the publisher's UUID and a sequence number per (publisher,
 topic), so a subscriber counts what it missed: ``message.gap`` and ``subscriber.gaps``. Gaps are
-reported, never hidden. A subscriber that falls behind does not grow memory without bound: each
-side queues at most ``SocketOptions.send_hwm`` / ``recv_hwm`` (10,000) messages and the publisher
-drops beyond that, which shows up as gaps. Messages published before a subscriber's connection
-is made are not seen by it (ZeroMQ's "slow joiner"): publish after ``wait_for_publishers`` when
-it matters.
+reported, never hidden. A publisher sends messages in the order they were published; while its
+thread is busy, messages in a row on one topic share a PUBLISH_BATCH frame (``batch=False``: a
+frame each). A subscriber that falls behind does not grow memory without bound: each side
+queues at most ``SocketOptions.send_hwm`` / ``recv_hwm`` (10,000) frames, of one message or a
+batch of at most 64 KiB, and the publisher drops beyond that, which shows up as gaps. Messages
+published before a subscriber's connection is made are not seen by it (ZeroMQ's "slow
+joiner"): publish after ``wait_for_publishers`` when it matters.
 
 - ``wire``              the PUBLISH and PUBLISH_BATCH frames and the topic prefixes (codec's)
 - ``topics``            which topics a subscriber wants: exact, or ``prefix*`` (pure)

@@ -14,7 +14,7 @@ from .publishers import Publishers
 
 __all__ = ["DRAIN_BATCH", "Feed"]
 
-DRAIN_BATCH = 256  # frames taken per look at the socket
+DRAIN_BATCH = 256  # frames taken per look at the socket, or fewer batches of about as many messages
 
 
 class Feed:
@@ -46,6 +46,7 @@ class Feed:
             ConfigError: a topic is not valid.
         """
         self.sock = sock
+        self._limit = DRAIN_BATCH  # frames taken at the next look
         self.intake = Intake(node)
         self.ready = self.intake.ready  # the messages taken, oldest first
         self.publishers = Publishers(node, sock, self.intake.counts)
@@ -70,7 +71,7 @@ class Feed:
     def refresh(self) -> None:
         """Connect to new publishers, drop those gone."""
         if self.publishers.refresh():
-            self.intake.names.clear()  # names of publishers are looked up again as they arrive
+            self.intake.forget_names()
 
     def drain(self) -> bool:
         """Take what is queued already, up to a batch, without waiting; True if any message.
@@ -79,11 +80,12 @@ class Feed:
         flowing are connected too.
         """
         self.refresh()
-        try_recv, take = self.sock.try_recv, self.intake.take
-        for _ in range(DRAIN_BATCH):
-            frame = try_recv()
-            if frame is None:
-                break
-            take(frame)
+        frames = self.sock.try_recv_many(self._limit)
+        if frames:
+            ready_before = len(self.ready)
+            self.intake.take_all(frames)
+            # about DRAIN_BATCH messages a look: fewer frames next time if these were batches
+            taken = len(self.ready) - ready_before
+            self._limit = max(1, min(DRAIN_BATCH, DRAIN_BATCH * len(frames) // max(taken, 1)))
         return bool(self.ready)
 

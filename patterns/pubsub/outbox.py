@@ -7,10 +7,13 @@ service thread ("zmqkit-pub:NODE") takes the queue and sends it. One queue for e
 keeps one global order: a subscriber sees the sequence numbers of a topic in order even when
 several threads publish on it at once, so a gap always means a message was lost.
 
-Per message, each frame goes as it is. Batched, the thread sends whatever has queued as one
-PUBLISH_BATCH frame per topic (at most 64 KiB or 1024 messages): an idle publisher's message
-leaves at once, a busy one's share a frame, which is how a Python publisher outruns
-per-message sends.
+Batched (the default), the thread sends whatever has queued, in the order it was published:
+each run of messages on one topic in one PUBLISH_BATCH frame (at most 64 KiB or 1024 messages).
+An idle publisher's message leaves at once, alone, as a PUBLISH; a busy one's share frames,
+which is how a Python publisher outruns per-message sends. A message of ``BATCH_BYTES`` or more
+is framed by the publishing thread, as it would be per message, and leaves in its turn. Per
+message (``batch=False``), each frame goes as it is. Either way the thread hands the frames of
+a round to the socket in one call (``Socket.send_each``).
 
 The queue is short: at most ``MAX_QUEUED`` frames per message (``MAX_QUEUED_BATCHED`` batched,
 where a long queue makes large batches) and ``MAX_QUEUED_BYTES`` in all. A publisher that outruns
@@ -38,7 +41,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from zmqkit import Node, ServiceThread, Socket, SocketKind, SocketOptions
@@ -55,11 +59,12 @@ __all__ = [
 ]
 
 SLICE = 0.25  # the thread looks at its stop flag at least this often
-BATCH_BYTES = 64 * 1024  # a batch frame holds at most about this much...
+BATCH_BYTES = 64 * 1024  # a batch frame holds at most this much data...
 BATCH_COUNT = 1024  # ...and at most this many messages
 MAX_QUEUED = 1024  # frames queued (per message) before put() waits for the thread
 MAX_QUEUED_BATCHED = 100_000  # messages queued (batched) before put() waits for the thread
 MAX_QUEUED_BYTES = 64 * 1024 * 1024  # and bytes, either way (one message of the largest fits)
+MAX_HEADS = 4096  # topics whose frame heads a publisher keeps
 PAUSE = 0.0002  # a message this long after the previous one hands over to the thread...
 HANDOFF = 0.001  # ...waiting at most this long for it to be sent
 
@@ -81,60 +86,60 @@ class Outbox:
         self.endpoint = ""
         self.dropped = 0
         self._sender = node.uuid.bytes
-        # per message: frames ready to send; batched: (topic, seq, encoded data)
+        self._heads: dict[str, bytes] = {}  # topic -> the head of its PUBLISH frames
+        # frames ready to send; batched, (topic, seq, encoded data) too
         self._queue: deque[Any] = deque()
         self._max_queued = MAX_QUEUED_BATCHED if batch else MAX_QUEUED
         self._put_bytes = 0  # written by put() only...
         self._sent_bytes = 0  # ...and this by the thread only: their difference is what waits
         self._wake = threading.Event()  # set when something is queued (or on close)
+        self._woken = False  # whether _wake is set: a plain read, once a message
         self._sent = threading.Event()  # set by the thread after each round of sending
         self._last_put = 0.0
         self._room = threading.Event()  # set while the queue has room; put() waits on it
         self._room.set()
         self._closing = False
-        self.put: Callable[[str, int, Any], bool] = self._put_item if batch else self._put_frame
         self._service = ServiceThread(f"zmqkit-pub:{node.name}", self._run)
         self._service.start()
 
-    def _put_frame(self, topic: str, seq: int, data: Any) -> bool:
-        """``put`` per message: encode the whole frame here (``EncodeError`` queues nothing).
+    def put(self, topic: str, seq: int, data: Any) -> bool:
+        """Queue message ``seq`` on ``topic``, encoded here (``EncodeError`` queues nothing).
 
-        Returns True when the caller should ``hand_over`` (the first message after a pause).
+        Per message, and for a large message, the whole frame; batched, the encoded data, which
+        the thread frames with its neighbours. Returns True when the caller should
+        ``hand_over`` (the first message after a pause).
         """
-        frame = wire.encode(topic, self._sender, seq, data)
-        queue = self._queue  # the room check is written out in both puts: once per message
+        if self.batch and not (type(data) is bytes and len(data) >= BATCH_BYTES):
+            entry: Any = (topic, seq, wire.encode_data(data))
+            size = len(entry[2])
+        else:
+            head = self._heads.get(topic) or self._head(topic)
+            entry = wire.encode_after(head, seq, data)
+            size = len(entry)
+        queue = self._queue
         if (
             len(queue) >= self._max_queued or self._put_bytes - self._sent_bytes >= MAX_QUEUED_BYTES
         ) and not self._wait_for_room():
             self.dropped += 1  # the thread is stuck: subscribers see it as a gap
             return False
-        self._put_bytes += len(frame)
-        queue.append(frame)
-        return self._wake_up()
-
-    def _put_item(self, topic: str, seq: int, data: Any) -> bool:
-        """``put`` batched: encode the data here; the thread frames it with its neighbours."""
-        encoded = wire.encode_data(data)
-        queue = self._queue
-        if (
-            len(queue) >= self._max_queued or self._put_bytes - self._sent_bytes >= MAX_QUEUED_BYTES
-        ) and not self._wait_for_room():
-            self.dropped += 1
-            return False
-        self._put_bytes += len(encoded)
-        queue.append((topic, seq, encoded))
-        return self._wake_up()
-
-    def _wake_up(self) -> bool:
-        """After queueing: wake the thread; True if this message should be handed over."""
+        self._put_bytes += size
+        queue.append(entry)
         now = _monotonic()
         paused = now - self._last_put > PAUSE
         self._last_put = now
         if paused:
             self._sent.clear()
-        if not self._wake.is_set():
+        if not self._woken:
+            self._woken = True
             self._wake.set()
         return paused
+
+    def _head(self, topic: str) -> bytes:
+        """The head of ``topic``'s PUBLISH frames, kept for the next (a few thousand topics)."""
+        if len(self._heads) >= MAX_HEADS:
+            self._heads.clear()
+        head = self._heads[topic] = wire.publish_head(topic, self._sender)
+        return head
 
     def hand_over(self) -> None:
         """Let the thread have the GIL until it has sent what is queued (at most ``HANDOFF``)."""
@@ -149,6 +154,7 @@ class Outbox:
     def _wait_for_room(self) -> bool:
         """The thread is behind: wait for it (at most the send timeout) rather than drop."""
         self._room.clear()
+        self._woken = True
         self._wake.set()
         if self._has_room():  # it made room meanwhile
             return True
@@ -170,6 +176,7 @@ class Outbox:
             while not (self._closing or service.stopping):
                 self._wake.wait(SLICE)
                 self._wake.clear()  # before taking the queue: what is queued from now wakes us
+                self._woken = False  # (after the clear: a set in between is not lost)
                 flush(sock)
                 self._sent.set()
             flush(sock)
@@ -187,35 +194,58 @@ class Outbox:
 
     def _flush_frames(self, sock: Socket) -> None:
         """Send everything queued, a frame per message."""
-        queue, send, take = self._queue, sock.send, self._queue.popleft
+        queue, take = self._queue, self._queue.popleft
         while queue:
-            sent = 0
-            for _ in range(min(len(queue), BATCH_COUNT)):
-                frame = take()
-                send(frame)
-                sent += len(frame)
-            self._sent_bytes += sent
+            frames = [take() for _ in range(min(len(queue), BATCH_COUNT))]
+            sock.send_each(frames)
+            self._sent_bytes += sum(map(len, frames))
             self._made_room()
 
     def _flush_batches(self, sock: Socket) -> None:
-        """Send everything queued: one frame per topic per batch, in sequence order."""
-        queue, sender = self._queue, self._sender
+        """Send everything queued, in the order it was published: each run of messages on one
+        topic in one frame (a PUBLISH for a message alone), a framed message as it is."""
+        queue, take = self._queue, self._queue.popleft
         while queue:
-            batches: dict[str, tuple[int, list[bytes]]] = {}
-            size = count = 0
-            while queue and size < BATCH_BYTES and count < BATCH_COUNT:
-                topic, seq, encoded = queue.popleft()
-                batch = batches.get(topic)
-                if batch is None:
-                    batches[topic] = (seq, [encoded])
+            entries = [take() for _ in range(min(len(queue), BATCH_COUNT))]
+            frames: list[bytes] = []
+            size = 0
+            for topic, run in groupby(entries, _topic_of):
+                if type(topic) is int:  # framed messages (their "topic" is their first byte)
+                    framed = list(run)
+                    frames += framed
+                    size += sum(map(len, framed))
                 else:
-                    batch[1].append(encoded)
-                size += len(encoded)
-                count += 1
-            for topic, (first_seq, items) in batches.items():
-                if len(items) == 1:
-                    sock.send(wire.encode_from(topic, sender, first_seq, items[0]))
-                else:
-                    sock.send(wire.encode_batch_from(topic, sender, first_seq, items))
-            self._sent_bytes += size
+                    size += self._frame_run(frames, topic, list(run))
+            sock.send_each(frames)
+            self._sent_bytes += size  # as put() counted them
             self._made_room()
+
+    def _frame_run(
+        self, frames: list[bytes], topic: str, run: list[tuple[str, int, bytes]]
+    ) -> int:
+        """Frame messages queued one after the other on ``topic``, into ``frames``: one frame,
+        unless a message was dropped between them or they hold more than ``BATCH_BYTES``.
+        Returns the size of their data."""
+        first_seq, items = run[0][1], [encoded for _, _, encoded in run]
+        size = sum(map(len, items))
+        if run[-1][1] - first_seq == len(run) - 1 and size <= BATCH_BYTES:
+            frames.append(self._frame(topic, first_seq, items))
+            return size
+        chunk_seq, chunk, chunk_size = first_seq, [items[0]], len(items[0])
+        for (_, seq, encoded) in run[1:]:
+            if seq != chunk_seq + len(chunk) or chunk_size + len(encoded) > BATCH_BYTES:
+                frames.append(self._frame(topic, chunk_seq, chunk))
+                chunk_seq, chunk, chunk_size = seq, [], 0
+            chunk.append(encoded)
+            chunk_size += len(encoded)
+        frames.append(self._frame(topic, chunk_seq, chunk))
+        return size
+
+    def _frame(self, topic: str, first_seq: int, items: list[bytes]) -> bytes:
+        if len(items) == 1:
+            return wire.encode_from(topic, self._sender, first_seq, items[0])
+        return wire.encode_batch_from(topic, self._sender, first_seq, items)
+
+
+# the key that groups queued entries in runs: a message's topic, a framed message's first byte
+_topic_of = itemgetter(0)

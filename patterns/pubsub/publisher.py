@@ -32,8 +32,9 @@ class Publisher:
     ``publish`` never waits for subscribers: one whose queue is full misses messages (and sees
     the gap). It queues the message for the publisher's thread, which sends it; the first
     message after a pause waits until it has left (about 40 µs), so that a thread busy in Python
-    cannot hold it back (see ``outbox``). With ``batch=True`` small messages are coalesced
-    under load into PUBLISH_BATCH frames; sequence numbers, topics and gaps are the same.
+    cannot hold it back (see ``outbox``). Small messages published while the thread is busy
+    are coalesced into PUBLISH_BATCH frames (a message alone leaves alone); sequence numbers,
+    topics and gaps are the same. ``batch=False`` sends a frame per message.
 
     Raises:
         ClosedError: the node is closed (or not started).
@@ -41,7 +42,7 @@ class Publisher:
     """
 
     def __init__(
-        self, node: Node, *, options: SocketOptions | None = None, batch: bool = False
+        self, node: Node, *, options: SocketOptions | None = None, batch: bool = True
     ) -> None:
         if ROLE in node.endpoints:
             raise ConfigError(f"{node!r} already has a publisher; share it (any thread may use it)")

@@ -46,6 +46,7 @@ class Subscriber(BaseSubscriber):
         self._lock = threading.Lock()  # held by the owner thread whenever it uses the socket
         self._closing = False
         self._open(node, topics, options, asyncio=False)
+        self._ready = self._feed.ready
         self._wakeup = Wakeup()  # set by close() from another thread: a waiting recv stops
         self._poller = Poller([self._feed.sock, self._wakeup])
 
@@ -103,7 +104,7 @@ class Subscriber(BaseSubscriber):
             Timeout: no message in time.
             ClosedError: the subscriber is closed (or was closed while waiting).
         """
-        ready = self._feed.ready
+        ready = self._ready
         if ready:
             return ready.popleft()
         with self._lock:
@@ -122,7 +123,10 @@ class Subscriber(BaseSubscriber):
 
     def messages(self, idle_timeout: float) -> Iterator[Message]:
         """Yield messages until none has come for ``idle_timeout`` seconds."""
+        ready = self._ready
         while True:
+            while ready:  # what was taken in already, without a call each
+                yield ready.popleft()
             try:
                 yield self.recv(idle_timeout)
             except Timeout:
