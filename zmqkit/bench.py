@@ -8,8 +8,9 @@ plain pyzmq lines with no zmqkit code on its path, so that the comparison can be
     workload    raw pyzmq                                  zmqkit
     rpc         REQ/REP, one call at a time                rpc.Client -> rpc.serve
     async-rpc   DEALER/ROUTER, 1000 calls in flight         rpc.AsyncClient.submit -> rpc.serve
-    pubsub      PUB/SUB, one frame per message + prefix    pubsub.Publisher -> pubsub.Subscriber
-    pubsub-batched  the same raw side                      Publisher(batch=True) -> Subscriber
+    pubsub      PUB/SUB, one frame per message + prefix    Publisher(batch=False) -> Subscriber
+    pubsub-batched  the same raw side                      Publisher() (batches while busy) ->
+                                                           Subscriber
     large       PUB/SUB, 1 MiB binary payloads, no copy    pubsub.Publisher -> pubsub.Subscriber
     fanout      one PUB, 8 SUB processes: total received   Publisher -> 8 Subscriber processes
     clients     16 threads, a REQ each, one ROUTER server  16 threads sharing one rpc.Client
@@ -264,9 +265,9 @@ def raw_subscriber(conn: Connection, count: int, big: bool) -> tuple[float, int]
 
 
 def zmqkit_publisher(
-    conn: Connection, beacon_port: int, count: int, big: bool, batch: bool = False
+    conn: Connection, beacon_port: int, count: int, big: bool, batch: bool = True
 ) -> None:
-    """``pubsub.Publisher`` process: publish ``count`` messages."""
+    """``pubsub.Publisher`` process: publish ``count`` messages (``batch``: the default)."""
     with zmqkit.Node("bench-pub", port=beacon_port) as node:
         publisher = pubsub.Publisher(node, options=DEEP_QUEUE, batch=batch)
         conn.send("ready")
@@ -579,7 +580,7 @@ def _async_round(sizes: Sizes, raw: bool) -> float:
         _finish(process, conn)
 
 
-def _pubsub_round(count: int, big: bool, raw: bool, batch: bool = False) -> tuple[float, int]:
+def _pubsub_round(count: int, big: bool, raw: bool, batch: bool = True) -> tuple[float, int]:
     if raw:
         process, conn = _spawn(raw_publisher, count, big)
         try:
@@ -716,7 +717,7 @@ def run(
                 else:
                     big = workload == "large"
                     count = sizes.big_messages if big else sizes.messages
-                    figure, missing = _pubsub_round(count, big, raw, workload == "pubsub-batched")
+                    figure, missing = _pubsub_round(count, big, raw, workload != "pubsub")
                     lost[raw] += missing
                     if big:
                         figure = figure * BIG / (1 << 20)

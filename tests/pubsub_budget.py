@@ -1,0 +1,269 @@
+"""Pub/sub's per-message budget: the CPU each thread spends per message, raw pyzmq against
+zmqkit, and how late a message published on an idle publisher arrives.
+
+    python tests/pubsub_budget.py cpu [--messages 200000] [--runs 3]
+    python tests/pubsub_budget.py idle [--messages 2000] [--runs 3]
+
+``cpu`` runs a publisher process and a subscriber process per side, as ``zmqkit bench pubsub``
+does (the same payload, one topic, tcp loopback, no high-water marks), and reads the CPU clock
+of every thread of both processes before and after the messages: the Python threads by
+``time.thread_time()`` (the publisher's sending thread by its own CPU clock), ZeroMQ's I/O
+threads from ``/proc``. The sides: ``raw`` (the bench's plain pyzmq loops), ``per-message``
+(``Publisher(batch=False)``) and ``default`` (``Publisher()``). Each figure is the median of the
+runs, in microseconds per message received; ``rate`` is what the subscriber received per second.
+
+``idle`` publishes one message at a time, waiting 2 to 4 ms between them (an idle publisher),
+each carrying ``time.perf_counter()`` (CLOCK_MONOTONIC: one clock for both processes), and
+reports the p50 and p99 of the time from the call to its arrival at the subscriber's ``recv``.
+
+Prints one JSON object. Not a test: a benchmark, perturbed by whatever else the machine runs
+(the load average is printed with the figures). The figures live in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cbor2
+import zmq
+from zmqkit.patterns import pubsub
+
+import zmqkit
+from zmqkit import SocketOptions
+
+PAYLOAD = {"seq": 0, "sym": "ABC", "px": 101.25, "qty": 100}
+TOPIC = "ticks"
+RAW_TOPIC = b"ticks\0"
+DEEP_QUEUE = SocketOptions(send_hwm=0, recv_hwm=0)
+SIDES = ("raw", "per-message", "default")
+PUBLISHER_FLAGS: dict[str, dict[str, Any]] = {"per-message": {"batch": False}, "default": {},
+                                              "batched": {"batch": True}}
+
+
+# -- CPU clocks of every thread of this process ----------------------------------------------
+
+
+def _role(name: str) -> str:
+    if name == "MainThread":
+        return "main"
+    if name.startswith("zmqkit-pub:"):
+        return "sending thread"
+    if name.startswith("ZMQbg/IO"):
+        return "zmq I/O"
+    return "other"
+
+
+def thread_clocks() -> dict[str, float]:
+    """Seconds of CPU per role of thread: main (``time.thread_time()``), sending thread (its
+    CPU clock), zmq I/O and other (``/proc``, in nanoseconds), of this process so far."""
+    clocks = {"main": time.thread_time(), "sending thread": 0.0, "zmq I/O": 0.0, "other": 0.0}
+    python = {thread.native_id: thread for thread in threading.enumerate()}
+    for tid in os.listdir("/proc/self/task"):
+        thread = python.get(int(tid))
+        if thread is not None and thread is threading.main_thread():
+            continue
+        if thread is not None and thread.ident is not None:
+            role = _role(thread.name)
+            seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        else:
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as comm:
+                    role = _role(comm.read().strip())
+                with open(f"/proc/self/task/{tid}/schedstat") as schedstat:
+                    seconds = int(schedstat.read().split()[0]) / 1e9
+            except OSError:  # the thread ended meanwhile
+                continue
+        clocks[role] += seconds
+    return clocks
+
+
+def _spent(before: dict[str, float]) -> dict[str, float]:
+    after = thread_clocks()
+    return {role: after[role] - before[role] for role in after}
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=target, args=(theirs, *args), daemon=True)
+    process.start()
+    return process, ours
+
+
+def _expect(conn: Connection, timeout: float = 60.0) -> Any:
+    if not conn.poll(timeout):
+        raise TimeoutError(f"a benchmark process said nothing in {timeout} s")
+    return conn.recv()
+
+
+# -- the two processes of one run -------------------------------------------------------------
+
+
+def publisher_process(conn: Connection, side: str, port: int, count: int, idle: bool) -> None:
+    """Publish ``count`` messages when told; report the CPU of each thread once told again."""
+    if side == "raw":
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.linger = 1000
+        pub.sndhwm = 0
+        conn.send(pub.bind_to_random_port("tcp://127.0.0.1"))
+
+        def publish(seq: int, data: dict[str, Any]) -> None:
+            pub.send(RAW_TOPIC + cbor2.dumps(data))
+
+        _publish(conn, publish, count, idle)
+        pub.close()
+        return
+    with zmqkit.Node("budget-pub", port=port) as node:
+        publisher = pubsub.Publisher(node, options=DEEP_QUEUE, **PUBLISHER_FLAGS[side])
+        conn.send(port)
+        _publish(conn, lambda seq, data: publisher.publish(TOPIC, data), count, idle)
+
+
+def _publish(conn: Connection, publish: Callable[[int, dict[str, Any]], object], count: int,
+             idle: bool) -> None:
+    _expect(conn)  # the subscriber is connected
+    if idle:
+        for seq in range(count):
+            time.sleep(random.uniform(0.002, 0.004))
+            publish(seq, {**PAYLOAD, "seq": seq, "t": time.perf_counter()})
+        _expect(conn)
+        return
+    before = thread_clocks()
+    for seq in range(count):
+        publish(seq, {**PAYLOAD, "seq": seq})
+    _expect(conn)  # everything arrived
+    conn.send(_spent(before))
+
+
+def subscriber_process(conn: Connection, side: str, where: int, count: int, idle: bool) -> None:
+    """Receive ``count`` messages; report the rate and the CPU of each thread, or the delays."""
+    if side == "raw":
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.rcvhwm = 0
+        sub.rcvtimeo = 5000
+        sub.subscribe(RAW_TOPIC)
+        sub.connect(f"tcp://127.0.0.1:{where}")
+        time.sleep(0.3)
+        skip = len(RAW_TOPIC)
+        _receive(conn, lambda: cbor2.loads(sub.recv()[skip:]), count, idle)
+        sub.close()
+        return
+    with (
+        zmqkit.Node("budget-sub", port=where, announce=False) as node,
+        pubsub.Subscriber(node, TOPIC, options=DEEP_QUEUE) as subscriber,
+    ):
+        subscriber.wait_for_publishers(timeout=10.0)
+        time.sleep(0.25)
+        _receive(conn, lambda: subscriber.recv(5.0).data, count, idle)
+
+
+def _receive(conn: Connection, receive: Callable[[], Any], count: int, idle: bool) -> None:
+    conn.send("ready")
+    clock = time.perf_counter
+    if idle:
+        delays = []
+        for _ in range(count):
+            data = receive()
+            delays.append(clock() - data["t"])
+        conn.send(delays)
+        return
+    receive()
+    started, before = clock(), thread_clocks()
+    for _ in range(count - 1):
+        receive()
+    spent = _spent(before)
+    conn.send((count - 1) / (clock() - started))
+    conn.send(spent)
+
+
+def one_run(side: str, count: int, idle: bool) -> dict[str, Any]:
+    port = random.randint(20_000, 40_000)
+    publisher, pub_conn = _spawn(publisher_process, side, port, count, idle)
+    try:
+        where = _expect(pub_conn)
+        subscriber, sub_conn = _spawn(subscriber_process, side, where, count, idle)
+        try:
+            _expect(sub_conn)
+            pub_conn.send("go")
+            if idle:
+                delays = _expect(sub_conn, 120)
+                pub_conn.send("done")
+                return {"delays": delays}
+            rate = _expect(sub_conn, 120)
+            receiving = _expect(sub_conn)
+            pub_conn.send("done")
+            publishing = _expect(pub_conn)
+            return {"rate": rate, "publisher": publishing, "subscriber": receiving}
+        finally:
+            subscriber.join(10)
+    finally:
+        publisher.join(10)
+
+
+def cpu(count: int, runs: int, sides: tuple[str, ...]) -> dict[str, Any]:
+    """Median microseconds of CPU per message, per side and per role of thread."""
+    results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for index in range(runs):
+        order = sides if index % 2 == 0 else tuple(reversed(sides))
+        for side in order:
+            results[side].append(one_run(side, count, idle=False))
+    table: dict[str, Any] = {}
+    for side, rows in results.items():
+        figures: dict[str, float] = {"rate": statistics.median(row["rate"] for row in rows)}
+        for process in ("publisher", "subscriber"):
+            for role in ("main", "sending thread", "zmq I/O", "other"):
+                spent = [row[process][role] / (count - 1) * 1e6 for row in rows]
+                figures[f"{process}: {role}"] = round(statistics.median(spent), 3)
+        figures["total"] = round(sum(v for k, v in figures.items() if ":" in k), 3)
+        table[side] = figures
+    return table
+
+
+def idle(count: int, runs: int, sides: tuple[str, ...]) -> dict[str, Any]:
+    """p50 and p99 microseconds from publish to arrival, on an idle publisher, per side."""
+    delays: dict[str, list[float]] = {side: [] for side in sides}
+    for index in range(runs):
+        order = sides if index % 2 == 0 else tuple(reversed(sides))
+        for side in order:
+            delays[side] += one_run(side, count, idle=True)["delays"][10:]  # past the warm-up
+    table = {}
+    for side, took in delays.items():
+        cuts = statistics.quantiles(took, n=100)
+        table[side] = {"p50": round(cuts[49] * 1e6, 1), "p99": round(cuts[98] * 1e6, 1),
+                       "messages": len(took)}
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=("cpu", "idle"))
+    parser.add_argument("--messages", type=int)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"comma-separated, of raw and {', '.join(PUBLISHER_FLAGS)}")
+    args = parser.parse_args()
+    sides = tuple(args.sides.split(","))
+    load_before = os.getloadavg()[0]
+    if args.what == "cpu":
+        figures = cpu(args.messages or 200_000, args.runs, sides)
+    else:
+        figures = idle(args.messages or 2_000, args.runs, sides)
+    print(json.dumps({"what": args.what, "runs": args.runs, "figures": figures,
+                      "load": [load_before, os.getloadavg()[0]]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
