@@ -628,7 +628,8 @@ def test_random_bytes_on_the_path_for_other_keys_give_protocol_error_or_what_cbo
         message = decode(frame)
     except ProtocolError:
         return
-    assert message == cbor2.loads(frame, semantic_decoders={258: lambda v, im: set(v)})
+    expected = cbor2.loads(frame, semantic_decoders={258: lambda v, im: set(v)})
+    assert repr(message) == repr(expected)  # repr: a NaN is never == itself, but reads the same
 
 
 def test_protocol_error_is_a_value_error_and_chains_the_cbor_error() -> None:
