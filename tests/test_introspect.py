@@ -361,3 +361,27 @@ def test_the_library_logs_under_zmqkit_installs_no_handler_and_is_quiet_on_the_h
                 subscriber.recv(5)
         hot = [record for record in caplog.records if record.name.startswith("zmqkit")]
     assert hot == [], [record.getMessage() for record in hot]
+
+
+def test_counted_but_untimed_events_leave_the_percentiles_and_mean_to_the_samples() -> None:
+    latency = Latency()
+    for _ in range(3):
+        latency.record(0.001)
+    latency.count += 5  # five more events, not timed
+    assert (latency.count, latency.samples) == (8, 3)
+    assert latency.percentiles()["mean"] == pytest.approx(0.001)
+    assert 0.001 <= latency.percentiles()["p99"] <= 0.00119
+
+
+def test_a_busy_inline_method_counts_every_call_and_times_a_sample(make_node: MakeNode) -> None:
+    from zmqkit.patterns.rpc.server import ALWAYS_TIMED, SAMPLE
+
+    node, caller = make_node("busy"), make_node("caller")
+    rpc.serve(node, [_echo])
+    calls = ALWAYS_TIMED + 10 * SAMPLE
+    with rpc.Client(caller, "busy") as client:
+        for seq in range(calls):
+            client.call("_echo", seq)
+    [server] = node.report()["parts"]
+    assert server["methods"]["_echo"]["calls"] == calls
+    assert server["methods"]["_echo"]["p50"] > 0

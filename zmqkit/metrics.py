@@ -25,14 +25,17 @@ class Latency:
         latency.record(0.000_250)
         latency.percentiles()    # {"p50": 0.000267, "p90": ..., "p99": ...}
 
-    ``record`` may be called from one thread while another reads: a reading is then off by the
-    durations recorded meanwhile, never broken.
+    ``count`` counts every event; an event that was not timed (a busy path times a sample of
+    its events) is counted with ``latency.count += 1``, and the percentiles and mean come from
+    the ``samples`` that were. ``record`` may be called from one thread while another reads: a
+    reading is then off by the durations recorded meanwhile, never broken.
     """
 
-    __slots__ = ("_buckets", "count", "total")
+    __slots__ = ("_buckets", "count", "samples", "total")
 
     def __init__(self) -> None:
         self.count = 0
+        self.samples = 0
         self.total = 0.0
         self._buckets = [0] * BUCKETS
 
@@ -43,6 +46,7 @@ class Latency:
         index = (exponent - 1) * STEPS_PER_DOUBLING + int((mantissa - 0.5) * 2 * STEPS_PER_DOUBLING)
         self._buckets[index if index < BUCKETS else BUCKETS - 1] += 1
         self.count += 1
+        self.samples += 1
         self.total += seconds
 
     @classmethod
@@ -52,6 +56,7 @@ class Latency:
         for latency in latencies:
             total._buckets = [a + b for a, b in zip(total._buckets, latency._buckets, strict=True)]
             total.count += latency.count
+            total.samples += latency.samples
             total.total += latency.total
         return total
 
@@ -75,7 +80,7 @@ class Latency:
             "p50": self.quantile(0.50),
             "p90": self.quantile(0.90),
             "p99": self.quantile(0.99),
-            "mean": self.total / self.count if self.count else 0.0,
+            "mean": self.total / self.samples if self.samples else 0.0,
         }
 
 
