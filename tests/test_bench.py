@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,11 @@ def test_bench_table_names_the_columns() -> None:
     assert result.returncode == 0, result.stderr
     for column in ("workload", "raw pyzmq", "zmqkit", "ratio", "unit"):
         assert column in result.stdout
+
+
+def test_the_rpc_budget_script_measures_the_server_path() -> None:
+    script = Path(__file__).with_name("rpc_budget.py")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert "µs per call" in result.stdout
