@@ -1,7 +1,7 @@
 """Pub/sub's per-message budget: the CPU each thread spends per message, raw pyzmq against
 zmqkit, and how late a message published on an idle publisher arrives.
 
-    python tests/pubsub_budget.py cpu [--messages 200000] [--runs 3]
+    python tests/pubsub_budget.py cpu [--messages 200000] [--runs 3] [--big]
     python tests/pubsub_budget.py idle [--messages 2000] [--runs 3]
 
 ``cpu`` runs a publisher process and a subscriber process per side, as ``zmqkit bench pubsub``
@@ -11,6 +11,7 @@ of every thread of both processes before and after the messages: the Python thre
 threads from ``/proc``. The sides: ``raw`` (the bench's plain pyzmq loops), ``per-message``
 (``Publisher(batch=False)``) and ``default`` (``Publisher()``). Each figure is the median of the
 runs, in microseconds per message received; ``rate`` is what the subscriber received per second.
+With ``--big`` the messages are 1 MiB byte strings, as in ``zmqkit bench large``.
 
 ``idle`` publishes one message at a time, waiting 2 to 4 ms between them (an idle publisher),
 each carrying ``time.perf_counter()`` (CLOCK_MONOTONIC: one clock for both processes), and
@@ -39,12 +40,9 @@ import zmq
 from zmqkit.patterns import pubsub
 
 import zmqkit
-from zmqkit import SocketOptions
+from zmqkit.bench import BIG, DEEP_QUEUE, PAYLOAD, RAW_TOPIC, TOPIC
 
-PAYLOAD = {"seq": 0, "sym": "ABC", "px": 101.25, "qty": 100}
-TOPIC = "ticks"
-RAW_TOPIC = b"ticks\0"
-DEEP_QUEUE = SocketOptions(send_hwm=0, recv_hwm=0)
+BLOB = b"x" * BIG  # --big: the payload of the bench's large workload
 SIDES = ("raw", "per-message", "default")
 PUBLISHER_FLAGS: dict[str, dict[str, Any]] = {"per-message": {"batch": False}, "default": {},
                                               "batched": {"batch": True}}
@@ -109,56 +107,64 @@ def _expect(conn: Connection, timeout: float = 60.0) -> Any:
 # -- the two processes of one run -------------------------------------------------------------
 
 
-def publisher_process(conn: Connection, side: str, port: int, count: int, idle: bool) -> None:
+def _raw_socket(kind: int, linger: int) -> zmq.Socket[bytes]:
+    """A plain pyzmq socket, as the bench's raw side makes it: no high-water mark."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(kind)
+    sock.linger = linger
+    sock.sndhwm = sock.rcvhwm = 0
+    return sock
+
+
+def publisher_process(conn: Connection, side: str, port: int, count: int, mode: str) -> None:
     """Publish ``count`` messages when told; report the CPU of each thread once told again."""
     if side == "raw":
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        pub = ctx.socket(zmq.PUB)
-        pub.linger = 1000
-        pub.sndhwm = 0
+        pub = _raw_socket(zmq.PUB, linger=1000)
         conn.send(pub.bind_to_random_port("tcp://127.0.0.1"))
+        big_frame = RAW_TOPIC + cbor2.dumps(BLOB)
 
-        def publish(seq: int, data: dict[str, Any]) -> None:
-            pub.send(RAW_TOPIC + cbor2.dumps(data))
+        def publish(data: Any) -> None:
+            if data is BLOB:  # as the bench does: one frame, sent again and again, no copy
+                pub.send(big_frame, copy=False)
+            else:
+                pub.send(RAW_TOPIC + cbor2.dumps(data))
 
-        _publish(conn, publish, count, idle)
+        _publish(conn, publish, count, mode)
         pub.close()
         return
     with zmqkit.Node("budget-pub", port=port) as node:
         publisher = pubsub.Publisher(node, options=DEEP_QUEUE, **PUBLISHER_FLAGS[side])
         conn.send(port)
-        _publish(conn, lambda seq, data: publisher.publish(TOPIC, data), count, idle)
+        _publish(conn, lambda data: publisher.publish(TOPIC, data), count, mode)
 
 
-def _publish(conn: Connection, publish: Callable[[int, dict[str, Any]], object], count: int,
-             idle: bool) -> None:
+def _publish(conn: Connection, publish: Callable[[Any], object], count: int, mode: str) -> None:
     _expect(conn)  # the subscriber is connected
-    if idle:
+    if mode == "idle":
         for seq in range(count):
             time.sleep(random.uniform(0.002, 0.004))
-            publish(seq, {**PAYLOAD, "seq": seq, "t": time.perf_counter()})
+            publish({**PAYLOAD, "seq": seq, "t": time.perf_counter()})
         _expect(conn)
         return
     before = thread_clocks()
     for seq in range(count):
-        publish(seq, {**PAYLOAD, "seq": seq})
+        publish(BLOB if mode == "big" else {**PAYLOAD, "seq": seq})
     _expect(conn)  # everything arrived
     conn.send(_spent(before))
 
 
-def subscriber_process(conn: Connection, side: str, where: int, count: int, idle: bool) -> None:
+def subscriber_process(conn: Connection, side: str, where: int, count: int, mode: str) -> None:
     """Receive ``count`` messages; report the rate and the CPU of each thread, or the delays."""
     if side == "raw":
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.linger = 0
-        sub.rcvhwm = 0
+        sub = _raw_socket(zmq.SUB, linger=0)
         sub.rcvtimeo = 5000
         sub.subscribe(RAW_TOPIC)
         sub.connect(f"tcp://127.0.0.1:{where}")
         time.sleep(0.3)
         skip = len(RAW_TOPIC)
-        _receive(conn, lambda: cbor2.loads(sub.recv()[skip:]), count, idle)
+        if mode == "big":  # as the bench does: no copy of a large frame
+            _receive(conn, lambda: cbor2.loads(sub.recv(copy=False).buffer[skip:]), count, mode)
+        else:
+            _receive(conn, lambda: cbor2.loads(sub.recv()[skip:]), count, mode)
         sub.close()
         return
     with (
@@ -167,13 +173,13 @@ def subscriber_process(conn: Connection, side: str, where: int, count: int, idle
     ):
         subscriber.wait_for_publishers(timeout=10.0)
         time.sleep(0.25)
-        _receive(conn, lambda: subscriber.recv(5.0).data, count, idle)
+        _receive(conn, lambda: subscriber.recv(5.0).data, count, mode)
 
 
-def _receive(conn: Connection, receive: Callable[[], Any], count: int, idle: bool) -> None:
+def _receive(conn: Connection, receive: Callable[[], Any], count: int, mode: str) -> None:
     conn.send("ready")
     clock = time.perf_counter
-    if idle:
+    if mode == "idle":
         delays = []
         for _ in range(count):
             data = receive()
@@ -189,16 +195,16 @@ def _receive(conn: Connection, receive: Callable[[], Any], count: int, idle: boo
     conn.send(spent)
 
 
-def one_run(side: str, count: int, idle: bool) -> dict[str, Any]:
+def one_run(side: str, count: int, mode: str) -> dict[str, Any]:
     port = random.randint(20_000, 40_000)
-    publisher, pub_conn = _spawn(publisher_process, side, port, count, idle)
+    publisher, pub_conn = _spawn(publisher_process, side, port, count, mode)
     try:
         where = _expect(pub_conn)
-        subscriber, sub_conn = _spawn(subscriber_process, side, where, count, idle)
+        subscriber, sub_conn = _spawn(subscriber_process, side, where, count, mode)
         try:
             _expect(sub_conn)
             pub_conn.send("go")
-            if idle:
+            if mode == "idle":
                 delays = _expect(sub_conn, 120)
                 pub_conn.send("done")
                 return {"delays": delays}
@@ -213,13 +219,13 @@ def one_run(side: str, count: int, idle: bool) -> dict[str, Any]:
         publisher.join(10)
 
 
-def cpu(count: int, runs: int, sides: tuple[str, ...]) -> dict[str, Any]:
+def cpu(count: int, runs: int, sides: tuple[str, ...], mode: str) -> dict[str, Any]:
     """Median microseconds of CPU per message, per side and per role of thread."""
     results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for index in range(runs):
         order = sides if index % 2 == 0 else tuple(reversed(sides))
         for side in order:
-            results[side].append(one_run(side, count, idle=False))
+            results[side].append(one_run(side, count, mode))
     table: dict[str, Any] = {}
     for side, rows in results.items():
         figures: dict[str, float] = {"rate": statistics.median(row["rate"] for row in rows)}
@@ -238,7 +244,7 @@ def idle(count: int, runs: int, sides: tuple[str, ...]) -> dict[str, Any]:
     for index in range(runs):
         order = sides if index % 2 == 0 else tuple(reversed(sides))
         for side in order:
-            delays[side] += one_run(side, count, idle=True)["delays"][10:]  # past the warm-up
+            delays[side] += one_run(side, count, "idle")["delays"][10:]  # past the warm-up
     table = {}
     for side, took in delays.items():
         cuts = statistics.quantiles(took, n=100)
@@ -250,6 +256,7 @@ def idle(count: int, runs: int, sides: tuple[str, ...]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("cpu", "idle"))
+    parser.add_argument("--big", action="store_true", help="cpu: 1 MiB byte strings")
     parser.add_argument("--messages", type=int)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sides", default=",".join(SIDES),
@@ -258,7 +265,8 @@ def main() -> None:
     sides = tuple(args.sides.split(","))
     load_before = os.getloadavg()[0]
     if args.what == "cpu":
-        figures = cpu(args.messages or 200_000, args.runs, sides)
+        count = args.messages or (1_000 if args.big else 200_000)
+        figures = cpu(count, args.runs, sides, "big" if args.big else "small")
     else:
         figures = idle(args.messages or 2_000, args.runs, sides)
     print(json.dumps({"what": args.what, "runs": args.runs, "figures": figures,

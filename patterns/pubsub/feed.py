@@ -12,9 +12,10 @@ from zmqkit import Node, Socket, SocketKind, SocketOptions
 from .core import Intake
 from .publishers import Publishers
 
-__all__ = ["DRAIN_BATCH", "Feed"]
+__all__ = ["DRAIN_BATCH", "DRAIN_BYTES", "Feed"]
 
-DRAIN_BATCH = 256  # frames taken per look at the socket, or fewer batches of about as many messages
+DRAIN_BATCH = 256  # frames taken per look at the socket (fewer: see drain)...
+DRAIN_BYTES = 1 << 20  # ...and about this many bytes
 
 
 class Feed:
@@ -84,8 +85,12 @@ class Feed:
         if frames:
             ready_before = len(self.ready)
             self.intake.take_all(frames)
-            # about DRAIN_BATCH messages a look: fewer frames next time if these were batches
-            taken = len(self.ready) - ready_before
-            self._limit = max(1, min(DRAIN_BATCH, DRAIN_BATCH * len(frames) // max(taken, 1)))
+            # next time, as many frames as make about DRAIN_BATCH messages and DRAIN_BYTES:
+            # fewer if these were batches, or large (many large frames at once cost more)
+            taken = max(len(self.ready) - ready_before, 1)
+            size = sum(map(len, frames))
+            self._limit = max(1, min(
+                DRAIN_BATCH * len(frames) // taken, DRAIN_BYTES * len(frames) // size, DRAIN_BATCH
+            ))
         return bool(self.ready)
 

@@ -1,11 +1,13 @@
-"""The publisher's sending thread: it owns the PUB socket and sends what publishers queued.
+"""What a publisher is made of: its numbering, its queue, and the thread that owns the PUB
+socket and sends what was queued (``Publisher`` adds the node's part).
 
 ``publish`` may be called from any thread (an RPC handler of any kind, a callback, a thread of
-the user's), but a ZeroMQ socket belongs to one thread. So the calling thread only encodes the
-message and appends it to one queue, in the order the sequence numbers were given; this
-service thread ("zmqkit-pub:NODE") takes the queue and sends it. One queue for every thread
-keeps one global order: a subscriber sees the sequence numbers of a topic in order even when
-several threads publish on it at once, so a gap always means a message was lost.
+the user's), but a ZeroMQ socket belongs to one thread. So the calling thread only numbers and
+encodes the message and appends it to one queue, under one lock, in the order the sequence
+numbers were given; this service thread ("zmqkit-pub:NODE") takes the queue and sends it. One
+queue for every thread keeps one global order: a subscriber sees the sequence numbers of a topic
+in order even when several threads publish on it at once, so a gap always means a message was
+lost. ``publish`` is the hot path of every publisher, written out in one method.
 
 Batched (the default), the thread sends whatever has queued, in the order it was published:
 each run of messages on one topic in one PUBLISH_BATCH frame (at most 64 KiB or 1024 messages).
@@ -15,8 +17,8 @@ is framed by the publishing thread, as it would be per message, and leaves in it
 message (``batch=False``), each frame goes as it is. Either way the thread hands the frames of
 a round to the socket in one call (``Socket.send_each``).
 
-The queue is short: at most ``MAX_QUEUED`` frames per message (``MAX_QUEUED_BATCHED`` batched,
-where a long queue makes large batches) and ``MAX_QUEUED_BYTES`` in all. A publisher that outruns
+The queue is short: at most ``MAX_QUEUED`` frames per message (``MAX_QUEUED_BATCHED`` messages
+batched, room for several full batches) and ``MAX_QUEUED_BYTES`` in all. A publisher that outruns
 the thread waits for room (at most the send timeout; then the message is dropped, counted, and
 subscribers see the gap), so memory stays bounded as before: what piles up beyond that piles up
 in the PUB socket, whose high-water mark drops it.
@@ -30,10 +32,13 @@ when the publishing thread next lets go of the GIL, and the queue has grown mean
 That "next" may be late: a publishing thread busy in Python keeps the GIL for CPython's switch
 interval (5 ms) at a time, and this thread needs it at each step (measured: a publisher busy
 between messages delivered them 27 ms late at the median, 180 ms at p99, against 0.1 ms when
-sending itself). So the first message after a pause (``PAUSE``) hands over: ``put`` says so,
-and the publisher, once it has let go of its lock, waits until this thread has sent (at most
-``HANDOFF``; about 40 µs here). Messages in a burst do not wait: they leave together at the
-next switch, as a batch does. Then the median is 0.1 ms again, with no cost to throughput.
+sending itself). So the first message after a pause hands over: once it has let go of its
+lock, ``publish`` waits until this thread has sent (at most ``HANDOFF``; about 40 µs here). A
+pause is ``PAUSE`` since the last message that found the queue empty (one that finds it not
+empty joins messages the thread is due to send anyway; its clock is not read). Messages in a
+burst do not wait: they leave together at the next switch, as a batch does. Then the median is
+0.1 ms again, with no cost to throughput (a publisher in a tight loop hands over about once in
+a few thousand messages here, after the thread held the GIL for longer than ``PAUSE``).
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from zmqkit import Node, ServiceThread, Socket, SocketKind, SocketOptions
+from zmqkit import ClosedError, Node, ServiceThread, Socket, SocketKind, SocketOptions
 
 from . import wire
+from .topics import check_topic
 
 __all__ = [
     "BATCH_BYTES",
@@ -61,22 +67,20 @@ __all__ = [
 SLICE = 0.25  # the thread looks at its stop flag at least this often
 BATCH_BYTES = 64 * 1024  # a batch frame holds at most this much data...
 BATCH_COUNT = 1024  # ...and at most this many messages
-MAX_QUEUED = 1024  # frames queued (per message) before put() waits for the thread
-MAX_QUEUED_BATCHED = 100_000  # messages queued (batched) before put() waits for the thread
+MAX_QUEUED = 1024  # frames queued (per message) before publish() waits for the thread
+MAX_QUEUED_BATCHED = 10_000  # messages queued (batched) before publish() waits for the thread
 MAX_QUEUED_BYTES = 64 * 1024 * 1024  # and bytes, either way (one message of the largest fits)
-MAX_HEADS = 4096  # topics whose frame heads a publisher keeps
 PAUSE = 0.0002  # a message this long after the previous one hands over to the thread...
 HANDOFF = 0.001  # ...waiting at most this long for it to be sent
 
 _monotonic = time.monotonic
+_encode_data, _encode_after = wire.encode_data, wire.encode_after
 
 
 class Outbox:
-    """The queue between the publishing threads and the thread that owns the PUB socket.
+    """Numbers messages per topic and queues them for the thread that owns the PUB socket.
 
-    ``put`` is called under the publisher's lock (so the queue holds sequence order), and
-    ``hand_over`` after it when ``put`` returned True; ``close`` once, from any thread: what was
-    queued is sent first.
+    ``publish`` from any thread; ``close`` once, from any thread: what was queued is sent first.
     """
 
     def __init__(self, node: Node, options: SocketOptions, *, batch: bool) -> None:
@@ -85,65 +89,87 @@ class Outbox:
         self.batch = batch
         self.endpoint = ""
         self.dropped = 0
+        self._lock = threading.Lock()  # held to number and queue a message: one order
         self._sender = node.uuid.bytes
-        self._heads: dict[str, bytes] = {}  # topic -> the head of its PUBLISH frames
+        self._topics: dict[str, list[Any]] = {}  # topic -> [last seq, head of its PUBLISH frames]
         # frames ready to send; batched, (topic, seq, encoded data) too
         self._queue: deque[Any] = deque()
         self._max_queued = MAX_QUEUED_BATCHED if batch else MAX_QUEUED
-        self._put_bytes = 0  # written by put() only...
+        self._put_bytes = 0  # written by publish() only...
         self._sent_bytes = 0  # ...and this by the thread only: their difference is what waits
         self._wake = threading.Event()  # set when something is queued (or on close)
         self._woken = False  # whether _wake is set: a plain read, once a message
         self._sent = threading.Event()  # set by the thread after each round of sending
         self._last_put = 0.0
-        self._room = threading.Event()  # set while the queue has room; put() waits on it
+        self._room = threading.Event()  # set while the queue has room; publish() waits on it
         self._room.set()
         self._closing = False
         self._service = ServiceThread(f"zmqkit-pub:{node.name}", self._run)
         self._service.start()
 
-    def put(self, topic: str, seq: int, data: Any) -> bool:
-        """Queue message ``seq`` on ``topic``, encoded here (``EncodeError`` queues nothing).
+    def publish(self, topic: str, data: Any) -> int:
+        """Publish ``data`` on ``topic``; return its sequence number. Any thread may call it.
 
-        Per message, and for a large message, the whole frame; batched, the encoded data, which
-        the thread frames with its neighbours. Returns True when the caller should
-        ``hand_over`` (the first message after a pause).
+        Raises:
+            ConfigError: ``topic`` is not a topic (non-empty text not ending in ``*``).
+            EncodeError: ``data`` cannot be encoded (nothing is sent, no number is used).
+            ClosedError: the publisher is closed.
         """
-        if self.batch and not (type(data) is bytes and len(data) >= BATCH_BYTES):
-            entry: Any = (topic, seq, wire.encode_data(data))
-            size = len(entry[2])
-        else:
-            head = self._heads.get(topic) or self._head(topic)
-            entry = wire.encode_after(head, seq, data)
-            size = len(entry)
-        queue = self._queue
-        if (
-            len(queue) >= self._max_queued or self._put_bytes - self._sent_bytes >= MAX_QUEUED_BYTES
-        ) and not self._wait_for_room():
-            self.dropped += 1  # the thread is stuck: subscribers see it as a gap
-            return False
-        self._put_bytes += size
-        queue.append(entry)
-        now = _monotonic()
-        paused = now - self._last_put > PAUSE
-        self._last_put = now
-        if paused:
-            self._sent.clear()
-        if not self._woken:
-            self._woken = True
-            self._wake.set()
-        return paused
+        lock = self._lock  # acquire and release, not ``with``: half the cost, once a message
+        lock.acquire()
+        try:
+            if self._closing:
+                raise ClosedError(f"{self!r} is closed")
+            numbered = self._topics.get(topic) or self._first_on(topic)
+            seq: int = numbered[0] + 1
+            # batched, the data alone (the thread frames it with its neighbours); per message,
+            # and for a large message, the whole frame
+            if self.batch and not (type(data) is bytes and len(data) >= BATCH_BYTES):
+                entry: Any = (topic, seq, _encode_data(data))
+                size = len(entry[2])
+            else:
+                entry = _encode_after(numbered[1], seq, data)
+                size = len(entry)
+            numbered[0] = seq  # encoded: the number is used
+            queue = self._queue
+            if (
+                len(queue) >= self._max_queued
+                or self._put_bytes - self._sent_bytes >= MAX_QUEUED_BYTES
+            ) and not self._wait_for_room():
+                self.dropped += 1  # the thread is stuck: subscribers see it as a gap
+                return seq
+            self._put_bytes += size
+            paused = False
+            if not queue:  # else the thread has yet to send what came before: it is due anyway
+                now = _monotonic()
+                paused = now - self._last_put > PAUSE
+                self._last_put = now
+                if paused:
+                    self._sent.clear()
+            queue.append(entry)
+            if not self._woken:
+                self._woken = True
+                self._wake.set()
+        finally:
+            lock.release()
+        if paused:  # the first message after a pause: see it off (about 40 µs; see above)
+            self._sent.wait(HANDOFF)
+        return seq
 
-    def _head(self, topic: str) -> bytes:
-        """The head of ``topic``'s PUBLISH frames, kept for the next (a few thousand topics)."""
-        if len(self._heads) >= MAX_HEADS:
-            self._heads.clear()
-        head = self._heads[topic] = wire.publish_head(topic, self._sender)
-        return head
+    def _first_on(self, topic: str) -> list[Any]:
+        """The numbering of a topic not published on before (under the lock).
 
-    def hand_over(self) -> None:
-        """Let the thread have the GIL until it has sent what is queued (at most ``HANDOFF``)."""
-        self._sent.wait(HANDOFF)
+        Raises:
+            ConfigError: ``topic`` is not a topic.
+        """
+        check_topic(topic)
+        numbered = self._topics[topic] = [0, wire.publish_head(topic, self._sender)]
+        return numbered
+
+    def counts(self) -> dict[str, int]:
+        """Each topic published on, with its last sequence number: its count of messages."""
+        with self._lock:
+            return {topic: numbered[0] for topic, numbered in self._topics.items()}
 
     def _has_room(self) -> bool:
         return (
@@ -161,10 +187,14 @@ class Outbox:
         return self._room.wait(self.options.send_timeout) and self._has_room()
 
     def close(self) -> None:
-        """Send what is queued, stop the thread, close the socket (any thread; idempotent)."""
-        self._closing = True
+        """Send what is queued, stop the thread, close the socket (any thread; idempotent). A
+        ``publish`` running now ends first: its message is sent too."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
         self._wake.set()
-        self._room.set()  # a put() waiting for room gives up now
+        self._room.set()  # a publish() waiting for room gives up now
         self._service.stop()
 
     def _run(self, service: ServiceThread) -> None:
@@ -217,7 +247,7 @@ class Outbox:
                 else:
                     size += self._frame_run(frames, topic, list(run))
             sock.send_each(frames)
-            self._sent_bytes += size  # as put() counted them
+            self._sent_bytes += size  # as publish() counted them
             self._made_room()
 
     def _frame_run(

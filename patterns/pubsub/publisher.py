@@ -5,7 +5,7 @@
 
 Sequence numbers are given per topic under one lock, and the message joins the outbox's one
 queue under the same lock, so every subscriber sees each topic's numbers in order whichever
-threads publish.
+threads publish (``publish`` is the outbox's own).
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from zmqkit import ClosedError, ConfigError, Node, SocketOptions
+from zmqkit import ConfigError, Node, SocketOptions
 
 from .outbox import Outbox
 from .publishers import ROLE
-from .topics import check_topic
 
 __all__ = ["Publisher"]
 
 
-class Publisher:
+class Publisher(Outbox):
     """Publishes on any topic from ``node``, called from any thread.
 
     Usable once made: its thread owns the PUB socket, which is bound and advertised as
@@ -48,14 +47,13 @@ class Publisher:
             raise ConfigError(f"{node!r} already has a publisher; share it (any thread may use it)")
         self.node = node
         self.endpoint = ""
-        self._seqs: dict[str, int] = {}
-        self._lock = threading.Lock()
         self._closed = False
-        self._outbox: Outbox | None = None
+        self._closing_lock = threading.Lock()  # one close does the node's part
+        self._started = False
         node.attach(self)  # first: a closed node refuses before anything is bound
         try:
-            self._outbox = Outbox(node, options or SocketOptions(), batch=batch)
-            self.endpoint = self._outbox.endpoint
+            super().__init__(node, options or SocketOptions(), batch=batch)
+            self._started = True
             node.advertise(ROLE, self.endpoint)
         except BaseException:
             self.close()
@@ -79,55 +77,27 @@ class Publisher:
     def stats(self) -> dict[str, int]:
         """Counters: published, topics, and dropped (the publisher's thread was stuck for a
         whole send timeout with its queue full: subscribers see those as gaps)."""
-        outbox = self._outbox
-        with self._lock:
-            published = sum(self._seqs.values())  # each topic's last number is its count
-            topics = len(self._seqs)
+        counts = self.counts() if self._started else {}
         return {
-            "published": published,
-            "topics": topics,
-            "dropped": outbox.dropped if outbox is not None else 0,
+            "published": sum(counts.values()),
+            "topics": len(counts),
+            "dropped": self.dropped if self._started else 0,
         }
 
     def describe(self) -> dict[str, Any]:
         """For introspection (``Node.report``): each topic with the messages published on it."""
-        with self._lock:
-            topics = {topic: {"published": count} for topic, count in self._seqs.items()}
+        counts = self.counts() if self._started else {}
+        topics = {topic: {"published": count} for topic, count in counts.items()}
         return {"endpoint": self.endpoint, "topics": topics, "stats": self.stats()}
-
-    def publish(self, topic: str, data: Any) -> int:
-        """Publish ``data`` on ``topic``; return its sequence number. Any thread may call it.
-
-        Raises:
-            ConfigError: ``topic`` is not a topic (non-empty text not ending in ``*``).
-            EncodeError: ``data`` cannot be encoded (nothing is sent, no number is used).
-            ClosedError: the publisher is closed.
-        """
-        lock = self._lock  # acquire and release, not ``with``: half the cost, once a message
-        lock.acquire()
-        try:
-            outbox = self._outbox
-            if outbox is None or self._closed:
-                raise ClosedError(f"{self!r} is closed")
-            seq = self._seqs.get(topic, 0) + 1
-            if seq == 1:
-                check_topic(topic)
-            hand_over = outbox.put(topic, seq, data)
-            self._seqs[topic] = seq
-        finally:
-            lock.release()
-        if hand_over:  # the first message after a pause: see it off (about 40 µs; see outbox)
-            outbox.hand_over()
-        return seq
 
     def close(self) -> None:
         """Stop publishing, after sending what was published. Idempotent, from any thread."""
-        with self._lock:  # a publish() running now ends first: its message is sent too
+        with self._closing_lock:
             if self._closed:
                 return
             self._closed = True
         if self.endpoint and self.node.endpoints.get(ROLE) == self.endpoint:
             self.node.withdraw(ROLE)
         self.node.detach(self)
-        if self._outbox is not None:
-            self._outbox.close()
+        if self._started:
+            super().close()
