@@ -3,6 +3,7 @@ zmqkit, and how late a message published on an idle publisher arrives.
 
     python tests/pubsub_budget.py cpu [--messages 200000] [--runs 3] [--big]
     python tests/pubsub_budget.py idle [--messages 2000] [--runs 3]
+    python tests/pubsub_budget.py steps
 
 ``cpu`` runs a publisher process and a subscriber process per side, as ``zmqkit bench pubsub``
 does (the same payload, one topic, tcp loopback, no high-water marks), and reads the CPU clock
@@ -16,6 +17,10 @@ With ``--big`` the messages are 1 MiB byte strings, as in ``zmqkit bench large``
 ``idle`` publishes one message at a time, waiting 2 to 4 ms between them (an idle publisher),
 each carrying ``time.perf_counter()`` (CLOCK_MONOTONIC: one clock for both processes), and
 reports the p50 and p99 of the time from the call to its arrival at the subscriber's ``recv``.
+
+``steps`` times each step of one message on its own, in one process (best of 5 runs, in
+nanoseconds): encoding and framing, a send and a receive on an inproc pair, the decode, and
+zmqkit's intake of frames, per message and in batches of 1024.
 
 Prints one JSON object. Not a test: a benchmark, perturbed by whatever else the machine runs
 (the load average is printed with the figures). The figures live in docs/performance.md.
@@ -31,6 +36,9 @@ import random
 import statistics
 import threading
 import time
+import timeit
+import types
+import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -40,6 +48,7 @@ import zmq
 from zmqkit.patterns import pubsub
 
 import zmqkit
+from zmqkit import codec
 from zmqkit.bench import BIG, DEEP_QUEUE, PAYLOAD, RAW_TOPIC, TOPIC
 
 BLOB = b"x" * BIG  # --big: the payload of the bench's large workload
@@ -253,9 +262,65 @@ def idle(count: int, runs: int, sides: tuple[str, ...]) -> dict[str, Any]:
     return table
 
 
+def steps() -> dict[str, float]:
+    """Nanoseconds per message of each step, raw and zmqkit, timed alone in this process."""
+    sender, seq, data = bytes(range(16)), 123_456, {**PAYLOAD, "seq": 123_456}
+    head, encoded = codec.publish_head(TOPIC, sender), cbor2.dumps(data)
+    frame, raw_frame = codec.encode_publish_after(head, seq, data), RAW_TOPIC + encoded
+    data_bytes = frame[len(head) + len(cbor2.dumps(seq)):]
+    assert data_bytes == encoded
+    items = [{**PAYLOAD, "seq": n} for n in range(1024)]
+    batch = codec.encode_publish_batch(TOPIC, sender, seq, items)
+    stand_in = types.SimpleNamespace(name="me", uuid=uuid.UUID(int=1), peers=lambda: [])
+    intake = pubsub.Intake(stand_in, (TOPIC,))  # type: ignore[arg-type]
+    intake.take(frame)  # the stream is known from here on
+    frames = [frame] * 256
+    out = _raw_socket(zmq.PAIR, linger=0)
+    out.bind("inproc://budget-steps")
+    into = _raw_socket(zmq.PAIR, linger=0)
+    into.connect("inproc://budget-steps")
+    ours_out = zmqkit.Socket(zmqkit.SocketKind.PAIR, options=DEEP_QUEUE)
+    ours_out.bind_endpoint("inproc://budget-steps-ours")
+    ours_in = zmqkit.Socket(zmqkit.SocketKind.PAIR, options=DEEP_QUEUE)
+    ours_in.connect("inproc://budget-steps-ours")
+
+    def each(step: Callable[[], object], per: int = 1, number: int = 20_000) -> float:
+        best = min(timeit.repeat(step, number=number, repeat=5))
+        return round(best / number / per * 1e9)
+
+    def sent_and_received() -> None:
+        out.send(raw_frame)
+        into.recv()
+
+    def sent_and_received_ours() -> None:
+        ours_out.send_each(frames)
+        ours_in.try_recv_many(len(frames))
+
+    def take(taken: list[bytes]) -> None:
+        intake.take_all(taken)
+        intake.ready.clear()
+
+    figures = {
+        "raw: cbor2.dumps(data)": each(lambda: cbor2.dumps(data)),
+        "raw: topic + encoded": each(lambda: RAW_TOPIC + encoded),
+        "raw: send + recv (inproc)": each(sent_and_received),
+        "zmqkit: send_each + try_recv_many (inproc)": each(sent_and_received_ours, 256, 100),
+        "raw: cbor2.loads(frame[6:])": each(lambda: cbor2.loads(raw_frame[len(RAW_TOPIC):])),
+        "zmqkit: encode_publish_after": each(lambda: codec.encode_publish_after(head, seq, data)),
+        "zmqkit: codec.dumps(data)": each(lambda: codec.dumps(data)),
+        "zmqkit: decode_publish_data": each(lambda: codec.decode_publish_data(data_bytes)),
+        "zmqkit: decode_publish (whole frame)": each(lambda: codec.decode_publish(frame)),
+        "zmqkit: take_all, per message": each(lambda: take(frames), 256, 100),
+        "zmqkit: take_all, batches of 1024": each(lambda: take([batch]), 1024, 100),
+    }
+    for sock in (out, into, ours_out, ours_in):
+        sock.close()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("cpu", "idle"))
+    parser.add_argument("what", choices=("cpu", "idle", "steps"))
     parser.add_argument("--big", action="store_true", help="cpu: 1 MiB byte strings")
     parser.add_argument("--messages", type=int)
     parser.add_argument("--runs", type=int, default=3)
@@ -267,8 +332,10 @@ def main() -> None:
     if args.what == "cpu":
         count = args.messages or (1_000 if args.big else 200_000)
         figures = cpu(count, args.runs, sides, "big" if args.big else "small")
-    else:
+    elif args.what == "idle":
         figures = idle(args.messages or 2_000, args.runs, sides)
+    else:
+        figures = steps()
     print(json.dumps({"what": args.what, "runs": args.runs, "figures": figures,
                       "load": [load_before, os.getloadavg()[0]]}, indent=1))
 

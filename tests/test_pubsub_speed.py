@@ -364,3 +364,13 @@ def test_the_budget_script_runs(what: str) -> None:
         else:
             assert figures["messages"] == 290 and 0 < figures["p50"] <= figures["p99"]
 
+
+def test_the_budget_script_times_each_step() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "steps"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)["figures"]
+    assert len(figures) >= 10 and all(nanoseconds > 0 for nanoseconds in figures.values())
+
