@@ -24,7 +24,7 @@ import itertools
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -431,21 +431,23 @@ class Socket:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
         return frames
 
-    def try_recv_many(self, limit: int) -> list[bytes]:
-        """Up to ``limit`` queued frames, oldest first; none when nothing is queued (never
-        waits). ``try_recv`` for a loop that drains: one owner check for all of them."""
+    def try_recv_many(self, limit: int) -> Iterator[bytes]:
+        """Up to ``limit`` queued frames, oldest first, each received when the loop that takes
+        them asks for it; none when nothing is queued (never waits). ``try_recv`` for a loop
+        that drains: one owner check for all of them (here, before the first)."""
         if threading.get_ident() != self.owner:
             self.check_owner()
-        frames: list[bytes] = []
-        append, recv = frames.append, self.raw.recv
+        return self._queued(limit)
+
+    def _queued(self, limit: int) -> Iterator[bytes]:
+        recv = self.raw.recv
         try:
             for _ in range(limit):
-                append(recv(_NOBLOCK))
+                yield recv(_NOBLOCK)
         except zmq.Again:
-            pass
+            return
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, f"receiving on {self.kind.name}") from exc
-        return frames
 
     def poll_writable(self, timeout: float) -> bool:
         """True when a send would not block, after waiting at most ``timeout`` seconds."""
@@ -674,11 +676,13 @@ class AsyncSocket(Socket):
             self._wake_parked()
         return frames
 
-    def try_recv_many(self, limit: int) -> list[bytes]:
+    def try_recv_many(self, limit: int) -> Iterator[bytes]:
         frames = super().try_recv_many(limit)
-        if frames and self._parked:
-            self._wake_parked()
-        return frames
+        return self._waking_parked(frames) if self._parked else frames
+
+    def _waking_parked(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        yield from frames
+        self._wake_parked()  # the receives may have taken a parked writer's signal
 
     async def recv_async(self, timeout: float) -> bytes:
         """Receive one frame, waiting at most ``timeout`` seconds; Timeout if none came."""

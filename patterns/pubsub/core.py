@@ -88,8 +88,9 @@ class Intake:
         """Decode a frame into ``ready`` messages; count and drop what does not belong."""
         self.take_all((frame,))
 
-    def take_all(self, frames: Iterable[bytes]) -> None:
-        """``take`` each of ``frames``, in order.
+    def take_all(self, frames: Iterable[bytes], enough: int | None = None) -> None:
+        """``take`` each of ``frames``, in order; with ``enough``, stop after a batch that
+        makes that many messages ready (the frames not taken yet stay where they are).
 
         The hot path of every subscriber, written out in one loop: per message a few byte
         reads, one dictionary look-up, one decode of the data and one Message.
@@ -145,6 +146,8 @@ class Intake:
                     range(seq + 1, seq + count), repeat(0),
                 )))
                 received += count
+                if enough is not None and len(ready) >= enough:
+                    return
         finally:
             self.received += received
             self.gaps += gaps

@@ -12,10 +12,9 @@ from zmqkit import Node, Socket, SocketKind, SocketOptions
 from .core import Intake
 from .publishers import Publishers
 
-__all__ = ["DRAIN_BATCH", "DRAIN_BYTES", "Feed"]
+__all__ = ["DRAIN_BATCH", "Feed"]
 
-DRAIN_BATCH = 256  # frames taken per look at the socket (fewer: see drain)...
-DRAIN_BYTES = 1 << 20  # ...and about this many bytes
+DRAIN_BATCH = 256  # frames taken per look at the socket, or fewer that make as many messages
 
 
 class Feed:
@@ -47,7 +46,6 @@ class Feed:
             ConfigError: a topic is not valid.
         """
         self.sock = sock
-        self._limit = DRAIN_BATCH  # frames taken at the next look
         self.intake = Intake(node)
         self.ready = self.intake.ready  # the messages taken, oldest first
         self.publishers = Publishers(node, sock, self.intake.counts)
@@ -81,16 +79,7 @@ class Feed:
         flowing are connected too.
         """
         self.refresh()
-        frames = self.sock.try_recv_many(self._limit)
-        if frames:
-            ready_before = len(self.ready)
-            self.intake.take_all(frames)
-            # next time, as many frames as make about DRAIN_BATCH messages and DRAIN_BYTES:
-            # fewer if these were batches, or large (many large frames at once cost more)
-            taken = max(len(self.ready) - ready_before, 1)
-            size = sum(map(len, frames))
-            self._limit = max(1, min(
-                DRAIN_BATCH * len(frames) // taken, DRAIN_BYTES * len(frames) // size, DRAIN_BATCH
-            ))
+        # each frame taken as it is received: a large one is let go before the next comes
+        self.intake.take_all(self.sock.try_recv_many(DRAIN_BATCH), enough=DRAIN_BATCH)
         return bool(self.ready)
 
