@@ -315,6 +315,12 @@ def steps() -> dict[str, float]:
     }
     for sock in (out, into, ours_out, ours_in):
         sock.close()
+    with zmqkit.Node("budget-steps", port=random.randint(20_000, 40_000), announce=False) as node:
+        for label, flags in (("a frame per message", {"batch": False}), ("default", {})):
+            with pubsub.Publisher(node, options=DEEP_QUEUE, **flags) as publisher:
+                figures[f"zmqkit: Publisher.publish, {label} (with its thread)"] = each(
+                    lambda: publisher.publish(TOPIC, data), number=100_000
+                )
     return figures
 
 

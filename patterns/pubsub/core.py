@@ -54,6 +54,11 @@ _new_message = tuple.__new__
 _TOPIC, _NAME, _UUID, _LAST, _SENDER = range(5)
 
 
+class _ReadWhole(Exception):
+    """Off the short path: the frame is decoded whole."""
+
+
+
 class Intake:
     """Frames in, ``ready`` messages out: filtering, unbatching, gap counting.
 
@@ -115,11 +120,11 @@ class Intake:
                         seq = read(frame, end + 1)[0]
                         end += size
                     if len(frame) > READ_WHOLE:
-                        raise KeyError(key)
+                        raise _ReadWhole
                     data = _decode_data(frame[end:])
                     if batch and (type(data) is not list or not data):
-                        raise KeyError(key)
-                except (IndexError, KeyError, struct.error, ProtocolError):
+                        raise _ReadWhole  # malformed: the whole decode says why
+                except (IndexError, KeyError, struct.error, ProtocolError, _ReadWhole):
                     taken = self._read_whole(frame)
                     if taken is None:
                         continue

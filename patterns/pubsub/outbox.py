@@ -11,9 +11,11 @@ lost. ``publish`` is the hot path of every publisher, written out in one method.
 
 Batched (the default), the thread sends whatever has queued, in the order it was published:
 each run of messages on one topic in one PUBLISH_BATCH frame (at most 64 KiB or 1024 messages).
-An idle publisher's message leaves at once, alone, as a PUBLISH; a busy one's share frames,
-which is how a Python publisher outruns per-message sends. A message of ``BATCH_BYTES`` or more
-is framed by the publishing thread, as it would be per message, and leaves in its turn. Per
+A busy publisher's messages share frames, which is how a Python publisher outruns per-message
+sends. A message that finds the queue empty (the thread idle, or sending a round already) is
+framed by the publishing thread as a PUBLISH, as it would be per message, so that the thread
+only sends it: an idle publisher's message leaves as fast as it would unbatched. So is a
+message of ``BATCH_BYTES`` or more; each leaves in its turn. Per
 message (``batch=False``), each frame goes as it is. Either way the thread hands the frames of
 a round to the socket in one call (``Socket.send_each``).
 
@@ -122,16 +124,17 @@ class Outbox:
                 raise ClosedError(f"{self!r} is closed")
             numbered = self._topics.get(topic) or self._first_on(topic)
             seq: int = numbered[0] + 1
-            # batched, the data alone (the thread frames it with its neighbours); per message,
-            # and for a large message, the whole frame
-            if self.batch and not (type(data) is bytes and len(data) >= BATCH_BYTES):
+            queue = self._queue
+            # batched behind queued messages, the data alone (the thread frames it with its
+            # neighbours); else (per message, the thread idle, a large message) the whole frame,
+            # which the thread only sends
+            if self.batch and queue and not (type(data) is bytes and len(data) >= BATCH_BYTES):
                 entry: Any = (topic, seq, _encode_data(data))
                 size = len(entry[2])
             else:
                 entry = _encode_after(numbered[1], seq, data)
                 size = len(entry)
             numbered[0] = seq  # encoded: the number is used
-            queue = self._queue
             if (
                 len(queue) >= self._max_queued
                 or self._put_bytes - self._sent_bytes >= MAX_QUEUED_BYTES
